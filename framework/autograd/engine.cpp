@@ -1,0 +1,243 @@
+// The reverse-mode engine: records nodes, orders them, runs backward functions, reduces
+// broadcast gradients to input shapes, accumulates, and (with create_graph) records the
+// backward pass itself so it can be differentiated again.
+#include <kern/autograd.hpp>
+#include <kern/ops.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace kern {
+
+namespace {
+thread_local bool g_grad_mode = true;
+std::atomic<bool> g_anomaly{false};
+std::atomic<uint64_t> g_next_seq{0};
+
+bool has_non_finite(const Tensor& t) {
+  if (!is_floating(t.dtype())) return false;
+  NoGradGuard ng;
+  for (double v : t.to_vector<double>())
+    if (!std::isfinite(v)) return true;
+  return false;
+}
+
+std::string describe_inputs(const std::vector<Tensor>& inputs) {
+  std::string s;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (i) s += ", ";
+    s += inputs[i].defined() ? fmt::format("{} {}", inputs[i].dtype(), inputs[i].shape()) : "undefined";
+  }
+  return s;
+}
+}  // namespace
+
+bool grad_mode_enabled() { return g_grad_mode; }
+void set_grad_mode(bool enabled) { g_grad_mode = enabled; }
+void set_anomaly_mode(bool enabled) { g_anomaly = enabled; }
+bool anomaly_mode_enabled() { return g_anomaly; }
+
+Tensor record_op(std::string_view name, Tensor output, std::vector<Tensor> inputs,
+                 BackwardFn backward) {
+  if (g_anomaly && has_non_finite(output))
+    throw Error(fmt::format("anomaly: op '{}' produced NaN/Inf (inputs: {})", name,
+                            describe_inputs(inputs)));
+  if (!g_grad_mode) return output;
+  bool any = false;
+  for (auto& t : inputs) any = any || (t.defined() && t.requires_grad());
+  if (!any) return output;
+  auto node = std::make_shared<Node>(std::string(name), std::move(inputs), std::move(backward),
+                                     g_next_seq.fetch_add(1));
+  node->output_ = output.impl_ptr();
+  if (g_anomaly) node->context_ = describe_inputs(node->inputs_);
+  // A view shares storage with its input but is a separate tensor in the graph.
+  auto& impl = output.impl();
+  if (impl.grad_fn || impl.requires_grad) {
+    // `output` is an existing tensor (an op that returned its input unchanged): wrap it.
+    auto fresh = std::make_shared<TensorImpl>(impl);
+    fresh->grad.reset();
+    output = Tensor(fresh);
+  }
+  output.impl().requires_grad = true;
+  output.impl().grad_fn = std::move(node);
+  return output;
+}
+
+class Engine {
+ public:
+  // Runs the backward pass. If `targets` is empty, accumulates into every reached leaf's
+  // .grad; otherwise returns the gradient of each target (undefined when unreached).
+  static std::vector<Tensor> run(const std::vector<Tensor>& outputs,
+                                 const std::vector<Tensor>& grad_outputs,
+                                 const std::vector<Tensor>& targets, bool accumulate_leaves,
+                                 bool retain_graph, bool create_graph);
+};
+
+std::vector<Tensor> Engine::run(const std::vector<Tensor>& outputs,
+                                const std::vector<Tensor>& grad_outputs,
+                                const std::vector<Tensor>& targets, bool accumulate_leaves,
+                                bool retain_graph, bool create_graph) {
+  // 1. Collect every node reachable from the outputs.
+  std::vector<Node*> nodes;
+  std::unordered_set<Node*> seen;
+  std::vector<Node*> stack;
+  for (auto& o : outputs)
+    if (o.grad_fn() && seen.insert(o.grad_fn().get()).second) stack.push_back(o.grad_fn().get());
+  while (!stack.empty()) {
+    Node* n = stack.back();
+    stack.pop_back();
+    KERN_CHECK(!n->released(), "backward: trying to backward through the graph a second time (op '",
+               n->name(), "'); pass retain_graph = true the first time");
+    nodes.push_back(n);
+    for (auto& in : n->inputs_)
+      if (in.defined() && in.grad_fn() && seen.insert(in.grad_fn().get()).second)
+        stack.push_back(in.grad_fn().get());
+  }
+  // Producers have smaller sequence numbers than consumers: descending order is a valid
+  // reverse topological order.
+  std::sort(nodes.begin(), nodes.end(),
+            [](Node* a, Node* b) { return a->sequence_nr() > b->sequence_nr(); });
+
+  // 2. Which tensors want gradients: target leaves (by impl) and target non-leaves (by node).
+  std::unordered_set<const TensorImpl*> target_leaves;
+  std::unordered_set<const Node*> target_nodes;
+  for (auto& t : targets) {
+    if (t.is_leaf()) target_leaves.insert(t.impl_ptr().get());
+    else target_nodes.insert(t.grad_fn().get());
+  }
+  // A node is useful if a gradient must pass through it: ascending order sees inputs first.
+  std::unordered_map<const Node*, bool> useful;
+  auto input_wanted = [&](const Tensor& in) {
+    if (!in.defined() || !in.requires_grad()) return false;
+    if (in.grad_fn()) return useful[in.grad_fn().get()];
+    return accumulate_leaves || target_leaves.count(in.impl_ptr().get()) > 0;
+  };
+  for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {
+    Node* n = *it;
+    bool u = target_nodes.count(n) > 0;
+    for (auto& in : n->inputs_) u = u || input_wanted(in);
+    useful[n] = u;
+  }
+
+  // 3. Seed the output gradients.
+  std::unordered_map<const Node*, Tensor> node_grads;
+  std::unordered_map<const TensorImpl*, Tensor> leaf_grads;
+  auto accumulate = [&](Tensor& slot, const Tensor& g) { slot = slot.defined() ? slot + g : g; };
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const Tensor& o = outputs[i];
+    KERN_CHECK(o.requires_grad(), "grad: output ", i, " (", o.dtype(), " ", o.shape(),
+               ") does not require grad and has no grad_fn");
+    Tensor g = i < grad_outputs.size() ? grad_outputs[i] : Tensor();
+    if (!g.defined()) {
+      KERN_CHECK(o.numel() == 1, "grad: output ", i, " has shape ", o.shape(),
+                 "; a grad_output is required for non-scalar outputs");
+      g = ones_like(o);
+    }
+    KERN_CHECK(g.shape() == o.shape(), "grad: grad_output ", i, " has shape ", g.shape(),
+               " but the output has shape ", o.shape());
+    if (o.grad_fn()) accumulate(node_grads[o.grad_fn().get()], g);
+    else accumulate(leaf_grads[o.impl_ptr().get()], g);
+  }
+
+  // 4. Run the backward functions in reverse topological order.
+  std::optional<NoGradGuard> no_grad;
+  std::optional<EnableGradGuard> with_grad;
+  if (create_graph) with_grad.emplace(); else no_grad.emplace();
+  for (Node* n : nodes) {
+    if (!useful[n]) continue;
+    auto git = node_grads.find(n);
+    if (git == node_grads.end() || !git->second.defined()) continue;
+    Tensor g = git->second;
+    std::vector<bool> needs(n->inputs_.size());
+    bool any = false;
+    for (size_t i = 0; i < needs.size(); ++i) any |= (needs[i] = input_wanted(n->inputs_[i]));
+    Tensor out(n->output_.lock());
+    if (!out.defined()) {
+      // The output tensor is gone (only possible when nothing downstream holds it, e.g. a
+      // released root); rebuild a detached stand-in with the right metadata is impossible,
+      // so refuse clearly.
+      throw Error(fmt::format("backward: the output of op '{}' was freed before backward", n->name()));
+    }
+    std::vector<Tensor> in_grads;
+    if (any) {
+      BackwardContext ctx{g, n->inputs_, out, needs};
+      in_grads = n->fn_(ctx);
+      KERN_CHECK(in_grads.size() == n->inputs_.size(), "backward of '", n->name(), "' returned ",
+                 in_grads.size(), " gradients for ", n->inputs_.size(), " inputs");
+    }
+    for (size_t i = 0; i < in_grads.size(); ++i) {
+      if (!needs[i] || !in_grads[i].defined()) continue;
+      const Tensor& in = n->inputs_[i];
+      Tensor gi = in_grads[i];
+      if (gi.shape() != in.shape()) gi = sum_to(gi, in.shape());
+      KERN_CHECK(gi.dtype() == in.dtype(), "backward of '", n->name(), "': gradient dtype ", gi.dtype(),
+                 " for input ", i, " of dtype ", in.dtype());
+      if (g_anomaly && has_non_finite(gi))
+        throw Error(fmt::format("anomaly: backward of op '{}' produced NaN/Inf for input {} (inputs: {})",
+                                n->name(), i, n->context_.empty() ? describe_inputs(n->inputs_) : n->context_));
+      if (in.grad_fn()) accumulate(node_grads[in.grad_fn().get()], gi);
+      else accumulate(leaf_grads[in.impl_ptr().get()], gi);
+    }
+    if (!target_nodes.count(n)) node_grads.erase(n);
+    if (!retain_graph) {
+      n->fn_ = nullptr;
+      n->inputs_.clear();
+    }
+  }
+  no_grad.reset();
+  with_grad.reset();
+
+  // 5. Deliver.
+  std::vector<Tensor> result;
+  if (accumulate_leaves) {
+    for (auto& [impl, g] : leaf_grads) {
+      auto* mut = const_cast<TensorImpl*>(impl);
+      Tensor stored = create_graph ? g : g.detach();
+      if (mut->grad) {
+        Tensor prev(mut->grad);
+        NoGradGuard ng;
+        stored = create_graph ? prev + g : (prev + g).detach();
+      }
+      mut->grad = stored.impl_ptr();
+    }
+    return result;
+  }
+  for (auto& t : targets) {
+    if (t.is_leaf()) {
+      auto it = leaf_grads.find(t.impl_ptr().get());
+      result.push_back(it == leaf_grads.end() ? Tensor() : it->second);
+    } else {
+      auto it = node_grads.find(t.grad_fn().get());
+      result.push_back(it == node_grads.end() ? Tensor() : it->second);
+    }
+  }
+  return result;
+}
+
+std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& inputs,
+                         const std::vector<Tensor>& grad_outputs, GradOptions options) {
+  KERN_CHECK(!outputs.empty(), "grad: no outputs given");
+  KERN_CHECK(grad_outputs.empty() || grad_outputs.size() == outputs.size(), "grad: ",
+             grad_outputs.size(), " grad_outputs for ", outputs.size(), " outputs");
+  for (size_t i = 0; i < inputs.size(); ++i)
+    KERN_CHECK(inputs[i].defined() && inputs[i].requires_grad(), "grad: input ", i,
+               " does not require grad");
+  auto res = Engine::run(outputs, grad_outputs, inputs, false,
+                         options.retain_graph || options.create_graph, options.create_graph);
+  for (size_t i = 0; i < res.size(); ++i) {
+    if (res[i].defined()) continue;
+    KERN_CHECK(options.allow_unused, "grad: input ", i, " (", inputs[i].dtype(), " ",
+               inputs[i].shape(), ") is not used by the outputs; pass allow_unused = true");
+    res[i] = zeros_like(inputs[i]);
+  }
+  return res;
+}
+
+void Tensor::backward(const Tensor& grad_output, bool retain_graph, bool create_graph) const {
+  Engine::run({*this}, {grad_output}, {}, true, retain_graph || create_graph, create_graph);
+}
+
+}  // namespace kern

@@ -1,0 +1,11 @@
+#pragma once
+// The umbrella header: everything a training script needs.
+#include <kern/autograd.hpp>
+#include <kern/backend.hpp>
+#include <kern/dtype.hpp>
+#include <kern/error.hpp>
+#include <kern/functional.hpp>
+#include <kern/generator.hpp>
+#include <kern/ops.hpp>
+#include <kern/shape.hpp>
+#include <kern/tensor.hpp>

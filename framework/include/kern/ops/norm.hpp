@@ -1,0 +1,19 @@
+#pragma once
+// Normalization layers as ops.
+#include <kern/tensor.hpp>
+
+namespace kern {
+
+/// Normalizes over the trailing dims given by `normalized_shape`; weight/bias (optional)
+/// have that shape. x: [*, normalized_shape...] -> same shape.
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = {},
+                  const Tensor& bias = {}, double eps = 1e-5);
+
+/// x: [N, C, *]. In training mode normalizes with the batch statistics (biased variance)
+/// and, when running_mean/var are given, updates them in place with `momentum` (unbiased
+/// variance, as PyTorch). In eval mode uses the running statistics.
+Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                  const Tensor& weight, const Tensor& bias, bool training,
+                  double momentum = 0.1, double eps = 1e-5);
+
+}  // namespace kern

@@ -1,0 +1,313 @@
+// Elementwise ops, forward and backward side by side. Backward formulas use only
+// differentiable kern ops, so they can be differentiated again.
+#include <kern/autograd.hpp>
+#include <kern/ops.hpp>
+
+#include <cmath>
+
+#include "kernel_utils.hpp"
+
+namespace kern {
+
+using detail::dispatch_float;
+using G = std::vector<Tensor>;
+
+namespace {
+
+// f is a generic lambda (auto) -> same type.
+template <typename F>
+Tensor unary_forward(const Tensor& x, const char* op, F f) {
+  detail::check_floating(x, op);
+  return dispatch_float(x.dtype(), op, [&]<typename T>() {
+    return detail::map_unary<T, T>(x, x.dtype(), [f](T v) { return static_cast<T>(f(v)); });
+  });
+}
+
+template <typename F>
+Tensor binary_forward(const Tensor& a, const Tensor& b, const char* op, F f) {
+  detail::check_floating(a, op);
+  detail::check_same_dtype(a, b, op);
+  const Shape shape = broadcast_shapes(a.shape(), b.shape(), op);
+  return dispatch_float(a.dtype(), op, [&]<typename T>() {
+    return detail::map_binary<T, T, T>(a, b, shape, a.dtype(),
+                                       [f](T x, T y) { return static_cast<T>(f(x, y)); });
+  });
+}
+
+// Comparison masks: 1 where f holds, else 0, in a's dtype (float32 for int64 inputs).
+template <typename F>
+Tensor compare(const Tensor& a, const Tensor& b, const char* op, F f) {
+  detail::check_same_dtype(a, b, op);
+  const Shape shape = broadcast_shapes(a.shape(), b.shape(), op);
+  const DType out = is_floating(a.dtype()) ? a.dtype() : DType::Float32;
+  return detail::dispatch_all(a.dtype(), [&]<typename T>() {
+    return detail::dispatch_float(out, op, [&]<typename TO>() {
+      return detail::map_binary<TO, T, T>(a, b, shape, out,
+                                          [f](T x, T y) { return f(x, y) ? TO(1) : TO(0); });
+    });
+  });
+}
+
+constexpr double kInvSqrt2 = 0.70710678118654752440;
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;
+
+}  // namespace
+
+// ---- arithmetic
+Tensor add(const Tensor& a, const Tensor& b) {
+  return record_op("add", binary_forward(a, b, "add", [](auto x, auto y) { return x + y; }), {a, b},
+                   [](const BackwardContext& c) { return G{c.grad, c.grad}; });
+}
+
+Tensor sub(const Tensor& a, const Tensor& b) {
+  return record_op("sub", binary_forward(a, b, "sub", [](auto x, auto y) { return x - y; }), {a, b},
+                   [](const BackwardContext& c) {
+                     return G{c.grad, c.needs[1] ? neg(c.grad) : Tensor()};
+                   });
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  return record_op("mul", binary_forward(a, b, "mul", [](auto x, auto y) { return x * y; }), {a, b},
+                   [](const BackwardContext& c) {
+                     return G{c.needs[0] ? c.grad * c.inputs[1] : Tensor(),
+                              c.needs[1] ? c.grad * c.inputs[0] : Tensor()};
+                   });
+}
+
+Tensor div(const Tensor& a, const Tensor& b) {
+  return record_op("div", binary_forward(a, b, "div", [](auto x, auto y) { return x / y; }), {a, b},
+                   [](const BackwardContext& c) {
+                     const Tensor& b = c.inputs[1];
+                     return G{c.needs[0] ? c.grad / b : Tensor(),
+                              c.needs[1] ? neg(c.grad * c.inputs[0] / (b * b)) : Tensor()};
+                   });
+}
+
+Tensor neg(const Tensor& x) {
+  return record_op("neg", unary_forward(x, "neg", [](auto v) { return -v; }), {x},
+                   [](const BackwardContext& c) { return G{neg(c.grad)}; });
+}
+
+Tensor pow(const Tensor& x, double p) {
+  Tensor out = unary_forward(x, "pow", [p](auto v) {
+    using T = decltype(v);
+    return p == 2.0 ? v * v : static_cast<T>(std::pow(v, static_cast<T>(p)));
+  });
+  return record_op("pow", out, {x}, [p](const BackwardContext& c) {
+    if (p == 0.0) return G{zeros_like(c.inputs[0])};
+    if (p == 1.0) return G{c.grad};
+    if (p == 2.0) return G{c.grad * c.inputs[0] * 2.0};
+    return G{c.grad * pow(c.inputs[0], p - 1.0) * p};
+  });
+}
+
+Tensor pow(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward(a, b, "pow", [](auto x, auto y) { return std::pow(x, y); });
+  return record_op("pow", out, {a, b}, [](const BackwardContext& c) {
+    const Tensor &a = c.inputs[0], &b = c.inputs[1];
+    return G{c.needs[0] ? c.grad * b * pow(a, b - 1.0) : Tensor(),
+             c.needs[1] ? c.grad * c.output * log(a) : Tensor()};
+  });
+}
+
+Tensor square(const Tensor& x) { return pow(x, 2.0); }
+
+Tensor reciprocal(const Tensor& x) { return 1.0 / x; }
+
+// ---- transcendental
+Tensor exp(const Tensor& x) {
+  return record_op("exp", unary_forward(x, "exp", [](auto v) { return std::exp(v); }), {x},
+                   [](const BackwardContext& c) { return G{c.grad * c.output}; });
+}
+
+Tensor log(const Tensor& x) {
+  return record_op("log", unary_forward(x, "log", [](auto v) { return std::log(v); }), {x},
+                   [](const BackwardContext& c) { return G{c.grad / c.inputs[0]}; });
+}
+
+Tensor log1p(const Tensor& x) {
+  return record_op("log1p", unary_forward(x, "log1p", [](auto v) { return std::log1p(v); }), {x},
+                   [](const BackwardContext& c) { return G{c.grad / (c.inputs[0] + 1.0)}; });
+}
+
+Tensor sqrt(const Tensor& x) {
+  return record_op("sqrt", unary_forward(x, "sqrt", [](auto v) { return std::sqrt(v); }), {x},
+                   [](const BackwardContext& c) { return G{c.grad / (c.output * 2.0)}; });
+}
+
+Tensor rsqrt(const Tensor& x) {
+  return record_op("rsqrt", unary_forward(x, "rsqrt", [](auto v) { return 1 / std::sqrt(v); }), {x},
+                   [](const BackwardContext& c) {
+                     return G{c.grad * c.output * c.output * c.output * -0.5};
+                   });
+}
+
+Tensor sign(const Tensor& x) {
+  return unary_forward(x, "sign", [](auto v) { return decltype(v)((v > 0) - (v < 0)); });
+}
+
+Tensor abs(const Tensor& x) {
+  return record_op("abs", unary_forward(x, "abs", [](auto v) { return std::abs(v); }), {x},
+                   [](const BackwardContext& c) { return G{c.grad * sign(c.inputs[0])}; });
+}
+
+Tensor sin(const Tensor& x) {
+  return record_op("sin", unary_forward(x, "sin", [](auto v) { return std::sin(v); }), {x},
+                   [](const BackwardContext& c) { return G{c.grad * cos(c.inputs[0])}; });
+}
+
+Tensor cos(const Tensor& x) {
+  return record_op("cos", unary_forward(x, "cos", [](auto v) { return std::cos(v); }), {x},
+                   [](const BackwardContext& c) { return G{neg(c.grad * sin(c.inputs[0]))}; });
+}
+
+Tensor erf(const Tensor& x) {
+  return record_op("erf", unary_forward(x, "erf", [](auto v) { return std::erf(v); }), {x},
+                   [](const BackwardContext& c) {
+                     // d erf / dx = 2/sqrt(pi) exp(-x^2)
+                     return G{c.grad * exp(neg(square(c.inputs[0]))) * (2.0 * kInvSqrt2Pi * M_SQRT2)};
+                   });
+}
+
+Tensor tanh(const Tensor& x) {
+  return record_op("tanh", unary_forward(x, "tanh", [](auto v) { return std::tanh(v); }), {x},
+                   [](const BackwardContext& c) {
+                     return G{c.grad * (1.0 - c.output * c.output)};
+                   });
+}
+
+Tensor sigmoid(const Tensor& x) {
+  Tensor out = unary_forward(x, "sigmoid", [](auto v) {
+    using T = decltype(v);
+    return v >= 0 ? T(1) / (T(1) + std::exp(-v)) : std::exp(v) / (T(1) + std::exp(v));
+  });
+  return record_op("sigmoid", out, {x}, [](const BackwardContext& c) {
+    return G{c.grad * c.output * (1.0 - c.output)};
+  });
+}
+
+// ---- activations
+Tensor relu(const Tensor& x) {
+  return record_op("relu", unary_forward(x, "relu", [](auto v) { return v > 0 ? v : decltype(v)(0); }),
+                   {x}, [](const BackwardContext& c) { return G{c.grad * (c.inputs[0] > 0.0)}; });
+}
+
+Tensor gelu(const Tensor& x, std::string_view approximate) {
+  if (approximate == "tanh") {
+    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    const double k = std::sqrt(2.0 / M_PI);
+    return x * 0.5 * (1.0 + tanh((x + pow(x, 3.0) * 0.044715) * k));
+  }
+  KERN_CHECK(approximate == "none", "gelu: approximate must be \"none\" or \"tanh\", got \"",
+             approximate, "\"");
+  // Fused forward x * Phi(x); backward Phi(x) + x phi(x), written in differentiable ops.
+  Tensor out = unary_forward(x, "gelu", [](auto v) {
+    using T = decltype(v);
+    return static_cast<T>(0.5) * v * (T(1) + std::erf(v * static_cast<T>(kInvSqrt2)));
+  });
+  return record_op("gelu", out, {x}, [](const BackwardContext& c) {
+    const Tensor& x = c.inputs[0];
+    Tensor cdf = (erf(x * kInvSqrt2) + 1.0) * 0.5;
+    Tensor pdf = exp(square(x) * -0.5) * kInvSqrt2Pi;
+    return G{c.grad * (cdf + x * pdf)};
+  });
+}
+
+Tensor silu(const Tensor& x) { return x * sigmoid(x); }
+
+Tensor softplus(const Tensor& x, double beta, double threshold) {
+  KERN_CHECK(beta > 0, "softplus: beta must be positive, got ", beta);
+  Tensor out = unary_forward(x, "softplus", [beta, threshold](auto v) {
+    using T = decltype(v);
+    const T bx = static_cast<T>(beta) * v;
+    if (bx > static_cast<T>(threshold)) return v;
+    // log1p(exp(bx)) computed stably for large negative and positive bx.
+    return (std::max(bx, T(0)) + std::log1p(std::exp(-std::abs(bx)))) / static_cast<T>(beta);
+  });
+  return record_op("softplus", out, {x}, [beta, threshold](const BackwardContext& c) {
+    const Tensor& x = c.inputs[0];
+    Tensor linear = (x * beta) > threshold;
+    return G{c.grad * (linear + (1.0 - linear) * sigmoid(x * beta))};
+  });
+}
+
+Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
+  KERN_CHECK(!lo || !hi || *lo <= *hi, "clamp: min ", *lo, " is greater than max ", *hi);
+  const double l = lo.value_or(-INFINITY), h = hi.value_or(INFINITY);
+  Tensor out = unary_forward(x, "clamp", [l, h](auto v) {
+    using T = decltype(v);
+    return std::min(std::max(v, static_cast<T>(l)), static_cast<T>(h));
+  });
+  return record_op("clamp", out, {x}, [l, h](const BackwardContext& c) {
+    const Tensor& x = c.inputs[0];
+    return G{c.grad * ((x >= l) * (x <= h))};
+  });
+}
+
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  detail::check_same_dtype(a, b, "where");
+  detail::check_floating(a, "where");
+  const Shape shape =
+      broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
+  // The condition as a 1/0 mask in a's dtype (nonzero = true); it carries no gradient.
+  Tensor m = detail::dispatch_all(cond.dtype(), [&]<typename C>() {
+    return dispatch_float(a.dtype(), "where", [&]<typename T>() {
+      return detail::map_unary<T, C>(cond, a.dtype(), [](C v) { return v != C(0) ? T(1) : T(0); });
+    });
+  });
+  Tensor out = empty(shape, a.dtype());
+  dispatch_float(a.dtype(), "where", [&]<typename T>() {
+    T* o = static_cast<T*>(out.raw_data());
+    const T* pm = static_cast<const T*>(m.raw_data());
+    const T* pa = static_cast<const T*>(a.raw_data());
+    const T* pb = static_cast<const T*>(b.raw_data());
+    detail::StridedLoop<4> loop(shape, {contiguous_strides(shape), detail::broadcast_strides(m, shape),
+                                        detail::broadcast_strides(a, shape),
+                                        detail::broadcast_strides(b, shape)});
+    loop.run([&](const std::array<int64_t, 4>& off, int64_t n, const std::array<int64_t, 4>& st) {
+      for (int64_t i = 0; i < n; ++i)
+        o[off[0] + i * st[0]] = pm[off[1] + i * st[1]] != T(0) ? pa[off[2] + i * st[2]] : pb[off[3] + i * st[3]];
+    });
+  });
+  return record_op("where", out, {a, b, m}, [](const BackwardContext& c) {
+    const Tensor& mask = c.inputs[2];
+    return G{c.needs[0] ? c.grad * mask : Tensor(), c.needs[1] ? c.grad * (1.0 - mask) : Tensor(),
+             Tensor()};
+  });
+}
+
+Tensor where(const Tensor& cond, const Tensor& a, double b) { return where(cond, a, detail::scalar_like(b, a)); }
+
+Tensor maximum(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward(a, b, "maximum", [](auto x, auto y) { return x >= y ? x : y; });
+  return record_op("maximum", out, {a, b}, [](const BackwardContext& c) {
+    Tensor m = c.inputs[0] >= c.inputs[1];
+    return G{c.needs[0] ? c.grad * m : Tensor(), c.needs[1] ? c.grad * (1.0 - m) : Tensor()};
+  });
+}
+
+Tensor minimum(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward(a, b, "minimum", [](auto x, auto y) { return x <= y ? x : y; });
+  return record_op("minimum", out, {a, b}, [](const BackwardContext& c) {
+    Tensor m = c.inputs[0] <= c.inputs[1];
+    return G{c.needs[0] ? c.grad * m : Tensor(), c.needs[1] ? c.grad * (1.0 - m) : Tensor()};
+  });
+}
+
+Tensor isfinite(const Tensor& x) {
+  detail::check_floating(x, "isfinite");
+  return unary_forward(x, "isfinite", [](auto v) { return decltype(v)(std::isfinite(v) ? 1 : 0); });
+}
+
+// ---- comparisons (masks, no gradient)
+Tensor operator>(const Tensor& a, const Tensor& b) { return compare(a, b, "gt", [](auto x, auto y) { return x > y; }); }
+Tensor operator<(const Tensor& a, const Tensor& b) { return compare(a, b, "lt", [](auto x, auto y) { return x < y; }); }
+Tensor operator>=(const Tensor& a, const Tensor& b) { return compare(a, b, "ge", [](auto x, auto y) { return x >= y; }); }
+Tensor operator<=(const Tensor& a, const Tensor& b) { return compare(a, b, "le", [](auto x, auto y) { return x <= y; }); }
+Tensor eq(const Tensor& a, const Tensor& b) { return compare(a, b, "eq", [](auto x, auto y) { return x == y; }); }
+Tensor operator>(const Tensor& a, double b) { return a > detail::scalar_like(b, a); }
+Tensor operator<(const Tensor& a, double b) { return a < detail::scalar_like(b, a); }
+Tensor operator>=(const Tensor& a, double b) { return a >= detail::scalar_like(b, a); }
+Tensor operator<=(const Tensor& a, double b) { return a <= detail::scalar_like(b, a); }
+
+}  // namespace kern

@@ -1,0 +1,138 @@
+// Matrix products: mm and bmm are the primitives (GEMM on the fast or reference path);
+// matmul, linear and outer are composites.
+#include <kern/autograd.hpp>
+#include <kern/ops.hpp>
+
+#include "../backend/backend.hpp"
+#include "kernel_utils.hpp"
+
+namespace kern {
+
+using G = std::vector<Tensor>;
+
+namespace {
+
+// A 2-D operand as a MatRef; copies when neither dim has unit stride (or a dim is 0).
+template <typename T>
+backend::MatRef<T> as_mat(const Tensor& m, Tensor& keep) {
+  keep = m;
+  const bool ok = (m.stride(1) == 1 || m.stride(0) == 1) && m.numel() > 0;
+  if (!ok) keep = contiguous(m.detach());
+  return {static_cast<const T*>(keep.raw_data()), keep.size(0), keep.size(1), keep.stride(0), keep.stride(1)};
+}
+
+// out[M, N] (contiguous, offset into a batch) = a @ b
+void gemm_into(const Tensor& a, const Tensor& b, Tensor& out, int64_t out_offset_elems) {
+  detail::dispatch_float(a.dtype(), "mm", [&]<typename T>() {
+    Tensor ka, kb;
+    auto A = as_mat<T>(a, ka);
+    auto B = as_mat<T>(b, kb);
+    T* c = static_cast<T*>(out.raw_data()) + out_offset_elems;
+    const int64_t n = b.size(1);
+    if (a.size(0) == 0 || n == 0) return;
+    if (a.size(1) == 0) {
+      std::fill_n(c, a.size(0) * n, T(0));
+      return;
+    }
+    if constexpr (std::is_same_v<T, float>) {
+      if (backend::use_fast(DType::Float32)) {
+        // sgemm needs a unit stride with a leading dim >= the other extent.
+        auto fix = [](const Tensor& m, Tensor& keep, backend::MatRef<float>& r) {
+          const bool row = r.col_stride == 1 && r.row_stride >= std::max<int64_t>(1, r.cols);
+          const bool col = r.row_stride == 1 && r.col_stride >= std::max<int64_t>(1, r.rows);
+          if (!row && !col) {
+            keep = contiguous(m.detach());
+            r = {keep.data_ptr<float>(), keep.size(0), keep.size(1), keep.stride(0), keep.stride(1)};
+            if (r.rows == 1) r.row_stride = std::max<int64_t>(1, r.cols);
+          }
+        };
+        fix(a, ka, A);
+        fix(b, kb, B);
+        backend::gemm_fast(A, B, c, n, 0.0f);
+        return;
+      }
+    }
+    backend::gemm_reference<T>(A, B, c, n, T(0));
+  });
+}
+
+}  // namespace
+
+Tensor mm(const Tensor& a, const Tensor& b) {
+  KERN_CHECK(a.dim() == 2 && b.dim() == 2, "mm: expected 2-D operands, got ", a.shape(), " and ", b.shape());
+  KERN_CHECK(a.size(1) == b.size(0), "mm: shapes ", a.shape(), " and ", b.shape(), " cannot be multiplied");
+  detail::check_floating(a, "mm");
+  detail::check_same_dtype(a, b, "mm");
+  Tensor out = empty({a.size(0), b.size(1)}, a.dtype());
+  gemm_into(a, b, out, 0);
+  return record_op("mm", out, {a, b}, [](const BackwardContext& c) {
+    return G{c.needs[0] ? mm(c.grad, c.inputs[1].t()) : Tensor(),
+             c.needs[1] ? mm(c.inputs[0].t(), c.grad) : Tensor()};
+  });
+}
+
+Tensor bmm(const Tensor& a, const Tensor& b) {
+  KERN_CHECK(a.dim() == 3 && b.dim() == 3, "bmm: expected 3-D operands, got ", a.shape(), " and ", b.shape());
+  KERN_CHECK(a.size(0) == b.size(0) && a.size(2) == b.size(1), "bmm: shapes ", a.shape(), " and ", b.shape(),
+             " cannot be multiplied");
+  detail::check_floating(a, "bmm");
+  detail::check_same_dtype(a, b, "bmm");
+  const int64_t B = a.size(0), M = a.size(1), N = b.size(2);
+  Tensor out = empty({B, M, N}, a.dtype());
+  {
+    NoGradGuard ng;
+    for (int64_t i = 0; i < B; ++i) gemm_into(select(a, 0, i), select(b, 0, i), out, i * M * N);
+  }
+  return record_op("bmm", out, {a, b}, [](const BackwardContext& c) {
+    return G{c.needs[0] ? bmm(c.grad, transpose(c.inputs[1], 1, 2)) : Tensor(),
+             c.needs[1] ? bmm(transpose(c.inputs[0], 1, 2), c.grad) : Tensor()};
+  });
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  KERN_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: operands must be at least 1-D, got ", a.shape(), " and ",
+             b.shape());
+  if (a.dim() == 1 && b.dim() == 1) {
+    KERN_CHECK(a.size(0) == b.size(0), "matmul: shapes ", a.shape(), " and ", b.shape(), " cannot be multiplied");
+    return dot(a, b);
+  }
+  if (a.dim() == 1) return squeeze(matmul(unsqueeze(a, 0), b), -2);
+  if (b.dim() == 1) return squeeze(matmul(a, unsqueeze(b, 1)), -1);
+  if (a.dim() == 2 && b.dim() == 2) return mm(a, b);
+  const int64_t K = a.size(-1);
+  KERN_CHECK(b.size(-2) == K, "matmul: shapes ", a.shape(), " and ", b.shape(), " cannot be multiplied");
+  if (b.dim() == 2) {
+    // [*, K] @ [K, N]: fold the batch into the rows.
+    Shape out_shape(a.shape().begin(), a.shape().end() - 1);
+    out_shape.push_back(b.size(1));
+    return reshape(mm(reshape(a, {-1, K}), b), out_shape);
+  }
+  Shape ba(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
+  Shape batch = broadcast_shapes(ba, bb, "matmul");
+  const int64_t M = a.size(-2), N = b.size(-1);
+  Shape ea = batch, eb = batch;
+  ea.insert(ea.end(), {M, K});
+  eb.insert(eb.end(), {K, N});
+  Tensor out = bmm(reshape(expand(a, ea), {-1, M, K}), reshape(expand(b, eb), {-1, K, N}));
+  Shape out_shape = batch;
+  out_shape.insert(out_shape.end(), {M, N});
+  return reshape(out, out_shape);
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  KERN_CHECK(weight.dim() == 2, "linear: weight must be [out, in], got ", weight.shape());
+  KERN_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "linear: input ", x.shape(), " does not match weight ",
+             weight.shape(), " (in_features = ", weight.size(1), ")");
+  Tensor y = matmul(x, weight.t());
+  if (!bias.defined()) return y;
+  KERN_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "linear: bias ", bias.shape(),
+             " does not match weight ", weight.shape());
+  return y + bias;
+}
+
+Tensor outer(const Tensor& a, const Tensor& b) {
+  KERN_CHECK(a.dim() == 1 && b.dim() == 1, "outer: expected 1-D operands, got ", a.shape(), " and ", b.shape());
+  return unsqueeze(a, 1) * unsqueeze(b, 0);
+}
+
+}  // namespace kern

@@ -1,0 +1,260 @@
+// Tensor core: storage, metadata, copies and conversions (outside autograd where stated).
+#include <kern/autograd.hpp>
+#include <kern/ops.hpp>
+#include <kern/tensor.hpp>
+
+#include <omp.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "../ops/kernel_utils.hpp"
+
+namespace kern {
+
+std::shared_ptr<Storage> Storage::allocate(std::size_t nbytes) {
+  auto s = std::make_shared<Storage>();
+  const std::size_t rounded = ((nbytes + 63) / 64) * 64;
+  void* p = rounded ? std::aligned_alloc(64, rounded) : nullptr;
+  KERN_CHECK(rounded == 0 || p != nullptr, "out of memory allocating ", nbytes, " bytes");
+  s->data = p;
+  s->nbytes = nbytes;
+  s->keepalive = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  return s;
+}
+
+std::vector<int64_t> contiguous_strides(const Shape& shape) {
+  std::vector<int64_t> st(shape.size());
+  int64_t acc = 1;
+  for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
+    st[d] = acc;
+    acc *= std::max<int64_t>(shape[d], 1);
+  }
+  return st;
+}
+
+Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
+  const size_t n = std::max(a.size(), b.size());
+  Shape out(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t da = i < n - a.size() ? 1 : a[i - (n - a.size())];
+    const int64_t db = i < n - b.size() ? 1 : b[i - (n - b.size())];
+    KERN_CHECK(da == db || da == 1 || db == 1, op, ": shapes ", a, " and ", b,
+               " cannot be broadcast together");
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op) {
+  const int64_t lo = ndim == 0 ? -1 : -ndim, hi = ndim == 0 ? 0 : ndim - 1;
+  KERN_CHECK(dim >= lo && dim <= hi, op, ": dim ", dim, " out of range for a tensor with ", ndim,
+             " dims");
+  return dim < 0 ? dim + std::max<int64_t>(ndim, 1) : dim;
+}
+
+int64_t Tensor::size(int64_t d) const { return shape()[wrap_dim(d, dim(), "size")]; }
+int64_t Tensor::stride(int64_t d) const { return strides()[wrap_dim(d, dim(), "stride")]; }
+
+bool Tensor::is_contiguous() const {
+  int64_t expected = 1;
+  for (int64_t d = dim() - 1; d >= 0; --d) {
+    if (shape()[d] != 1 && strides()[d] != expected) return false;
+    expected *= shape()[d];
+  }
+  return true;
+}
+
+bool Tensor::shares_storage(const Tensor& other) const {
+  return impl().storage == other.impl().storage;
+}
+
+void* Tensor::raw_data() const {
+  auto& i = impl();
+  return static_cast<char*>(i.storage->data) + i.offset * static_cast<int64_t>(dtype_size(i.dtype));
+}
+
+double Tensor::item_double() const {
+  KERN_CHECK(numel() == 1, "item: expected a tensor with one element, got shape ", shape());
+  return detail::dispatch_all(dtype(), [&]<typename T>() {
+    return static_cast<double>(*static_cast<const T*>(raw_data()));
+  });
+}
+
+template <typename T>
+std::vector<T> Tensor::to_vector() const {
+  Tensor c = contiguous();
+  std::vector<T> out(numel());
+  detail::dispatch_all(dtype(), [&]<typename S>() {
+    const S* p = static_cast<const S*>(c.raw_data());
+    for (int64_t i = 0; i < numel(); ++i) out[i] = static_cast<T>(p[i]);
+  });
+  return out;
+}
+template std::vector<float> Tensor::to_vector<float>() const;
+template std::vector<double> Tensor::to_vector<double>() const;
+template std::vector<int64_t> Tensor::to_vector<int64_t>() const;
+
+Tensor& Tensor::requires_grad_(bool value) {
+  KERN_CHECK(is_leaf() || value, "requires_grad_: only leaves can stop requiring grad; use detach()");
+  KERN_CHECK(is_leaf(), "requires_grad_: tensor is not a leaf (it was produced by ",
+             grad_fn() ? "an op" : "?", "); use detach().requires_grad_()");
+  KERN_CHECK(!value || is_floating(dtype()), "requires_grad_: only floating tensors can require grad, got ",
+             dtype());
+  impl().requires_grad = value;
+  return *this;
+}
+
+Tensor Tensor::detach() const {
+  auto i = std::make_shared<TensorImpl>();
+  i->storage = impl().storage;
+  i->shape = shape();
+  i->strides = strides();
+  i->offset = storage_offset();
+  i->dtype = dtype();
+  return Tensor(i);
+}
+
+
+Tensor Tensor::contiguous() const { return kern::contiguous(*this); }
+
+Tensor Tensor::clone() const {
+  // Always a fresh copy; differentiable (identity gradient).
+  Tensor out = empty(shape(), dtype());
+  out.copy_(*this);
+  return record_op("clone", out, {*this}, [](const BackwardContext& c) {
+    return std::vector<Tensor>{c.grad};
+  });
+}
+
+Tensor Tensor::to(DType target) const {
+  if (target == dtype()) return *this;
+  Tensor out = detail::dispatch_all(target, [&]<typename TO>() {
+    return detail::dispatch_all(dtype(), [&]<typename TI>() {
+      return detail::map_unary<TO, TI>(*this, target, [](TI v) { return static_cast<TO>(v); });
+    });
+  });
+  if (!is_floating(target) || !is_floating(dtype())) return out;
+  const DType source = dtype();
+  return record_op("to", out, {*this}, [source](const BackwardContext& c) {
+    return std::vector<Tensor>{c.grad.to(source)};
+  });
+}
+
+Tensor& Tensor::copy_(const Tensor& src) {
+  KERN_CHECK(!(requires_grad() && is_leaf() && grad_mode_enabled()),
+             "copy_: in-place write into a leaf that requires grad; wrap it in NoGradGuard");
+  Shape bs = broadcast_shapes(src.shape(), shape(), "copy_");
+  KERN_CHECK(bs == shape(), "copy_: source of shape ", src.shape(), " does not broadcast to ", shape());
+  detail::dispatch_all(dtype(), [&]<typename TO>() {
+    detail::dispatch_all(src.dtype(), [&]<typename TI>() {
+      TO* o = static_cast<TO*>(raw_data());
+      const TI* s = static_cast<const TI*>(src.raw_data());
+      detail::StridedLoop<2> loop(shape(), {strides(), detail::broadcast_strides(src, shape())});
+      loop.run([&](const std::array<int64_t, 2>& off, int64_t n, const std::array<int64_t, 2>& st) {
+        for (int64_t i = 0; i < n; ++i) o[off[0] + i * st[0]] = static_cast<TO>(s[off[1] + i * st[1]]);
+      });
+    });
+  });
+  return *this;
+}
+
+Tensor& Tensor::fill_(double value) {
+  detail::dispatch_all(dtype(), [&]<typename T>() {
+    T* o = static_cast<T*>(raw_data());
+    const T v = static_cast<T>(value);
+    detail::StridedLoop<1> loop(shape(), {strides()});
+    loop.run([&](const std::array<int64_t, 1>& off, int64_t n, const std::array<int64_t, 1>& st) {
+      for (int64_t i = 0; i < n; ++i) o[off[0] + i * st[0]] = v;
+    });
+  });
+  return *this;
+}
+
+// ---- method forms of ops
+Tensor Tensor::view(const Shape& s) const { return kern::view(*this, s); }
+Tensor Tensor::reshape(const Shape& s) const { return kern::reshape(*this, s); }
+Tensor Tensor::permute(const Dims& d) const { return kern::permute(*this, d); }
+Tensor Tensor::transpose(int64_t a, int64_t b) const { return kern::transpose(*this, a, b); }
+Tensor Tensor::narrow(int64_t d, int64_t s, int64_t l) const { return kern::narrow(*this, d, s, l); }
+Tensor Tensor::select(int64_t d, int64_t i) const { return kern::select(*this, d, i); }
+Tensor Tensor::expand(const Shape& s) const { return kern::expand(*this, s); }
+Tensor Tensor::squeeze(int64_t d) const { return kern::squeeze(*this, d); }
+Tensor Tensor::unsqueeze(int64_t d) const { return kern::unsqueeze(*this, d); }
+Tensor Tensor::flatten(int64_t s, int64_t e) const { return kern::flatten(*this, s, e); }
+Tensor Tensor::sum(const Dims& d, bool k) const { return kern::sum(*this, d, k); }
+Tensor Tensor::mean(const Dims& d, bool k) const { return kern::mean(*this, d, k); }
+Tensor Tensor::pow(double e) const { return kern::pow(*this, e); }
+Tensor Tensor::exp() const { return kern::exp(*this); }
+Tensor Tensor::log() const { return kern::log(*this); }
+Tensor Tensor::sqrt() const { return kern::sqrt(*this); }
+Tensor Tensor::abs() const { return kern::abs(*this); }
+Tensor Tensor::neg() const { return kern::neg(*this); }
+Tensor Tensor::matmul(const Tensor& o) const { return kern::matmul(*this, o); }
+
+// ---- operators
+Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+Tensor operator-(const Tensor& a) { return neg(a); }
+Tensor operator+(const Tensor& a, double b) { return add(a, detail::scalar_like(b, a)); }
+Tensor operator-(const Tensor& a, double b) { return sub(a, detail::scalar_like(b, a)); }
+Tensor operator*(const Tensor& a, double b) { return mul(a, detail::scalar_like(b, a)); }
+Tensor operator/(const Tensor& a, double b) { return mul(a, detail::scalar_like(1.0 / b, a)); }
+Tensor operator+(double a, const Tensor& b) { return add(detail::scalar_like(a, b), b); }
+Tensor operator-(double a, const Tensor& b) { return sub(detail::scalar_like(a, b), b); }
+Tensor operator*(double a, const Tensor& b) { return mul(detail::scalar_like(a, b), b); }
+Tensor operator/(double a, const Tensor& b) { return div(detail::scalar_like(a, b), b); }
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  KERN_CHECK(a.shape() == b.shape(), "max_abs_diff: shapes ", a.shape(), " and ", b.shape(), " differ");
+  auto va = a.to_vector<double>(), vb = b.to_vector<double>();
+  double m = 0;
+  for (size_t i = 0; i < va.size(); ++i) {
+    const double d = std::abs(va[i] - vb[i]);
+    if (std::isnan(d)) return d;
+    m = std::max(m, d);
+  }
+  return m;
+}
+
+bool allclose(const Tensor& a, const Tensor& b, double rtol, double atol) {
+  if (a.shape() != b.shape()) return false;
+  auto va = a.to_vector<double>(), vb = b.to_vector<double>();
+  for (size_t i = 0; i < va.size(); ++i)
+    if (!(std::abs(va[i] - vb[i]) <= atol + rtol * std::abs(vb[i]))) return false;
+  return true;
+}
+
+void set_num_threads(int n) {
+  KERN_CHECK(n >= 1, "set_num_threads: need at least 1 thread, got ", n);
+  omp_set_num_threads(n);
+}
+int get_num_threads() { return omp_get_max_threads(); }
+
+namespace detail {
+
+std::vector<int64_t> broadcast_strides(const Tensor& t, const Shape& shape) {
+  std::vector<int64_t> st(shape.size(), 0);
+  const size_t off = shape.size() - t.shape().size();
+  for (size_t d = 0; d < t.shape().size(); ++d)
+    st[off + d] = t.shape()[d] == 1 ? 0 : t.strides()[d];
+  return st;
+}
+
+void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
+  KERN_CHECK(a.dtype() == b.dtype(), op, ": dtype mismatch, ", a.dtype(), " ", a.shape(), " vs ",
+             b.dtype(), " ", b.shape(), " (convert one with .to())");
+}
+
+void check_floating(const Tensor& t, const char* op) {
+  KERN_CHECK(is_floating(t.dtype()), op, ": expected a floating-point tensor, got ", t.dtype(), " ",
+             t.shape());
+}
+
+Tensor scalar_like(double v, const Tensor& like) { return scalar_tensor(v, like.dtype()); }
+
+}  // namespace detail
+}  // namespace kern
