@@ -80,26 +80,26 @@ std::vector<Tensor> Engine::run(const std::vector<Tensor>& outputs,
                                 const std::vector<Tensor>& grad_outputs,
                                 const std::vector<Tensor>& targets, bool accumulate_leaves,
                                 bool retain_graph, bool create_graph) {
-  // 1. Collect every node reachable from the outputs.
-  std::vector<Node*> nodes;
+  // 1. Collect every node reachable from the outputs. Shared pointers keep them alive while
+  //    released nodes drop their inputs below.
+  std::vector<std::shared_ptr<Node>> nodes;
   std::unordered_set<Node*> seen;
-  std::vector<Node*> stack;
+  std::vector<std::shared_ptr<Node>> stack;
   for (auto& o : outputs)
-    if (o.grad_fn() && seen.insert(o.grad_fn().get()).second) stack.push_back(o.grad_fn().get());
+    if (o.grad_fn() && seen.insert(o.grad_fn().get()).second) stack.push_back(o.grad_fn());
   while (!stack.empty()) {
-    Node* n = stack.back();
+    std::shared_ptr<Node> n = stack.back();
     stack.pop_back();
     KERN_CHECK(!n->released(), "backward: trying to backward through the graph a second time (op '",
                n->name(), "'); pass retain_graph = true the first time");
-    nodes.push_back(n);
     for (auto& in : n->inputs_)
-      if (in.defined() && in.grad_fn() && seen.insert(in.grad_fn().get()).second)
-        stack.push_back(in.grad_fn().get());
+      if (in.defined() && in.grad_fn() && seen.insert(in.grad_fn().get()).second) stack.push_back(in.grad_fn());
+    nodes.push_back(std::move(n));
   }
   // Producers have smaller sequence numbers than consumers: descending order is a valid
   // reverse topological order.
   std::sort(nodes.begin(), nodes.end(),
-            [](Node* a, Node* b) { return a->sequence_nr() > b->sequence_nr(); });
+            [](const auto& a, const auto& b) { return a->sequence_nr() > b->sequence_nr(); });
 
   // 2. Which tensors want gradients: target leaves (by impl) and target non-leaves (by node).
   std::unordered_set<const TensorImpl*> target_leaves;
@@ -116,7 +116,7 @@ std::vector<Tensor> Engine::run(const std::vector<Tensor>& outputs,
     return accumulate_leaves || target_leaves.count(in.impl_ptr().get()) > 0;
   };
   for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {
-    Node* n = *it;
+    Node* n = it->get();
     bool u = target_nodes.count(n) > 0;
     for (auto& in : n->inputs_) u = u || input_wanted(in);
     useful[n] = u;
@@ -146,7 +146,8 @@ std::vector<Tensor> Engine::run(const std::vector<Tensor>& outputs,
   std::optional<NoGradGuard> no_grad;
   std::optional<EnableGradGuard> with_grad;
   if (create_graph) with_grad.emplace(); else no_grad.emplace();
-  for (Node* n : nodes) {
+  for (auto& node : nodes) {
+    Node* n = node.get();
     if (!useful[n]) continue;
     auto git = node_grads.find(n);
     if (git == node_grads.end() || !git->second.defined()) continue;
@@ -164,7 +165,11 @@ std::vector<Tensor> Engine::run(const std::vector<Tensor>& outputs,
     std::vector<Tensor> in_grads;
     if (any) {
       BackwardContext ctx{g, n->inputs_, out, needs};
-      in_grads = n->fn_(ctx);
+      try {
+        in_grads = n->fn_(ctx);
+      } catch (const Error& e) {
+        throw Error(fmt::format("in backward of op '{}': {}", n->name(), e.what()));
+      }
       KERN_CHECK(in_grads.size() == n->inputs_.size(), "backward of '", n->name(), "' returned ",
                  in_grads.size(), " gradients for ", n->inputs_.size(), " inputs");
     }
@@ -182,11 +187,13 @@ std::vector<Tensor> Engine::run(const std::vector<Tensor>& outputs,
       else accumulate(leaf_grads[in.impl_ptr().get()], gi);
     }
     if (!target_nodes.count(n)) node_grads.erase(n);
-    if (!retain_graph) {
-      n->fn_ = nullptr;
-      n->inputs_.clear();
-    }
   }
+  // Release the graph only now: a node's saved inputs are other nodes' outputs.
+  if (!retain_graph)
+    for (auto& node : nodes) {
+      node->fn_ = nullptr;
+      node->inputs_.clear();
+    }
   no_grad.reset();
   with_grad.reset();
 

@@ -51,7 +51,7 @@ Shape infer_shape(const Shape& target, int64_t numel, const char* op, const Shap
 std::optional<std::vector<int64_t>> view_strides(const Shape& old_shape, const std::vector<int64_t>& old_strides,
                                                  const Shape& new_shape) {
   std::vector<int64_t> ns(new_shape.size());
-  if (old_shape.numel() == 0) return contiguous_strides(new_shape);
+  if (old_shape.numel() == 0 || old_shape.empty()) return contiguous_strides(new_shape);
   int64_t view_d = static_cast<int64_t>(new_shape.size()) - 1;
   int64_t chunk_base_stride = old_strides.empty() ? 1 : old_strides.back();
   int64_t tensor_numel = 1, view_numel = 1;
