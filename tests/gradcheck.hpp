@@ -47,7 +47,14 @@ inline std::string gradcheck_report(const Fn& f, const std::vector<Tensor>& inpu
       diff_inputs.push_back(xs[i]);
       which.push_back(i);
     }
-  auto analytic = grad({out}, diff_inputs, {v}, {.allow_unused = true});
+  // An output that does not depend on the inputs through the graph (e.g. the gradient of a
+  // linear op, in gradgradcheck) has a zero derivative.
+  std::vector<Tensor> analytic;
+  if (out.requires_grad()) {
+    analytic = grad({out}, diff_inputs, {v}, {.allow_unused = true});
+  } else {
+    for (auto& d : diff_inputs) analytic.push_back(zeros_like(d));
+  }
   auto objective = [&](const std::vector<Tensor>& ps) {
     NoGradGuard ng;
     return dot(f(ps), v).item();
@@ -88,7 +95,19 @@ inline std::string gradgradcheck_report(const Fn& f, const std::vector<Tensor>& 
     NoGradGuard ng;
     v = randn(f(probe).shape(), inputs[0].dtype(), &gen);
   }
-  Fn backward_fn = [&](const std::vector<Tensor>& xs) {
+  Fn backward_fn = [&](const std::vector<Tensor>& given) {
+    // The numeric path passes plain tensors under NoGradGuard: make them leaves again.
+    EnableGradGuard eg;
+    std::vector<Tensor> xs;
+    for (auto& x : given) {
+      if (x.requires_grad() || !is_floating(x.dtype())) {
+        xs.push_back(x);
+      } else {
+        Tensor t = x.detach();
+        t.requires_grad_(true);
+        xs.push_back(t);
+      }
+    }
     Tensor out = f(xs);
     std::vector<Tensor> diff;
     for (auto& x : xs)
