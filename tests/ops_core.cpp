@@ -81,6 +81,25 @@ OpRegistrar elementwise({
      [](Generator& g) { return Ins{rn(g, {2, 3}), rn(g, {3}) + 0.05}; }},
 });
 
+// float32 fast path (oneDNN eltwise) runs from 1024 elements: these samples are large enough.
+OpInfo fast_unary(std::string name, std::function<Tensor(const Tensor&)> f, std::function<Tensor(Generator&)> make) {
+  OpInfo op = unary(name + " [fast path]", f, make);
+  op.fast_path = true;
+  op.gradgrad = false;  // the small-sample entries above cover second order
+  return op;
+}
+
+OpRegistrar elementwise_fast({
+    fast_unary("exp", [](const Tensor& x) { return exp(x); }, [](Generator& g) { return rn(g, {32, 40}); }),
+    fast_unary("log", [](const Tensor& x) { return log(x); }, [](Generator& g) { return ru(g, {32, 40}, 0.5, 3); }),
+    fast_unary("sqrt", [](const Tensor& x) { return sqrt(x); }, [](Generator& g) { return ru(g, {32, 40}, 0.5, 3); }),
+    fast_unary("abs", [](const Tensor& x) { return abs(x); }, [](Generator& g) { return away0(g, {32, 40}); }),
+    fast_unary("tanh", [](const Tensor& x) { return tanh(x); }, [](Generator& g) { return rn(g, {32, 40}); }),
+    fast_unary("sigmoid", [](const Tensor& x) { return sigmoid(x); }, [](Generator& g) { return rn(g, {32, 40}); }),
+    fast_unary("relu", [](const Tensor& x) { return relu(x); }, [](Generator& g) { return away0(g, {32, 40}); }),
+    fast_unary("gelu", [](const Tensor& x) { return gelu(x); }, [](Generator& g) { return rn(g, {32, 40}); }),
+});
+
 OpRegistrar reductions({
     unary("sum all", [](const Tensor& x) { return sum(x); }, [](Generator& g) { return rn_t(g, 3, 4); },
           [] { sum(zeros({2, 3}), {2}); }, "sum: dim 2 out of range"),

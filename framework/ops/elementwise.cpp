@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "../backend/backend.hpp"
+#include "../backend/eltwise.hpp"
 #include "kernel_utils.hpp"
 
 namespace kern {
@@ -21,6 +23,20 @@ Tensor unary_forward(const Tensor& x, const char* op, F f) {
   return dispatch_float(x.dtype(), op, [&]<typename T>() {
     return detail::map_unary<T, T>(x, x.dtype(), [f](T v) { return static_cast<T>(f(v)); });
   });
+}
+
+// Like unary_forward, but float32 tensors of at least kFastMin elements run oneDNN's
+// vectorized eltwise kernel `alg` (the fast path) when the backend allows it.
+constexpr int64_t kFastMin = 1024;
+template <typename F>
+Tensor unary_forward(const Tensor& x, const char* op, backend::Eltwise alg, F f, float alpha = 0.f,
+                     float beta = 0.f) {
+  if (backend::use_fast(x.dtype()) && x.numel() >= kFastMin && x.is_contiguous()) {
+    Tensor out = empty(x.shape(), x.dtype());
+    backend::eltwise_fast(alg, x.data_ptr<float>(), out.data_ptr<float>(), x.numel(), alpha, beta);
+    return out;
+  }
+  return unary_forward(x, op, f);
 }
 
 template <typename F>
@@ -116,12 +132,12 @@ Tensor reciprocal(const Tensor& x) { return 1.0 / x; }
 
 // ---- transcendental
 Tensor exp(const Tensor& x) {
-  return record_op("exp", unary_forward(x, "exp", [](auto v) { return std::exp(v); }), {x},
+  return record_op("exp", unary_forward(x, "exp", backend::Eltwise::Exp, [](auto v) { return std::exp(v); }), {x},
                    [](const BackwardContext& c) { return G{c.grad * c.output}; });
 }
 
 Tensor log(const Tensor& x) {
-  return record_op("log", unary_forward(x, "log", [](auto v) { return std::log(v); }), {x},
+  return record_op("log", unary_forward(x, "log", backend::Eltwise::Log, [](auto v) { return std::log(v); }), {x},
                    [](const BackwardContext& c) { return G{c.grad / c.inputs[0]}; });
 }
 
@@ -131,7 +147,7 @@ Tensor log1p(const Tensor& x) {
 }
 
 Tensor sqrt(const Tensor& x) {
-  return record_op("sqrt", unary_forward(x, "sqrt", [](auto v) { return std::sqrt(v); }), {x},
+  return record_op("sqrt", unary_forward(x, "sqrt", backend::Eltwise::Sqrt, [](auto v) { return std::sqrt(v); }), {x},
                    [](const BackwardContext& c) { return G{c.grad / (c.output * 2.0)}; });
 }
 
@@ -147,7 +163,7 @@ Tensor sign(const Tensor& x) {
 }
 
 Tensor abs(const Tensor& x) {
-  return record_op("abs", unary_forward(x, "abs", [](auto v) { return std::abs(v); }), {x},
+  return record_op("abs", unary_forward(x, "abs", backend::Eltwise::Abs, [](auto v) { return std::abs(v); }), {x},
                    [](const BackwardContext& c) { return G{c.grad * sign(c.inputs[0])}; });
 }
 
@@ -170,14 +186,14 @@ Tensor erf(const Tensor& x) {
 }
 
 Tensor tanh(const Tensor& x) {
-  return record_op("tanh", unary_forward(x, "tanh", [](auto v) { return std::tanh(v); }), {x},
+  return record_op("tanh", unary_forward(x, "tanh", backend::Eltwise::Tanh, [](auto v) { return std::tanh(v); }), {x},
                    [](const BackwardContext& c) {
                      return G{c.grad * (1.0 - c.output * c.output)};
                    });
 }
 
 Tensor sigmoid(const Tensor& x) {
-  Tensor out = unary_forward(x, "sigmoid", [](auto v) {
+  Tensor out = unary_forward(x, "sigmoid", backend::Eltwise::Logistic, [](auto v) {
     using T = decltype(v);
     return v >= 0 ? T(1) / (T(1) + std::exp(-v)) : std::exp(v) / (T(1) + std::exp(v));
   });
@@ -188,7 +204,7 @@ Tensor sigmoid(const Tensor& x) {
 
 // ---- activations
 Tensor relu(const Tensor& x) {
-  return record_op("relu", unary_forward(x, "relu", [](auto v) { return v > 0 ? v : decltype(v)(0); }),
+  return record_op("relu", unary_forward(x, "relu", backend::Eltwise::Relu, [](auto v) { return v > 0 ? v : decltype(v)(0); }),
                    {x}, [](const BackwardContext& c) { return G{c.grad * (c.inputs[0] > 0.0)}; });
 }
 
@@ -201,7 +217,7 @@ Tensor gelu(const Tensor& x, std::string_view approximate) {
   KERN_CHECK(approximate == "none", "gelu: approximate must be \"none\" or \"tanh\", got \"",
              approximate, "\"");
   // Fused forward x * Phi(x); backward Phi(x) + x phi(x), written in differentiable ops.
-  Tensor out = unary_forward(x, "gelu", [](auto v) {
+  Tensor out = unary_forward(x, "gelu", backend::Eltwise::GeluErf, [](auto v) {
     using T = decltype(v);
     return static_cast<T>(0.5) * v * (T(1) + std::erf(v * static_cast<T>(kInvSqrt2)));
   });
