@@ -1,0 +1,7 @@
+#pragma once
+// kern::data umbrella: IDX files, datasets (TensorDataset, FashionMNIST), DataLoader,
+// transforms.
+#include <kern/data/dataloader.hpp>
+#include <kern/data/dataset.hpp>
+#include <kern/data/idx.hpp>
+#include <kern/data/transforms.hpp>
