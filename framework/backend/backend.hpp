@@ -23,3 +23,16 @@ template <typename T>
 void gemm_reference(const MatRef<T>& a, const MatRef<T>& b, T* c, int64_t ldc, T beta);
 
 }  // namespace kern::backend
+
+// ---- real FFT (framework/backend/fft.cpp): radix-2 + Bluestein, rows in parallel
+namespace kern::backend {
+
+/// x: [rows, n] contiguous -> out: [rows, n/2 + 1, 2] (unnormalized, like torch.fft.rfft).
+template <typename T>
+void rfft_rows(const T* x, int64_t rows, int64_t n, T* out);
+/// X: [rows, n/2 + 1, 2] contiguous -> out: [rows, n] (1/n scaling, like torch.fft.irfft;
+/// imaginary parts of bin 0 and, for even n, bin n/2 are ignored).
+template <typename T>
+void irfft_rows(const T* X, int64_t rows, int64_t n, T* out);
+
+}  // namespace kern::backend

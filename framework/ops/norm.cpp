@@ -1,0 +1,196 @@
+// Normalization ops. layer_norm and training-mode batch_norm run a fused forward (one pass
+// for the statistics, in double, and one for the output); their backwards are the analytic
+// formulas written in differentiable ops, recomputing x_hat and rstd from the input x so
+// that differentiating the backward again is exact:
+//   x_hat = (x - mean) * rstd, rstd = (var_biased + eps)^-1/2, gy_hat = g * weight
+//   dx = rstd * (gy_hat - mean(gy_hat) - x_hat * mean(gy_hat * x_hat))   (means over the
+//        normalized elements), dweight = sum g * x_hat, dbias = sum g.
+// Eval-mode batch_norm is an affine map per channel, composed from elementwise ops.
+#include <kern/autograd.hpp>
+#include <kern/ops.hpp>
+
+#include <cmath>
+
+#include "kernel_utils.hpp"
+
+namespace kern {
+
+using G = std::vector<Tensor>;
+
+namespace {
+
+void check_param(const Tensor& p, const Tensor& x, const Shape& want, const char* op, const char* name) {
+  if (!p.defined()) return;
+  KERN_CHECK(p.shape() == want, op, ": ", name, " has shape ", p.shape(), ", expected ", want,
+             " for input ", x.shape());
+  KERN_CHECK(p.dtype() == x.dtype(), op, ": ", name, " is ", p.dtype(), " but input is ", x.dtype());
+}
+
+// The normalization backward in differentiable ops over `dims` of x (see the file comment).
+// `w` is the weight already shaped to broadcast against x (or undefined).
+struct NormGrads {
+  Tensor gx, g_xhat_prod;  // g_xhat_prod = g * x_hat (un-reduced), for the weight gradient
+};
+NormGrads norm_backward(const Tensor& x, const Tensor& g, const Tensor& w, const Dims& dims, double eps,
+                        bool need_x, bool need_w) {
+  Tensor xc = x - mean(x, dims, true);
+  Tensor rstd = rsqrt(mean(xc * xc, dims, true) + eps);
+  Tensor xhat = xc * rstd;
+  NormGrads out;
+  if (need_x) {
+    Tensor gy = w.defined() ? g * w : g;
+    out.gx = rstd * (gy - mean(gy, dims, true) - xhat * mean(gy * xhat, dims, true));
+  }
+  if (need_w) out.g_xhat_prod = g * xhat;
+  return out;
+}
+
+}  // namespace
+
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
+                  double eps) {
+  detail::check_floating(x, "layer_norm");
+  const int64_t k = normalized_shape.ndim();
+  bool match = k >= 1 && k <= x.dim();
+  for (int64_t i = 0; match && i < k; ++i) match = x.shape()[x.dim() - k + i] == normalized_shape[i];
+  KERN_CHECK(match, "layer_norm: normalized_shape ", normalized_shape, " does not match the trailing dims of input ",
+             x.shape());
+  check_param(weight, x, normalized_shape, "layer_norm", "weight");
+  check_param(bias, x, normalized_shape, "layer_norm", "bias");
+  KERN_CHECK(eps >= 0, "layer_norm: eps must be >= 0, got ", eps);
+  const int64_t M = normalized_shape.numel();
+  const int64_t rows = M == 0 ? 0 : x.numel() / M;
+
+  Tensor xc = contiguous(x.detach());
+  Tensor wc = weight.defined() ? contiguous(weight.detach()) : Tensor();
+  Tensor bc = bias.defined() ? contiguous(bias.detach()) : Tensor();
+  Tensor out = empty(x.shape(), x.dtype());
+  detail::dispatch_float(x.dtype(), "layer_norm", [&]<typename T>() {
+    const T* p = static_cast<const T*>(xc.raw_data());
+    const T* pw = wc.defined() ? static_cast<const T*>(wc.raw_data()) : nullptr;
+    const T* pb = bc.defined() ? static_cast<const T*>(bc.raw_data()) : nullptr;
+    T* o = static_cast<T*>(out.raw_data());
+#pragma omp parallel for schedule(static) if (rows > 1 && x.numel() > (1 << 14))
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = p + r * M;
+      T* yr = o + r * M;
+      double s = 0, ss = 0;
+      for (int64_t i = 0; i < M; ++i) s += xr[i];
+      const double mu = s / static_cast<double>(M);
+      for (int64_t i = 0; i < M; ++i) ss += (xr[i] - mu) * (xr[i] - mu);
+      const T rstd = static_cast<T>(1.0 / std::sqrt(ss / static_cast<double>(M) + eps));
+      const T m = static_cast<T>(mu);
+      for (int64_t i = 0; i < M; ++i) {
+        T v = (xr[i] - m) * rstd;
+        if (pw) v *= pw[i];
+        if (pb) v += pb[i];
+        yr[i] = v;
+      }
+    }
+  });
+
+  Dims dims;
+  for (int64_t i = -k; i < 0; ++i) dims.push_back(i);
+  return record_op("layer_norm", out, {x, weight, bias}, [dims, eps](const BackwardContext& c) {
+    const Tensor &x = c.inputs[0], &w = c.inputs[1];
+    NormGrads n = norm_backward(x, c.grad, w, dims, eps, c.needs[0], c.needs[1]);
+    // weight / bias gradients are [*, normalized_shape]; the engine sums the leading dims.
+    return G{n.gx, n.g_xhat_prod, c.needs[2] ? c.grad : Tensor()};
+  });
+}
+
+Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
+                  const Tensor& bias, bool training, double momentum, double eps) {
+  detail::check_floating(x, "batch_norm");
+  KERN_CHECK(x.dim() >= 2, "batch_norm: input must be [N, C, *], got shape ", x.shape());
+  const int64_t N = x.shape()[0], C = x.shape()[1];
+  const int64_t S = C == 0 || N == 0 ? 0 : x.numel() / (N * C);
+  const Shape cshape{C};
+  check_param(running_mean, x, cshape, "batch_norm", "running_mean");
+  check_param(running_var, x, cshape, "batch_norm", "running_var");
+  check_param(weight, x, cshape, "batch_norm", "weight");
+  check_param(bias, x, cshape, "batch_norm", "bias");
+  KERN_CHECK(running_mean.defined() == running_var.defined(), "batch_norm: running_mean and running_var must ",
+             "both be given or both be omitted (input ", x.shape(), ")");
+  KERN_CHECK(eps >= 0, "batch_norm: eps must be >= 0, got ", eps);
+  // Per-channel parameters broadcast as [C, 1, ..., 1] against [N, C, *].
+  Shape bshape(x.dim() - 1, 1);
+  bshape[0] = C;
+
+  if (!training) {
+    KERN_CHECK(running_mean.defined(), "batch_norm: eval mode needs running_mean and running_var (input ",
+               x.shape(), ")");
+    // y = x * scale + shift with scale = weight * rstd, shift = bias - running_mean * scale.
+    Tensor rstd = rsqrt(running_var.detach() + eps);
+    Tensor scale = weight.defined() ? weight * rstd : rstd;
+    Tensor shift = -(running_mean.detach() * scale);
+    if (bias.defined()) shift = shift + bias;
+    return x * reshape(scale, bshape) + reshape(shift, bshape);
+  }
+
+  const int64_t count = N * S;
+  KERN_CHECK(count > 1, "batch_norm: expected more than 1 value per channel when training, got input ",
+             x.shape());
+  Tensor xc = contiguous(x.detach());
+  Tensor wc = weight.defined() ? contiguous(weight.detach()) : Tensor();
+  Tensor bc = bias.defined() ? contiguous(bias.detach()) : Tensor();
+  Tensor out = empty(x.shape(), x.dtype());
+  std::vector<double> mean_c(C), var_c(C);  // batch mean and biased variance
+  detail::dispatch_float(x.dtype(), "batch_norm", [&]<typename T>() {
+    const T* p = static_cast<const T*>(xc.raw_data());
+    const T* pw = wc.defined() ? static_cast<const T*>(wc.raw_data()) : nullptr;
+    const T* pb = bc.defined() ? static_cast<const T*>(bc.raw_data()) : nullptr;
+    T* o = static_cast<T*>(out.raw_data());
+    // x viewed as [N, C, S]: statistics per channel (parallel over channels), two passes.
+#pragma omp parallel for schedule(static) if (C > 1 && x.numel() > (1 << 14))
+    for (int64_t c = 0; c < C; ++c) {
+      double s = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T* row = p + (n * C + c) * S;
+        for (int64_t i = 0; i < S; ++i) s += row[i];
+      }
+      const double mu = s / static_cast<double>(count);
+      double ss = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T* row = p + (n * C + c) * S;
+        for (int64_t i = 0; i < S; ++i) ss += (row[i] - mu) * (row[i] - mu);
+      }
+      mean_c[c] = mu;
+      var_c[c] = ss / static_cast<double>(count);
+    }
+#pragma omp parallel for schedule(static) if (N * C > 1 && x.numel() > (1 << 14))
+    for (int64_t nc = 0; nc < N * C; ++nc) {
+      const int64_t c = nc % C;
+      const T rstd = static_cast<T>(1.0 / std::sqrt(var_c[c] + eps));
+      const T scale = pw ? rstd * pw[c] : rstd;
+      const T shift = (pb ? pb[c] : T(0)) - static_cast<T>(mean_c[c]) * scale;
+      const T* row = p + nc * S;
+      T* yr = o + nc * S;
+      for (int64_t i = 0; i < S; ++i) yr[i] = row[i] * scale + shift;
+    }
+  });
+
+  if (running_mean.defined()) {
+    // PyTorch: running = (1 - momentum) * running + momentum * batch, with the unbiased
+    // batch variance; in place, outside autograd.
+    NoGradGuard ng;
+    std::vector<double> unbiased(C);
+    for (int64_t c = 0; c < C; ++c) unbiased[c] = var_c[c] * static_cast<double>(count) / static_cast<double>(count - 1);
+    Tensor bm = from_vector<double>(mean_c, cshape).to(x.dtype());
+    Tensor bv = from_vector<double>(unbiased, cshape).to(x.dtype());
+    Tensor rm = running_mean, rv = running_var;  // handles to the caller's buffers
+    rm.copy_(rm * (1.0 - momentum) + bm * momentum);
+    rv.copy_(rv * (1.0 - momentum) + bv * momentum);
+  }
+
+  Dims dims{0};
+  for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
+  return record_op("batch_norm", out, {x, weight, bias}, [dims, bshape, eps](const BackwardContext& c) {
+    const Tensor &x = c.inputs[0], &w = c.inputs[1];
+    NormGrads n = norm_backward(x, c.grad, w.defined() ? reshape(w, bshape) : Tensor(), dims, eps, c.needs[0],
+                                c.needs[1]);
+    return G{n.gx, c.needs[1] ? sum(n.g_xhat_prod, dims) : Tensor(), c.needs[2] ? sum(c.grad, dims) : Tensor()};
+  });
+}
+
+}  // namespace kern
