@@ -6,6 +6,7 @@
 #include <kern/error.hpp>
 #include <kern/functional.hpp>
 #include <kern/generator.hpp>
+#include <kern/nn/nn.hpp>
 #include <kern/ops.hpp>
 #include <kern/shape.hpp>
 #include <kern/tensor.hpp>
