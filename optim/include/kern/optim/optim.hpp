@@ -1,0 +1,7 @@
+#pragma once
+// kern::optim umbrella: optimizers (SGD, Adam, AdamW), lr schedules, gradient clipping.
+#include <kern/optim/adam.hpp>
+#include <kern/optim/clip.hpp>
+#include <kern/optim/optimizer.hpp>
+#include <kern/optim/schedule.hpp>
+#include <kern/optim/sgd.hpp>

@@ -1,0 +1,223 @@
+// Optimizer base: parameter groups, zero_grad, lr access, state_dict save/load with
+// validation (every key, shape and dtype is checked before anything is replaced).
+#include <kern/autograd.hpp>
+#include <kern/optim/optimizer.hpp>
+
+#include <fmt/ranges.h>
+
+#include <charconv>
+#include <set>
+
+namespace kern::optim {
+
+Optimizer::Optimizer(std::string name, std::vector<ParamGroup> groups, double lr,
+                     double weight_decay)
+    : name_(std::move(name)) {
+  init(std::move(groups), lr, weight_decay);
+}
+
+Optimizer::Optimizer(std::string name, std::vector<Tensor> params, double lr, double weight_decay)
+    : name_(std::move(name)) {
+  std::vector<ParamGroup> groups(1);
+  groups[0].params = std::move(params);
+  init(std::move(groups), lr, weight_decay);
+}
+
+void Optimizer::init(std::vector<ParamGroup> groups, double lr, double weight_decay) {
+  KERN_CHECK(!groups.empty(), name_, ": no parameter groups given");
+  std::set<const TensorImpl*> seen;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    ParamGroup& grp = groups[g];
+    if (!grp.lr) grp.lr = lr;
+    if (!grp.weight_decay) grp.weight_decay = weight_decay;
+    KERN_CHECK(*grp.lr >= 0.0, name_, ": invalid learning rate ", *grp.lr, " in group ", g,
+               " (must be >= 0)");
+    KERN_CHECK(*grp.weight_decay >= 0.0, name_, ": invalid weight_decay ", *grp.weight_decay,
+               " in group ", g, " (must be >= 0)");
+    if (grp.lr_mult.empty()) grp.lr_mult.assign(grp.params.size(), 1.0);
+    KERN_CHECK(grp.lr_mult.size() == grp.params.size(), name_, ": group ", g, " has ",
+               grp.params.size(), " params but ", grp.lr_mult.size(), " lr multipliers");
+    for (size_t j = 0; j < grp.params.size(); ++j) {
+      const Tensor& p = grp.params[j];
+      KERN_CHECK(p.defined(), name_, ": parameter ", j, " of group ", g, " is undefined");
+      KERN_CHECK(is_floating(p.dtype()), name_, ": parameter ", j, " of group ", g, " is ",
+                 p.dtype(), "; only float32/float64 parameters can be optimized");
+      KERN_CHECK(p.is_leaf(), name_, ": parameter ", j, " of group ", g, " (shape ", p.shape(),
+                 ") is not a leaf tensor");
+      KERN_CHECK(grp.lr_mult[j] >= 0.0, name_, ": negative lr multiplier ", grp.lr_mult[j],
+                 " for parameter ", j, " of group ", g);
+      KERN_CHECK(seen.insert(p.impl_ptr().get()).second, name_, ": parameter ", j, " of group ",
+                 g, " (shape ", p.shape(), ") appears more than once");
+    }
+    num_params_ += grp.params.size();
+  }
+  groups_ = std::move(groups);
+  state_.resize(num_params_);
+}
+
+void Optimizer::zero_grad() {
+  for (auto& g : groups_)
+    for (auto& p : g.params) p.zero_grad();
+}
+
+double Optimizer::lr(size_t group) const { return *param_group(group).lr; }
+
+void Optimizer::set_lr(size_t group, double lr) {
+  KERN_CHECK(group < groups_.size(), name_, ": set_lr: group ", group, " out of range (",
+             groups_.size(), " groups)");
+  KERN_CHECK(lr >= 0.0, name_, ": set_lr: invalid learning rate ", lr, " (must be >= 0)");
+  groups_[group].lr = lr;
+}
+
+void Optimizer::set_lr(double lr) {
+  for (size_t g = 0; g < groups_.size(); ++g) set_lr(g, lr);
+}
+
+double Optimizer::weight_decay(size_t group) const { return *param_group(group).weight_decay; }
+
+void Optimizer::set_weight_decay(size_t group, double weight_decay) {
+  KERN_CHECK(group < groups_.size(), name_, ": set_weight_decay: group ", group,
+             " out of range (", groups_.size(), " groups)");
+  KERN_CHECK(weight_decay >= 0.0, name_, ": invalid weight_decay ", weight_decay,
+             " (must be >= 0)");
+  groups_[group].weight_decay = weight_decay;
+}
+
+const ParamGroup& Optimizer::param_group(size_t group) const {
+  KERN_CHECK(group < groups_.size(), name_, ": group ", group, " out of range (", groups_.size(),
+             " groups)");
+  return groups_[group];
+}
+
+std::vector<Tensor> Optimizer::parameters() const {
+  std::vector<Tensor> out;
+  for (auto& g : groups_) out.insert(out.end(), g.params.begin(), g.params.end());
+  return out;
+}
+
+Tensor Optimizer::checked_grad(const Tensor& p, size_t index) const {
+  Tensor g = p.grad();
+  KERN_CHECK(g.shape() == p.shape(), name_, ": gradient of parameter ", index, " has shape ",
+             g.shape(), ", parameter has ", p.shape());
+  KERN_CHECK(g.dtype() == p.dtype(), name_, ": gradient of parameter ", index, " is ", g.dtype(),
+             ", parameter is ", p.dtype());
+  NoGradGuard ng;
+  return g.is_contiguous() ? g.detach() : g.contiguous().detach();
+}
+
+// ---- state_dict
+
+StateDict Optimizer::state_dict() const {
+  NoGradGuard ng;
+  StateDict sd;
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    sd.emplace_back(fmt::format("group.{}.lr", g), scalar_tensor(*groups_[g].lr, DType::Float64));
+    sd.emplace_back(fmt::format("group.{}.weight_decay", g),
+                    scalar_tensor(*groups_[g].weight_decay, DType::Float64));
+  }
+  const auto names = state_names();
+  for (size_t i = 0; i < num_params_; ++i) {
+    if (state_[i].empty()) continue;
+    for (const auto& n : names) {
+      auto it = state_[i].find(n);
+      if (it == state_[i].end() || !it->second.defined()) continue;
+      sd.emplace_back(fmt::format("state.{}.{}", i, n), it->second.detach().clone());
+    }
+  }
+  return sd;
+}
+
+namespace {
+
+// Parses "<prefix><index>.<rest>"; false when the key does not have that form.
+bool parse_key(const std::string& key, std::string_view prefix, size_t& index, std::string& rest) {
+  if (key.rfind(prefix, 0) != 0) return false;
+  const char* begin = key.data() + prefix.size();
+  const char* end = key.data() + key.size();
+  auto [ptr, ec] = std::from_chars(begin, end, index);
+  if (ec != std::errc() || ptr == begin || ptr == end || *ptr != '.') return false;
+  rest.assign(ptr + 1, end);
+  return !rest.empty();
+}
+
+}  // namespace
+
+void Optimizer::load_state_dict(const StateDict& sd) {
+  const auto names = state_names();
+  const std::set<std::string> name_set(names.begin(), names.end());
+  const auto params = parameters();
+
+  std::vector<std::optional<double>> lrs(groups_.size()), wds(groups_.size());
+  std::vector<std::map<std::string, Tensor>> state(num_params_);
+  std::set<std::string> keys;
+  for (const auto& [key, t] : sd) {
+    KERN_CHECK(keys.insert(key).second, name_, ": load_state_dict: duplicate key '", key, "'");
+    KERN_CHECK(t.defined(), name_, ": load_state_dict: key '", key, "' holds an undefined tensor");
+    size_t idx = 0;
+    std::string rest;
+    if (parse_key(key, "group.", idx, rest)) {
+      KERN_CHECK(idx < groups_.size(), name_, ": load_state_dict: key '", key, "' names group ",
+                 idx, " but the optimizer has ", groups_.size(), " groups");
+      KERN_CHECK(rest == "lr" || rest == "weight_decay", name_, ": load_state_dict: unexpected key '",
+                 key, "' (groups hold lr and weight_decay)");
+      KERN_CHECK(t.numel() == 1 && t.dim() == 0 && is_floating(t.dtype()), name_,
+                 ": load_state_dict: key '", key, "' must be a 0-dim float scalar, got shape ",
+                 t.shape(), " ", t.dtype());
+      const double v = t.item_double();
+      KERN_CHECK(v >= 0.0, name_, ": load_state_dict: key '", key, "' holds negative value ", v);
+      (rest == "lr" ? lrs : wds)[idx] = v;
+    } else if (parse_key(key, "state.", idx, rest)) {
+      KERN_CHECK(idx < num_params_, name_, ": load_state_dict: key '", key, "' names parameter ",
+                 idx, " but the optimizer has ", num_params_, " parameters");
+      KERN_CHECK(name_set.count(rest), name_, ": load_state_dict: unexpected key '", key, "' (",
+                 name_, " keeps ", fmt::format("{}", fmt::join(names, ", ")), ")");
+      const Tensor& p = params[idx];
+      if (rest == "step") {
+        KERN_CHECK(t.dim() == 0 && is_floating(t.dtype()), name_, ": load_state_dict: key '", key,
+                   "' must be a 0-dim float scalar, got shape ", t.shape(), " ", t.dtype());
+        const double s = t.item_double();
+        KERN_CHECK(s >= 0.0 && s == static_cast<double>(static_cast<int64_t>(s)), name_,
+                   ": load_state_dict: key '", key, "' holds ", s,
+                   ", not a non-negative whole step count");
+      } else {
+        KERN_CHECK(t.shape() == p.shape(), name_, ": load_state_dict: key '", key, "' has shape ",
+                   t.shape(), " but parameter ", idx, " has shape ", p.shape());
+        KERN_CHECK(is_floating(t.dtype()), name_, ": load_state_dict: key '", key, "' is ",
+                   t.dtype(), ", expected ", p.dtype());
+      }
+      state[idx][rest] = t;
+    } else {
+      throw Error(fmt::format("{}: load_state_dict: unexpected key '{}'", name_, key));
+    }
+  }
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    KERN_CHECK(lrs[g].has_value(), name_, ": load_state_dict: missing key 'group.", g, ".lr'");
+    KERN_CHECK(wds[g].has_value(), name_, ": load_state_dict: missing key 'group.", g,
+               ".weight_decay'");
+  }
+  for (size_t i = 0; i < num_params_; ++i) {
+    if (state[i].empty()) continue;
+    for (const auto& n : names)
+      KERN_CHECK(state[i].count(n), name_, ": load_state_dict: missing key 'state.", i, ".", n,
+                 "' (parameter ", i, " has other state keys)");
+  }
+
+  // Everything validated: copy in (converted to the parameter's dtype, contiguous, detached).
+  NoGradGuard ng;
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    groups_[g].lr = *lrs[g];
+    groups_[g].weight_decay = *wds[g];
+  }
+  for (size_t i = 0; i < num_params_; ++i) {
+    std::map<std::string, Tensor> s;
+    for (auto& [n, t] : state[i]) {
+      const DType dt = n == "step" ? DType::Float64 : params[i].dtype();
+      Tensor c = empty(t.shape(), dt);
+      c.copy_(t);
+      s[n] = c;
+    }
+    state_[i] = std::move(s);
+  }
+}
+
+}  // namespace kern::optim
