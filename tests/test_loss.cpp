@@ -49,8 +49,8 @@ TEST_CASE("cross_entropy and nll_loss from the definitions", "[loss]") {
   Tensor x = rnd({5, 4}, 1);
   Tensor tt = labels({3, 0, 1, 1, 2});
   REQUIRE(max_abs_diff(cross_entropy(x, tt), nll_loss(log_softmax(x, 1), tt)) < 1e-15);
-  // float32 path agrees.
-  REQUIRE(std::abs(cross_entropy(x.to(DType::Float32), tt).item() - cross_entropy(x, tt).item()) < 1e-6);
+  // float32 (oneDNN logsoftmax on the fast backend) agrees to float precision.
+  REQUIRE(std::abs(cross_entropy(x.to(DType::Float32), tt).item() - cross_entropy(x, tt).item()) < 1e-5);
 }
 
 TEST_CASE("mse_loss from the definition", "[loss]") {

@@ -71,6 +71,25 @@ TEST_CASE("softmax and log_softmax gradients", "[activation][gradcheck][gradgrad
   REQUIRE(std::isfinite(g3.sum().item()));
 }
 
+TEST_CASE("softmax and log_softmax: oneDNN fast path agrees with the reference (float32)", "[activation][backend]") {
+  for (const Shape& shape : {Shape{7, 33}, Shape{2, 5, 3, 4}, Shape{1000}, Shape{64, 1}}) {
+    Tensor x = rnd(shape, 30).to(DType::Float32) * 4.0;
+    for (int64_t d = 0; d < x.dim(); ++d) {
+      Tensor fs = softmax(x, d), fl = log_softmax(x, d);
+      BackendGuard ref(Backend::Reference);
+      INFO("shape " << fmt::format("{}", shape) << " dim " << d);
+      REQUIRE(max_abs_diff(fs, softmax(x, d)) < 1e-6);
+      REQUIRE(max_abs_diff(fl, log_softmax(x, d)) < 1e-5);
+    }
+  }
+  // The fast path keeps the reference backward.
+  Tensor x = rnd({4, 6}, 31).to(DType::Float32).requires_grad_();
+  Tensor g = rnd({4, 6}, 32).to(DType::Float32);
+  Tensor gf = grad({softmax(x, 1)}, {x}, {g})[0];
+  BackendGuard ref(Backend::Reference);
+  REQUIRE(max_abs_diff(gf, grad({softmax(x, 1)}, {x}, {g})[0]) < 1e-6);
+}
+
 // ---------------------------------------------------------------- layer_norm
 
 TEST_CASE("layer_norm of [1, 2, 3, 4] from the definition", "[norm]") {
@@ -114,6 +133,19 @@ TEST_CASE("layer_norm rejects bad shapes", "[norm][errors]") {
   REQUIRE_THROWS_WITH(layer_norm(x, {4}, rnd({3}, 1)), Catch::Contains("layer_norm") &&
                                                           Catch::Contains("weight") && Catch::Contains("[3]"));
   REQUIRE_THROWS_AS(layer_norm(x, {1, 2, 3, 4}), Error);
+}
+
+TEST_CASE("layer_norm: oneDNN fast path agrees with the reference (float32)", "[norm][backend]") {
+  Tensor x = (rnd({6, 5, 48}, 33) * 3.0 + 1.0).to(DType::Float32);
+  Tensor w = rnd({48}, 34).to(DType::Float32), b = rnd({48}, 35).to(DType::Float32);
+  Tensor w2 = rnd({5, 48}, 36).to(DType::Float32);
+  Tensor f_aff = layer_norm(x, {48}, w, b, 1e-6), f_plain = layer_norm(x, {48}), f_w = layer_norm(x, {5, 48}, w2);
+  Tensor f_b = layer_norm(x, {48}, {}, b);
+  BackendGuard ref(Backend::Reference);
+  REQUIRE(max_abs_diff(f_aff, layer_norm(x, {48}, w, b, 1e-6)) < 1e-5);
+  REQUIRE(max_abs_diff(f_plain, layer_norm(x, {48})) < 1e-5);
+  REQUIRE(max_abs_diff(f_w, layer_norm(x, {5, 48}, w2)) < 1e-5);
+  REQUIRE(max_abs_diff(f_b, layer_norm(x, {48}, {}, b)) < 1e-5);
 }
 
 // ---------------------------------------------------------------- batch_norm

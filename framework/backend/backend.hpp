@@ -24,6 +24,27 @@ void gemm_reference(const MatRef<T>& a, const MatRef<T>& b, T* c, int64_t ldc, T
 
 }  // namespace kern::backend
 
+// ---- convolution (framework/backend/dnnl_conv.cpp): oneDNN, float32, plain contiguous
+// buffers x: [N, C_in, H, W], w: [C_out, C_in/groups, kH, kW], y: [N, C_out, Ho, Wo].
+namespace kern::backend {
+
+struct ConvGeometry {
+  int64_t N, C_in, H, W;
+  int64_t C_out, kH, kW;
+  int64_t Ho, Wo;
+  int64_t stride[2], padding[2], dilation[2];  // dilation as in PyTorch (1 = dense)
+  int64_t groups;
+};
+
+/// y = conv(x, w) (+ bias[C_out] when bias != nullptr)
+void conv2d_forward_fast(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y);
+/// gx = d<gy, conv(x, w)>/dx (every element of gx is written)
+void conv2d_backward_input_fast(const ConvGeometry& g, const float* gy, const float* w, float* gx);
+/// gw = d<gy, conv(x, w)>/dw (every element of gw is written)
+void conv2d_backward_weight_fast(const ConvGeometry& g, const float* gy, const float* x, float* gw);
+
+}  // namespace kern::backend
+
 // ---- real FFT (framework/backend/fft.cpp): radix-2 + Bluestein, rows in parallel
 namespace kern::backend {
 

@@ -6,11 +6,13 @@
 //   dx = rstd * (gy_hat - mean(gy_hat) - x_hat * mean(gy_hat * x_hat))   (means over the
 //        normalized elements), dweight = sum g * x_hat, dbias = sum g.
 // Eval-mode batch_norm is an affine map per channel, composed from elementwise ops.
+// float32 layer_norm forwards run on oneDNN on the fast backend.
 #include <kern/autograd.hpp>
 #include <kern/ops.hpp>
 
 #include <cmath>
 
+#include "../backend/backend.hpp"
 #include "kernel_utils.hpp"
 
 namespace kern {
@@ -65,29 +67,35 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   Tensor wc = weight.defined() ? contiguous(weight.detach()) : Tensor();
   Tensor bc = bias.defined() ? contiguous(bias.detach()) : Tensor();
   Tensor out = empty(x.shape(), x.dtype());
-  detail::dispatch_float(x.dtype(), "layer_norm", [&]<typename T>() {
-    const T* p = static_cast<const T*>(xc.raw_data());
-    const T* pw = wc.defined() ? static_cast<const T*>(wc.raw_data()) : nullptr;
-    const T* pb = bc.defined() ? static_cast<const T*>(bc.raw_data()) : nullptr;
-    T* o = static_cast<T*>(out.raw_data());
+  if (backend::use_fast(x.dtype()) && rows > 0) {
+    backend::layer_norm_fast(xc.data_ptr<float>(), wc.defined() ? wc.data_ptr<float>() : nullptr,
+                             bc.defined() ? bc.data_ptr<float>() : nullptr, out.data_ptr<float>(), rows, M,
+                             static_cast<float>(eps));
+  } else {
+    detail::dispatch_float(x.dtype(), "layer_norm", [&]<typename T>() {
+      const T* p = static_cast<const T*>(xc.raw_data());
+      const T* pw = wc.defined() ? static_cast<const T*>(wc.raw_data()) : nullptr;
+      const T* pb = bc.defined() ? static_cast<const T*>(bc.raw_data()) : nullptr;
+      T* o = static_cast<T*>(out.raw_data());
 #pragma omp parallel for schedule(static) if (rows > 1 && x.numel() > (1 << 14))
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* xr = p + r * M;
-      T* yr = o + r * M;
-      double s = 0, ss = 0;
-      for (int64_t i = 0; i < M; ++i) s += xr[i];
-      const double mu = s / static_cast<double>(M);
-      for (int64_t i = 0; i < M; ++i) ss += (xr[i] - mu) * (xr[i] - mu);
-      const T rstd = static_cast<T>(1.0 / std::sqrt(ss / static_cast<double>(M) + eps));
-      const T m = static_cast<T>(mu);
-      for (int64_t i = 0; i < M; ++i) {
-        T v = (xr[i] - m) * rstd;
-        if (pw) v *= pw[i];
-        if (pb) v += pb[i];
-        yr[i] = v;
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* xr = p + r * M;
+        T* yr = o + r * M;
+        double s = 0, ss = 0;
+        for (int64_t i = 0; i < M; ++i) s += xr[i];
+        const double mu = s / static_cast<double>(M);
+        for (int64_t i = 0; i < M; ++i) ss += (xr[i] - mu) * (xr[i] - mu);
+        const T rstd = static_cast<T>(1.0 / std::sqrt(ss / static_cast<double>(M) + eps));
+        const T m = static_cast<T>(mu);
+        for (int64_t i = 0; i < M; ++i) {
+          T v = (xr[i] - m) * rstd;
+          if (pw) v *= pw[i];
+          if (pb) v += pb[i];
+          yr[i] = v;
+        }
       }
-    }
-  });
+    });
+  }
 
   Dims dims;
   for (int64_t i = -k; i < 0; ++i) dims.push_back(i);
