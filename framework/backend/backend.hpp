@@ -48,12 +48,28 @@ void conv2d_backward_weight_fast(const ConvGeometry& g, const float* gy, const f
 // ---- real FFT (framework/backend/fft.cpp): radix-2 + Bluestein, rows in parallel
 namespace kern::backend {
 
-/// x: [rows, n] contiguous -> out: [rows, n/2 + 1, 2] (unnormalized, like torch.fft.rfft).
+/// Bin k's scale s_k is scale_end for k = 0 and (even n) k = n/2, scale_interior otherwise;
+/// the op layer uses it to fold the adjoints' per-bin weights into the transforms.
+/// x: [rows, len] contiguous, zero-padded / truncated to n -> out: [rows, n/2 + 1, 2],
+/// out_k = s_k * sum_t x_t e^{-2 pi i k t/n} (torch.fft.rfft when s = 1).
 template <typename T>
-void rfft_rows(const T* x, int64_t rows, int64_t n, T* out);
-/// X: [rows, n/2 + 1, 2] contiguous -> out: [rows, n] (1/n scaling, like torch.fft.irfft;
-/// imaginary parts of bin 0 and, for even n, bin n/2 are ignored).
+void rfft_rows(const T* x, int64_t rows, int64_t len, int64_t n, T* out, T scale_end, T scale_interior);
+/// X: [rows, bins, 2] contiguous, zero-padded / truncated to n/2 + 1 bins, bin k times s_k
+/// -> out: [rows, n] (1/n scaling, torch.fft.irfft when s = 1; imaginary parts of bin 0
+/// and, for even n, bin n/2 are ignored).
 template <typename T>
-void irfft_rows(const T* X, int64_t rows, int64_t n, T* out);
+void irfft_rows(const T* X, int64_t rows, int64_t bins, int64_t n, T* out, T scale_end, T scale_interior);
+
+}  // namespace kern::backend
+
+// ---- softmax and layer norm forward (framework/backend/dnnl_norm.cpp): oneDNN, float32,
+// plain contiguous buffers
+namespace kern::backend {
+
+/// x, y: [outer, n, inner]; (log_)softmax over the middle dim.
+void softmax_fast(const float* x, float* y, int64_t outer, int64_t n, int64_t inner, bool log);
+/// x, y: [rows, m], normalized over m (biased variance); weight, bias: [m] or nullptr.
+void layer_norm_fast(const float* x, const float* weight, const float* bias, float* y, int64_t rows, int64_t m,
+                     float eps);
 
 }  // namespace kern::backend
