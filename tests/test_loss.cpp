@@ -1,5 +1,7 @@
 // Losses: values from the definitions (torch.nn.functional semantics), first and second
 // derivatives for every reduction and label smoothing, errors.
+#include <kern/io/safetensors.hpp>
+
 #include <cmath>
 
 #include "gradcheck.hpp"
@@ -51,6 +53,32 @@ TEST_CASE("cross_entropy and nll_loss from the definitions", "[loss]") {
   REQUIRE(max_abs_diff(cross_entropy(x, tt), nll_loss(log_softmax(x, 1), tt)) < 1e-15);
   // float32 (oneDNN logsoftmax on the fast backend) agrees to float precision.
   REQUIRE(std::abs(cross_entropy(x.to(DType::Float32), tt).item() - cross_entropy(x, tt).item()) < 1e-5);
+}
+
+TEST_CASE("cross_entropy, its gradient and Hessian equal PyTorch's on the tanh MLP fixture", "[loss][fixture]") {
+  // tests/data/mlp_tanh.safetensors: loss.ce = F.cross_entropy(mlp(x), labels) (mean), grad.ce
+  // and hessian.ce over all parameters flattened in order (see /work/shared/fixtures/README.md).
+  auto file = io::load_safetensors(KERN_TEST_DATA_DIR "/mlp_tanh.safetensors");
+  std::vector<Tensor> p;
+  for (const char* n : {"param.0.weight", "param.0.bias", "param.2.weight", "param.2.bias", "param.4.weight",
+                        "param.4.bias"})
+    p.push_back(file.get(n).requires_grad_(true));
+  Tensor x = file.get("x"), y = file.get("labels");
+  Tensor f = linear(tanh(linear(tanh(linear(x, p[0], p[1])), p[2], p[3])), p[4], p[5]);
+  Tensor loss = cross_entropy(f, y);
+  REQUIRE(std::abs(loss.item() - file.get("loss.ce").item()) < 1e-12);
+  auto g = grad({loss}, p, {}, {.create_graph = true});
+  std::vector<Tensor> flat;
+  for (auto& t : g) flat.push_back(t.reshape({-1}));
+  Tensor gflat = cat(flat, 0);
+  REQUIRE(max_abs_diff(gflat.detach(), file.get("grad.ce")) < 1e-10);
+  // One Hessian-vector product through cross_entropy's second derivative.
+  Generator gen(3);
+  Tensor v = randn(gflat.shape(), DType::Float64, &gen);
+  auto hv = grad({dot(gflat, v)}, p);
+  std::vector<Tensor> hflat;
+  for (auto& t : hv) hflat.push_back(t.reshape({-1}));
+  REQUIRE(max_abs_diff(cat(hflat, 0), matmul(file.get("hessian.ce"), v)) < 1e-9);
 }
 
 TEST_CASE("mse_loss from the definition", "[loss]") {
