@@ -28,7 +28,7 @@ test: build
 	@cd $(BUILD) && ctest --output-on-failure -j$(JOBS) --timeout 900
 
 demo: build
-	@$(BUILD)/examples/mlp_synthetic
+	@$(BUILD)/examples/fashion_mnist
 
 bench: build bench-deps
 	@/usr/bin/python3 bench/run_bench.py --kern-bench $(BUILD)/bench/kern_bench \

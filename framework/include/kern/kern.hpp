@@ -6,7 +6,11 @@
 #include <kern/error.hpp>
 #include <kern/functional.hpp>
 #include <kern/generator.hpp>
+#include <kern/io/checkpoint.hpp>
+#include <kern/io/safetensors.hpp>
+#include <kern/data/data.hpp>
 #include <kern/nn/nn.hpp>
 #include <kern/ops.hpp>
+#include <kern/progress.hpp>
 #include <kern/shape.hpp>
 #include <kern/tensor.hpp>

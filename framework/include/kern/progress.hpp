@@ -57,6 +57,12 @@ class ProgressRange {
  public:
   ProgressRange(Range& range, std::string label) : range_(range), bar_(size_of(range), std::move(label)) {}
 
+  using InnerEnd = decltype(std::end(std::declval<Range&>()));
+  /// End marker: wraps the range's own end (which may be a sentinel type).
+  struct sentinel {
+    InnerEnd inner;
+  };
+
   class iterator {
    public:
     using Inner = decltype(std::begin(std::declval<Range&>()));
@@ -67,18 +73,15 @@ class ProgressRange {
       owner_->bar_.advance();
       return *this;
     }
-    template <typename End>
-    bool operator!=(const End& end) const { return it_ != end.it_; }
-    bool operator!=(const iterator& end) const { return it_ != end.it_; }
+    bool operator!=(const sentinel& end) const { return !(it_ == end.inner); }
 
    private:
-    friend class ProgressRange;
     Inner it_;
     ProgressRange* owner_;
   };
 
   iterator begin() { return iterator(std::begin(range_), this); }
-  iterator end() { return iterator(std::end(range_), this); }
+  sentinel end() { return sentinel{std::end(range_)}; }
   void set_postfix(const std::string& name, double value) { bar_.set_postfix(name, value); }
   ProgressBar& bar() { return bar_; }
 
