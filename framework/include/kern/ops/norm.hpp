@@ -9,9 +9,11 @@ namespace kern {
 Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = {},
                   const Tensor& bias = {}, double eps = 1e-5);
 
-/// x: [N, C, *]. In training mode normalizes with the batch statistics (biased variance)
-/// and, when running_mean/var are given, updates them in place with `momentum` (unbiased
-/// variance, as PyTorch). In eval mode uses the running statistics.
+/// x: [N, C, *]; running_mean, running_var, weight, bias: [C] (each optional, same dtype).
+/// In training mode normalizes with the batch statistics (biased variance; needs more than
+/// one value per channel) and, when running_mean/var are given, updates them in place
+/// outside autograd with `momentum` (unbiased variance, as PyTorch). In eval mode uses the
+/// running statistics, which must then be given.
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training,
                   double momentum = 0.1, double eps = 1e-5);
