@@ -187,3 +187,11 @@ OpRegistrar linalg({
 });
 
 }  // namespace
+
+namespace {
+// [M, 1] and [1, K] operands whose size-1 dims carry arbitrary strides (from views).
+OpRegistrar linalg_degenerate({
+    {"mm with size-1 dims of odd strides", [](const Ins& x) { return mm(x[0].narrow(1, 1, 1), x[1].narrow(0, 2, 1)); },
+     [](Generator& g) { return Ins{rn(g, {4, 3}).t(), rn(g, {3, 5})}; }, true, true},
+});
+}  // namespace

@@ -12,42 +12,38 @@ using G = std::vector<Tensor>;
 
 namespace {
 
-// A 2-D operand as a MatRef; copies when neither dim has unit stride (or a dim is 0).
+// A 2-D operand as a MatRef in a BLAS layout: one unit stride and a leading dimension at least
+// the other extent (strides of size-1 dims are normalized first); other layouts are copied.
 template <typename T>
 backend::MatRef<T> as_mat(const Tensor& m, Tensor& keep) {
   keep = m;
-  const bool ok = (m.stride(1) == 1 || m.stride(0) == 1) && m.numel() > 0;
-  if (!ok) keep = contiguous(m.detach());
-  return {static_cast<const T*>(keep.raw_data()), keep.size(0), keep.size(1), keep.stride(0), keep.stride(1)};
+  backend::MatRef<T> r{static_cast<const T*>(m.raw_data()), m.size(0), m.size(1), m.stride(0), m.stride(1)};
+  if (r.cols == 1) r.col_stride = 1;
+  if (r.rows == 1) r.row_stride = r.col_stride == 1 ? std::max<int64_t>(1, r.cols) : 1;
+  const bool row_major = r.col_stride == 1 && r.row_stride >= std::max<int64_t>(1, r.cols);
+  const bool col_major = r.row_stride == 1 && r.col_stride >= std::max<int64_t>(1, r.rows);
+  if (!row_major && !col_major) {
+    keep = m.detach().clone().detach();  // fresh contiguous copy
+    r = {static_cast<const T*>(keep.raw_data()), keep.size(0), keep.size(1), std::max<int64_t>(1, keep.size(1)), 1};
+  }
+  return r;
 }
 
 // out[M, N] (contiguous, offset into a batch) = a @ b
 void gemm_into(const Tensor& a, const Tensor& b, Tensor& out, int64_t out_offset_elems) {
   detail::dispatch_float(a.dtype(), "mm", [&]<typename T>() {
+    T* c = static_cast<T*>(out.raw_data()) + out_offset_elems;
+    const int64_t m = a.size(0), n = b.size(1);
+    if (m == 0 || n == 0) return;
+    if (a.size(1) == 0) {
+      std::fill_n(c, m * n, T(0));
+      return;
+    }
     Tensor ka, kb;
     auto A = as_mat<T>(a, ka);
     auto B = as_mat<T>(b, kb);
-    T* c = static_cast<T*>(out.raw_data()) + out_offset_elems;
-    const int64_t n = b.size(1);
-    if (a.size(0) == 0 || n == 0) return;
-    if (a.size(1) == 0) {
-      std::fill_n(c, a.size(0) * n, T(0));
-      return;
-    }
     if constexpr (std::is_same_v<T, float>) {
       if (backend::use_fast(DType::Float32)) {
-        // sgemm needs a unit stride with a leading dim >= the other extent.
-        auto fix = [](const Tensor& m, Tensor& keep, backend::MatRef<float>& r) {
-          const bool row = r.col_stride == 1 && r.row_stride >= std::max<int64_t>(1, r.cols);
-          const bool col = r.row_stride == 1 && r.col_stride >= std::max<int64_t>(1, r.rows);
-          if (!row && !col) {
-            keep = contiguous(m.detach());
-            r = {keep.data_ptr<float>(), keep.size(0), keep.size(1), keep.stride(0), keep.stride(1)};
-            if (r.rows == 1) r.row_stride = std::max<int64_t>(1, r.cols);
-          }
-        };
-        fix(a, ka, A);
-        fix(b, kb, B);
         backend::gemm_fast(A, B, c, n, 0.0f);
         return;
       }
