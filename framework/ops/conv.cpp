@@ -10,7 +10,10 @@
 #include <kern/autograd.hpp>
 #include <kern/ops.hpp>
 
+#include <optional>
+
 #include "../backend/backend.hpp"
+#include "../backend/depthwise.hpp"
 #include "kernel_utils.hpp"
 
 namespace kern {
@@ -211,6 +214,16 @@ void backward_weight_ref(const backend::ConvGeometry& g, const T* gy, const T* x
 
 // ---- raw computations (no autograd): contiguous copies in, a fresh tensor out.
 
+// Plain depthwise convolutions (one filter per channel, stride 1, no dilation) run kern's
+// direct kernels on the fast path: oneDNN 2.6 lowers large depthwise kernels and every
+// depthwise weight gradient to im2col + GEMM.
+std::optional<backend::DepthwiseGeometry> as_depthwise(const backend::ConvGeometry& g) {
+  const bool plain = g.groups == g.C_in && g.C_out == g.C_in && g.stride[0] == 1 && g.stride[1] == 1 &&
+                     g.dilation[0] == 1 && g.dilation[1] == 1 && g.padding[0] < g.kH && g.padding[1] < g.kW;
+  if (!plain) return std::nullopt;
+  return backend::DepthwiseGeometry{g.N, g.C_in, g.H, g.W, g.kH, g.kW, g.padding[0], g.padding[1]};
+}
+
 Tensor raw_forward(const backend::ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& b) {
   Tensor out = empty({g.N, g.C_out, g.Ho, g.Wo}, x.dtype());
   if (out.numel() == 0) return out;
@@ -221,6 +234,10 @@ Tensor raw_forward(const backend::ConvGeometry& g, const Tensor& x, const Tensor
     const T* bp = bc.defined() ? bc.template data_ptr<T>() : nullptr;
     if constexpr (std::is_same_v<T, float>) {
       if (backend::use_fast(DType::Float32)) {
+        if (auto dw = as_depthwise(g)) {
+          backend::depthwise_forward(*dw, xc.data_ptr<float>(), wc.data_ptr<float>(), bp, out.data_ptr<float>());
+          return;
+        }
         backend::conv2d_forward_fast(g, xc.data_ptr<float>(), wc.data_ptr<float>(), bp, out.data_ptr<float>());
         return;
       }
@@ -237,6 +254,10 @@ Tensor raw_backward_input(const backend::ConvGeometry& g, const Tensor& gy, cons
   detail::dispatch_float(gy.dtype(), "conv2d_backward_input", [&]<typename T>() {
     if constexpr (std::is_same_v<T, float>) {
       if (backend::use_fast(DType::Float32)) {
+        if (auto dw = as_depthwise(g)) {
+          backend::depthwise_backward_input(*dw, gc.data_ptr<float>(), wc.data_ptr<float>(), out.data_ptr<float>());
+          return;
+        }
         backend::conv2d_backward_input_fast(g, gc.data_ptr<float>(), wc.data_ptr<float>(), out.data_ptr<float>());
         return;
       }
@@ -253,6 +274,10 @@ Tensor raw_backward_weight(const backend::ConvGeometry& g, const Tensor& gy, con
   detail::dispatch_float(gy.dtype(), "conv2d_backward_weight", [&]<typename T>() {
     if constexpr (std::is_same_v<T, float>) {
       if (backend::use_fast(DType::Float32)) {
+        if (auto dw = as_depthwise(g)) {
+          backend::depthwise_backward_weight(*dw, gc.data_ptr<float>(), xc.data_ptr<float>(), out.data_ptr<float>());
+          return;
+        }
         backend::conv2d_backward_weight_fast(g, gc.data_ptr<float>(), xc.data_ptr<float>(), out.data_ptr<float>());
         return;
       }
