@@ -146,6 +146,32 @@ Tensor scatter_add(const Tensor& self, int64_t dim, const Tensor& index, const T
                "scatter_add: index ", index.shape(), " does not fit src ", src.shape(), " and self ", self.shape());
   Tensor out = contiguous(self.detach()).clone().detach();
   const int64_t n = self.shape()[dim];
+  // Fast path: scatter along the last dim with contiguous operands of equal outer shape.
+  // Rows are independent, so they run in parallel; within a row the adds are sequential.
+  bool same_outer = index.shape() == src.shape();
+  for (int64_t d = 0; d + 1 < self.dim(); ++d) same_outer = same_outer && index.shape()[d] == self.shape()[d];
+  if (dim == self.dim() - 1 && same_outer && index.is_contiguous() && src.is_contiguous()) {
+    const int64_t k = index.dim() ? index.shape()[dim] : 1, rows = k ? index.numel() / k : 0;
+    bool bad = false;
+    int64_t bad_value = 0;
+    detail::dispatch_float(self.dtype(), "scatter_add", [&]<typename T>() {
+      const T* s = static_cast<const T*>(src.raw_data());
+      const int64_t* ip = static_cast<const int64_t*>(index.raw_data());
+      T* o = static_cast<T*>(out.raw_data());
+#pragma omp parallel for schedule(static) if (rows > 1 && index.numel() > (1 << 15))
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < k; ++j) {
+          const int64_t t = ip[r * k + j];
+          if (t < 0 || t >= n) {
+            bad = true;
+            bad_value = t;
+            continue;
+          }
+          o[r * n + t] += s[r * k + j];
+        }
+    });
+    KERN_CHECK(!bad, "scatter_add: index ", bad_value, " out of range for dim ", dim, " of size ", n);
+  } else
   detail::dispatch_float(self.dtype(), "scatter_add", [&]<typename T>() {
     const T* s = static_cast<const T*>(src.raw_data());
     const int64_t* ip = static_cast<const int64_t*>(index.raw_data());
