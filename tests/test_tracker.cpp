@@ -1,0 +1,208 @@
+// tools/tracker: JSON lines from a short training loop, and tools/plot_dynamics.py on them.
+#include <kern/nn/nn.hpp>
+#include <kern/ops.hpp>
+#include <kern/tools/tracker.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "gradcheck.hpp"
+
+using namespace kern;
+namespace tools = kern::tools;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path fresh_dir(const std::string& name) {
+  fs::path d = fs::path(KERN_BINARY_DIR) / "test_tmp" / name;
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::vector<nlohmann::json> read_lines(const fs::path& p) {
+  std::ifstream in(p);
+  std::vector<nlohmann::json> out;
+  std::string line;
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+// A small float64 classification problem and model.
+struct Setup {
+  Generator gen{21};
+  std::shared_ptr<nn::Sequential> model;
+  data::Batch probe;
+  Setup() {
+    manual_seed(21);
+    model = std::make_shared<nn::Sequential>(nn::Linear(5, 12), nn::Tanh(), nn::Linear(12, 3));
+    model->to(DType::Float64);
+    probe.x = randn({32, 5}, DType::Float64, &gen);
+    probe.y = argmax(matmul(probe.x, randn({5, 3}, DType::Float64, &gen)), 1);  // learnable labels
+  }
+};
+
+// Plain GD with the tracker between backward and the update; returns the losses.
+std::vector<double> train(Setup& s, tools::Tracker& tracker, int steps, double lr) {
+  std::vector<double> losses;
+  for (int i = 0; i < steps; ++i) {
+    Tensor loss = tools::mean_cross_entropy((*s.model)(s.probe.x), s.probe.y);
+    s.model->zero_grad();
+    loss.backward();
+    losses.push_back(loss.item());
+    tracker.step(loss);
+    NoGradGuard ng;
+    for (auto& p : s.model->parameters()) p.copy_(p - p.grad() * lr);
+  }
+  return losses;
+}
+
+}  // namespace
+
+TEST_CASE("Tracker writes one JSON line per due step with the expected keys", "[tracker]") {
+  Setup s;
+  const fs::path dir = fresh_dir("tracker_keys");
+  const fs::path file = dir / "sub" / "dynamics.jsonl";
+  const double lr = 0.5;
+  std::vector<double> losses;
+  double final_sharpness = 0.0;
+  {
+    tools::Tracker tracker(file.string(), {.every = 5, .lr = lr, .label = "lr=0.5"});
+    tracker.track(tools::probe_metrics(*s.model, s.probe, tools::mean_cross_entropy));
+    tracker.track(tools::norm_metrics(*s.model, /*per_parameter=*/true));
+    tracker.track(tools::sharpness(*s.model, s.probe, tools::mean_cross_entropy, {.iters = 60, .k = 2, .tol = 1e-8}));
+    tracker.track(tools::hessian_trace(*s.model, s.probe, tools::mean_cross_entropy, {.samples = 10}));
+    int calls = 0;
+    tracker.track("custom_counter", [&] { return static_cast<double>(++calls); }, 10);
+    tracker.track("spectrum", [](const tools::StepInfo& info) {
+      return tools::Values{{"fake_ntk_spectrum", std::vector<double>{3.0, 2.0, 1.0 / (1.0 + info.step)}},
+                           {"fake_ntk_rel_change", 0.01 * info.step}};
+    });
+    losses = train(s, tracker, 21, lr);
+    CHECK(tracker.steps() == 21);
+    CHECK(tracker.records() == 5);  // steps 0, 5, 10, 15, 20
+    CHECK(calls == 3);              // steps 0, 10, 20
+    CHECK(tracker.overhead_seconds() > 0.0);
+    // A forced final record evaluates every metric, at the current step.
+    tracker.record();
+    CHECK(calls == 4);
+    CHECK(tracker.last_line().rfind("{\"step\":21,", 0) == 0);
+    // The sharpness it recorded is the top Hessian eigenvalue at the final parameters.
+    tools::Hessian H(*s.model, s.probe.x, s.probe.y, tools::mean_cross_entropy);
+    final_sharpness = tools::lanczos(H, {.k = 1, .max_iters = 100, .tol = 1e-10}).eigenvalues[0];
+  }
+  auto recs = read_lines(file);
+  REQUIRE(recs.size() == 6);
+  for (size_t i = 0; i < 5; ++i) {
+    const auto& r = recs[i];
+    INFO(r.dump());
+    CHECK(r["step"] == 5 * static_cast<int>(i));
+    CHECK(r["run"] == "lr=0.5");
+    CHECK(std::abs(r["loss"].get<double>() - losses[5 * i]) < 1e-12);
+    CHECK(r["lr"] == lr);
+    CHECK(r["two_over_lr"] == 2.0 / lr);
+    // Tracked between backward and the update on the training batch itself: the probe
+    // loss is the loss passed in.
+    CHECK(std::abs(r["probe_loss"].get<double>() - losses[5 * i]) < 1e-12);
+    CHECK(r["probe_accuracy"].get<double>() >= 0.0);
+    CHECK(r["probe_accuracy"].get<double>() <= 1.0);
+    for (const char* k : {"grad_norm", "weight_norm", "grad_norm.0.weight", "weight_norm.2.bias", "sharpness",
+                          "sharpness_x_lr_over_2", "sharpness_hvps", "sharpness_residual", "hessian_trace",
+                          "hessian_trace_se", "time.probe", "time.norms", "time.sharpness", "time.hessian_trace",
+                          "time.spectrum", "overhead_s", "overhead_total_s", "wall_s", "fake_ntk_rel_change"})
+      CHECK(r.contains(k));
+    CHECK(r.contains("custom_counter") == (i % 2 == 0));
+    CHECK(r["hessian_top_k"].size() == 2);
+    CHECK(r["hessian_top_k"][0] == r["sharpness"]);
+    CHECK(r["sharpness"].get<double>() >= r["hessian_top_k"][1].get<double>());
+    CHECK(r["fake_ntk_spectrum"].size() == 3);
+    CHECK(std::abs(r["sharpness_x_lr_over_2"].get<double>() - r["sharpness"].get<double>() * lr / 2) < 1e-12);
+    CHECK(r["overhead_total_s"].get<double>() >= r["overhead_s"].get<double>());
+  }
+  CHECK(recs[5]["step"] == 21);
+  CHECK(!recs[5].contains("loss"));
+  CHECK(std::abs(recs[5]["sharpness"].get<double>() - final_sharpness) < 1e-8 * std::abs(final_sharpness));
+  // Training happened, and the loss went down.
+  CHECK(losses.back() < losses.front());
+  // Every line is complete and the key order is stable (step first, wall_s last).
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line)) {
+    CHECK(line.rfind("{\"step\":", 0) == 0);
+    CHECK(line.find("\"wall_s\":") != std::string::npos);
+    CHECK(line.back() == '}');
+  }
+}
+
+TEST_CASE("Tracker appends to a resumed run and rejects bad options", "[tracker][errors]") {
+  const fs::path dir = fresh_dir("tracker_append");
+  const std::string file = (dir / "d.jsonl").string();
+  {
+    tools::Tracker t(file, {.every = 2});
+    for (int i = 0; i < 4; ++i) t.step(1.0 / (i + 1));
+  }
+  {
+    tools::Tracker t(file, {.every = 2, .append = true});
+    t.track("nan_metric", [] { return std::nan(""); });
+    t.step(0.1);
+  }
+  auto recs = read_lines(file);
+  REQUIRE(recs.size() == 3);
+  CHECK(recs[1]["loss"] == 1.0 / 3);
+  CHECK(!recs[1].contains("lr"));
+  CHECK(recs[2]["nan_metric"].is_null());  // NaN is written as null (valid JSON)
+  {
+    tools::Tracker t(file, {.every = 2});   // truncates
+    t.step(2.0);
+  }
+  CHECK(read_lines(file).size() == 1);
+  CHECK_THROWS_WITH(tools::Tracker(file, {.every = 0}), Catch::Contains("every"));
+  CHECK_THROWS_WITH(tools::Tracker("/proc/kern_no_such_dir/x.jsonl"), Catch::Contains("/proc/kern_no_such_dir"));
+  tools::Tracker t(file);
+  t.track("bad", [](const tools::StepInfo&) -> tools::Values { throw Error("boom"); });
+  CHECK_THROWS_WITH(t.step(), Catch::Contains("metric 'bad'") && Catch::Contains("boom"));
+  CHECK_THROWS_WITH(t.step(ones({2})), Catch::Contains("one element"));
+}
+
+TEST_CASE("plot_dynamics.py renders the tracker's JSON lines as PNGs", "[tracker]") {
+  if (std::system("/usr/bin/python3 -c 'import matplotlib' > /dev/null 2>&1") != 0) {
+    WARN("skipped: /usr/bin/python3 has no matplotlib");
+    return;
+  }
+  const fs::path dir = fresh_dir("tracker_plot");
+  for (double lr : {0.2, 0.5}) {
+    Setup run;
+    tools::Tracker tracker((dir / fmt::format("lr{}.jsonl", lr)).string(),
+                           {.every = 2, .lr = lr, .label = fmt::format("lr={}", lr)});
+    tracker.track(tools::probe_metrics(*run.model, run.probe, tools::mean_cross_entropy));
+    tracker.track(tools::sharpness(*run.model, run.probe, tools::mean_cross_entropy, {.iters = 20}));
+    tracker.track("ntk", [](const tools::StepInfo& info) {
+      return tools::Values{{"ntk_eigenvalues", std::vector<double>{5.0 + info.step, 2.0, 0.5}},
+                           {"ntk_rel_change", 0.02 * info.step}};
+    });
+    train(run, tracker, 9, lr);
+  }
+  const fs::path out = dir / "png";
+  const std::string cmd = fmt::format("/usr/bin/python3 {}/tools/plot_dynamics.py {} {} -o {} > {} 2>&1", KERN_SOURCE_DIR,
+                                      (dir / "lr0.2.jsonl").string(), (dir / "lr0.5.jsonl").string(), out.string(),
+                                      (dir / "plot.log").string());
+  const int rc = std::system(cmd.c_str());
+  std::ifstream log(dir / "plot.log");
+  std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  INFO(text);
+  REQUIRE(rc == 0);
+  for (const char* png : {"sharpness.png", "loss.png", "ntk_rel_change.png", "ntk_spectrum.png", "metrics.png"}) {
+    INFO(png);
+    REQUIRE(fs::exists(out / png));
+    std::ifstream f(out / png, std::ios::binary);
+    char magic[8] = {};
+    f.read(magic, 8);
+    CHECK(std::string(magic + 1, 3) == "PNG");
+    CHECK(fs::file_size(out / png) > 5000);
+  }
+}

@@ -1,0 +1,244 @@
+#!/usr/bin/python3
+"""Render training dynamics recorded by kern::tools::Tracker (JSON lines) as PNGs.
+
+    python3 tools/plot_dynamics.py run/lr0.02.jsonl run/lr0.04.jsonl -o run/plots
+
+Several files are overlaid (one colour per run, labelled by the records' "run" field or the
+file name). Written, when the data is there:
+  sharpness.png       sharpness vs step, with 2/lr dashed in the same colour (the edge of
+                      stability of gradient descent), and sharpness * lr / 2 below it
+  loss.png            training loss and probe loss (log scale when positive)
+  ntk_rel_change.png  scalar NTK series: relative change, alignment, ... (keys with "ntk")
+  ntk_spectrum.png    list-valued NTK series (eigenvalues over time), one panel per run
+  <key>.png           any other list-valued series (e.g. hessian_top_k)
+  metrics.png         every other numeric series, one small panel each
+Lines that are not valid JSON (a run still being written) are skipped with a warning.
+Needs matplotlib (Debian: python3-matplotlib).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Keys that are bookkeeping, not dynamics.
+SKIP = {"step", "run", "lr", "two_over_lr", "wall_s", "overhead_total_s"}
+LOSS_KEYS = ["loss", "probe_loss"]
+SHARPNESS_KEYS = {"sharpness", "sharpness_x_lr_over_2"}
+
+
+def load(path):
+    records, bad = [], 0
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(rec, dict) and "step" in rec:
+                records.append(rec)
+    if bad:
+        print(f"plot_dynamics: {path}: skipped {bad} unreadable line(s)", file=sys.stderr)
+    label = next((r["run"] for r in records if "run" in r), None)
+    if label is None:
+        label = os.path.splitext(os.path.basename(path))[0]
+    return label, records
+
+
+def num(v):
+    """A float for a JSON number, NaN for null or anything else."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def series(records, key):
+    pts = [(r["step"], num(r[key])) for r in records if key in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def is_list_key(runs, key):
+    return any(isinstance(r.get(key), list) for _, recs in runs for r in recs)
+
+
+def save(fig, out_dir, name, written):
+    path = os.path.join(out_dir, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+
+def positive(values):
+    finite = [v for v in values if not math.isnan(v)]
+    return bool(finite) and min(finite) > 0
+
+
+def plot_sharpness(runs, colors, out_dir, written):
+    if not any("sharpness" in r for _, recs in runs for r in recs):
+        return
+    has_ratio = any("sharpness_x_lr_over_2" in r for _, recs in runs for r in recs)
+    fig, axes = plt.subplots(2 if has_ratio else 1, 1, figsize=(8, 7 if has_ratio else 4.5), squeeze=False,
+                             sharex=True)
+    ax = axes[0][0]
+    for (label, recs), c in zip(runs, colors):
+        x, y = series(recs, "sharpness")
+        ax.plot(x, y, "o-", color=c, ms=3, label=f"{label}: sharpness")
+        x2, y2 = series(recs, "two_over_lr")
+        if x2:
+            ax.plot(x2, y2, "--", color=c, lw=1.2, label=f"{label}: 2/lr")
+    ax.set_ylabel("top Hessian eigenvalue")
+    ax.set_title("Sharpness vs 2/lr")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if has_ratio:
+        ax = axes[1][0]
+        for (label, recs), c in zip(runs, colors):
+            x, y = series(recs, "sharpness_x_lr_over_2")
+            ax.plot(x, y, "o-", color=c, ms=3, label=label)
+        ax.axhline(1.0, color="k", ls="--", lw=1)
+        ax.set_ylabel("sharpness / (2/lr)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[-1][0].set_xlabel("step")
+    save(fig, out_dir, "sharpness.png", written)
+
+
+def plot_loss(runs, colors, out_dir, written):
+    keys = [k for k in LOSS_KEYS if any(k in r for _, recs in runs for r in recs)]
+    if not keys:
+        return
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    all_y = []
+    for (label, recs), c in zip(runs, colors):
+        for k, style in zip(keys, ["-", ":"]):
+            x, y = series(recs, k)
+            if x:
+                ax.plot(x, y, style, color=c, label=f"{label}: {k}")
+                all_y += y
+    if positive(all_y):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save(fig, out_dir, "loss.png", written)
+
+
+def plot_scalars(runs, colors, keys, title, out_dir, name, written):
+    if not keys:
+        return
+    n = len(keys)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for i, key in enumerate(keys):
+        ax = axes[i // cols][i % cols]
+        ys = []
+        for (label, recs), c in zip(runs, colors):
+            x, y = series(recs, key)
+            if x:
+                ax.plot(x, y, "o-", ms=2, color=c, label=label)
+                ys += y
+        if positive(ys) and max(ys) / min(v for v in ys if not math.isnan(v)) > 100:
+            ax.set_yscale("log")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if i == 0 and len(runs) > 1:
+            ax.legend(fontsize=7)
+    for j in range(n, rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    fig.suptitle(title)
+    save(fig, out_dir, name, written)
+
+
+def plot_spectra(runs, key_list, title, out_dir, name, written):
+    """One panel per (run, key): every entry of a list-valued series over time."""
+    panels = [(label, recs, key) for label, recs in runs for key in key_list
+              if any(isinstance(r.get(key), list) for r in recs)]
+    if not panels:
+        return
+    cols = min(2, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.8 * rows), squeeze=False)
+    for i, (label, recs, key) in enumerate(panels):
+        ax = axes[i // cols][i % cols]
+        pts = [(r["step"], r[key]) for r in recs if isinstance(r.get(key), list)]
+        width = max(len(v) for _, v in pts)
+        cmap = plt.get_cmap("viridis")
+        for j in range(width):
+            x = [s for s, v in pts if j < len(v)]
+            y = [num(v[j]) for s, v in pts if j < len(v)]
+            ax.plot(x, y, "-", lw=1, color=cmap(j / max(1, width - 1)))
+        ys = [num(e) for _, v in pts for e in v]
+        if positive(ys):
+            ax.set_yscale("log")
+        ax.set_title(f"{label}: {key} ({width} values)", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for j in range(len(panels), rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    fig.suptitle(title)
+    save(fig, out_dir, name, written)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="+", help="JSON-lines files written by kern::tools::Tracker")
+    ap.add_argument("-o", "--out", help="output directory (default: the first file's directory)")
+    args = ap.parse_args(argv)
+    runs = []
+    for path in args.files:
+        label, recs = load(path)
+        if not recs:
+            print(f"plot_dynamics: {path}: no records", file=sys.stderr)
+            continue
+        runs.append((label, recs))
+    if not runs:
+        print("plot_dynamics: nothing to plot", file=sys.stderr)
+        return 1
+    out_dir = args.out or os.path.dirname(os.path.abspath(args.files[0]))
+    os.makedirs(out_dir, exist_ok=True)
+    colors = [plt.get_cmap("tab10")(i % 10) for i in range(len(runs))]
+
+    keys = []
+    for _, recs in runs:
+        for r in recs:
+            for k in r:
+                if k not in keys:
+                    keys.append(k)
+    list_keys = [k for k in keys if is_list_key(runs, k)]
+    scalar_keys = [k for k in keys if k not in list_keys and k not in SKIP and not k.startswith("time.")
+                   and any(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                           for _, recs in runs for r in recs)]
+    ntk_scalars = [k for k in scalar_keys if "ntk" in k.lower()]
+    ntk_lists = [k for k in list_keys if "ntk" in k.lower()]
+    other_lists = [k for k in list_keys if k not in ntk_lists]
+    rest = [k for k in scalar_keys if k not in ntk_scalars and k not in LOSS_KEYS and k not in SHARPNESS_KEYS]
+
+    written = []
+    plot_sharpness(runs, colors, out_dir, written)
+    plot_loss(runs, colors, out_dir, written)
+    plot_scalars(runs, colors, ntk_scalars, "NTK", out_dir, "ntk_rel_change.png", written)
+    plot_spectra(runs, ntk_lists, "NTK spectrum over training", out_dir, "ntk_spectrum.png", written)
+    for k in other_lists:
+        safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in k)
+        plot_spectra(runs, [k], k, out_dir, f"{safe}.png", written)
+    plot_scalars(runs, colors, rest, "Other recorded series", out_dir, "metrics.png", written)
+    for p in written:
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

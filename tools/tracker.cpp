@@ -1,0 +1,221 @@
+// Tracker (JSON lines, one write(2) per line) and the ready-made metrics: probe loss and
+// accuracy, gradient and weight norms, sharpness, Hutchinson trace.
+#include <kern/ops.hpp>
+#include <kern/tools/tracker.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <memory>
+
+namespace kern::tools {
+
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+Json to_json(const Value& v) {
+  if (const double* d = std::get_if<double>(&v)) return *d;  // NaN/Inf dump as null
+  return std::get<std::vector<double>>(v);
+}
+
+double loss_value(const Tensor& loss) {
+  if (!loss.defined()) return std::numeric_limits<double>::quiet_NaN();
+  KERN_CHECK(loss.numel() == 1, "Tracker::step: the loss must have one element, got shape ", loss.shape());
+  return loss.item();
+}
+
+}  // namespace
+
+// ---- Tracker -----------------------------------------------------------------------------
+
+Tracker::Tracker(const std::string& path, TrackerOptions options)
+    : path_(path), options_(std::move(options)), start_(std::chrono::steady_clock::now()) {
+  KERN_CHECK(options_.every >= 1, "Tracker: every must be >= 1, got ", options_.every);
+  const auto parent = std::filesystem::path(path).parent_path();
+  std::error_code ec;
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  KERN_CHECK(!ec, "Tracker: cannot create directory ", parent.string(), ": ", ec.message());
+  const int flags = O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (options_.append ? 0 : O_TRUNC);
+  fd_ = ::open(path.c_str(), flags, 0644);
+  KERN_CHECK(fd_ >= 0, "Tracker: cannot open ", path, " for writing: ", std::strerror(errno));
+}
+
+Tracker::~Tracker() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Tracker& Tracker::track(Metric metric) {
+  KERN_CHECK(static_cast<bool>(metric.fn), "Tracker::track: metric '", metric.name, "' has no callback");
+  KERN_CHECK(metric.every >= 0, "Tracker::track: metric '", metric.name, "' has every = ", metric.every);
+  metrics_.push_back(std::move(metric));
+  return *this;
+}
+
+Tracker& Tracker::track(std::string name, MetricFn fn, int64_t every) {
+  return track(Metric{std::move(name), std::move(fn), every});
+}
+
+bool Tracker::due() const { return step_ % options_.every == 0; }
+
+bool Tracker::step(const Tensor& loss) { return step(loss_value(loss)); }
+
+bool Tracker::step(double loss) {
+  const bool now = due();
+  if (now) write_record(loss, false);
+  ++step_;
+  return now;
+}
+
+void Tracker::record(const Tensor& loss) { write_record(loss_value(loss), true); }
+
+void Tracker::write_record(double loss, bool all_metrics) {
+  const auto t0 = std::chrono::steady_clock::now();
+  Json rec;
+  rec["step"] = step_;
+  if (!options_.label.empty()) rec["run"] = options_.label;
+  if (!std::isnan(loss)) rec["loss"] = loss;
+  if (options_.lr > 0.0) {
+    rec["lr"] = options_.lr;
+    rec["two_over_lr"] = 2.0 / options_.lr;
+  }
+  const StepInfo info{step_, options_.lr, loss};
+  Json timing = Json::object();
+  for (auto& m : metrics_) {
+    if (!all_metrics && m.every > 0 && step_ % m.every != 0) continue;
+    const auto tm = std::chrono::steady_clock::now();
+    Values values;
+    try {
+      values = m.fn(info);
+    } catch (const Error& e) {
+      throw Error(fmt::format("Tracker: metric '{}' failed at step {}: {}", m.name, step_, e.what()));
+    }
+    for (auto& [key, v] : values) rec[key] = to_json(v);
+    timing["time." + m.name] = seconds_since(tm);
+  }
+  for (auto& [k, v] : timing.items()) rec[k] = v;
+  // The write itself is part of the overhead; its own duration lands in the next record.
+  const double overhead = seconds_since(t0);
+  overhead_total_ += overhead;
+  rec["overhead_s"] = overhead;
+  rec["overhead_total_s"] = overhead_total_;
+  rec["wall_s"] = seconds_since(start_);
+  std::string line = rec.dump(-1, ' ', false, Json::error_handler_t::replace);
+  last_line_ = line;
+  line += '\n';
+  // One write per line (O_APPEND): the line lands whole or, at worst on a full disk, not at all.
+  const char* p = line.data();
+  size_t left = line.size();
+  while (left > 0) {
+    const ssize_t n = ::write(fd_, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    KERN_CHECK(n > 0, "Tracker: writing ", path_, " failed: ", std::strerror(errno));
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  ++records_;
+  overhead_total_ += seconds_since(t0) - overhead;
+}
+
+// ---- metrics -----------------------------------------------------------------------------
+
+Metric probe_metrics(nn::Module& model, data::Batch probe, Criterion criterion, Mode mode) {
+  KERN_CHECK(probe.x.defined() && probe.y.defined(), "probe_metrics: the probe batch needs x and y");
+  return Metric{"probe", [&model, probe, criterion, mode](const StepInfo&) {
+                  ModeGuard guard(model, mode);
+                  NoGradGuard ng;
+                  Tensor out = model(probe.x);
+                  Values v{{"probe_loss", criterion(out, probe.y).item()}};
+                  Tensor labels;
+                  if (probe.y.dtype() == DType::Int64) labels = probe.y.reshape({-1});
+                  else if (probe.y.dim() == 2 && probe.y.size(1) > 1) labels = argmax(probe.y, 1);
+                  if (labels.defined() && out.dim() == 2) {
+                    const double correct = sum(eq(argmax(out, 1), labels).to(DType::Float64)).item();
+                    v.emplace_back("probe_accuracy", correct / static_cast<double>(labels.numel()));
+                  }
+                  return v;
+                }};
+}
+
+Metric norm_metrics(nn::Module& model, bool per_parameter) {
+  return Metric{"norms", [&model, per_parameter](const StepInfo&) {
+                  NoGradGuard ng;
+                  double g2 = 0.0, w2 = 0.0;
+                  bool any_grad = false;
+                  Values per;
+                  for (auto& [name, p] : model.named_parameters()) {
+                    const double w = dot(p.reshape({-1}), p.reshape({-1})).item();
+                    w2 += w;
+                    if (per_parameter) per.emplace_back("weight_norm." + name, std::sqrt(w));
+                    Tensor g = p.grad();
+                    if (g.defined()) {
+                      const double gg = dot(g.reshape({-1}), g.reshape({-1})).item();
+                      g2 += gg;
+                      any_grad = true;
+                      if (per_parameter) per.emplace_back("grad_norm." + name, std::sqrt(gg));
+                    }
+                  }
+                  Values v;
+                  if (any_grad) v.emplace_back("grad_norm", std::sqrt(g2));
+                  v.emplace_back("weight_norm", std::sqrt(w2));
+                  for (auto& e : per) v.push_back(std::move(e));
+                  return v;
+                }};
+}
+
+Metric sharpness(nn::Module& model, data::Batch probe, Criterion criterion, SharpnessOptions options) {
+  KERN_CHECK(options.iters >= 1 && options.k >= 1, "sharpness: iters (", options.iters, ") and k (", options.k,
+             ") must be >= 1");
+  auto previous = std::make_shared<Tensor>();  // the last top eigenvector (warm start)
+  return Metric{"sharpness", [&model, probe, criterion, options, previous](const StepInfo& info) {
+                  std::unique_ptr<SymmetricOperator> op;
+                  HessianOptions ho{.mode = options.mode};
+                  if (options.gauss_newton) op = std::make_unique<GaussNewton>(model, probe.x, probe.y, criterion, ho);
+                  else op = std::make_unique<Hessian>(model, probe.x, probe.y, criterion, ho);
+                  EigenOptions eo{.k = options.k,
+                                  .which = Which::LargestAlgebraic,
+                                  .max_iters = std::min(options.iters, op->size()),
+                                  .tol = options.tol,
+                                  .seed = options.seed + static_cast<uint64_t>(info.step),
+                                  .v0 = Tensor()};
+                  if (options.warm_start && previous->defined() && previous->numel() == op->size() &&
+                      previous->dtype() == op->dtype())
+                    eo.v0 = *previous;
+                  EigenResult r;
+                  if (options.method == EigenMethod::Lanczos) {
+                    eo.max_iters = std::max(eo.max_iters, options.k);
+                    r = lanczos(*op, eo);
+                  } else {
+                    eo.max_iters = options.iters;
+                    r = power_iteration(*op, eo);
+                  }
+                  *previous = r.eigenvectors.at(0);
+                  Values v{{"sharpness", r.eigenvalues[0]}};
+                  if (info.lr > 0.0) v.emplace_back("sharpness_x_lr_over_2", r.eigenvalues[0] * info.lr / 2.0);
+                  v.emplace_back("sharpness_hvps", static_cast<double>(r.products));
+                  v.emplace_back("sharpness_residual", r.residuals[0]);
+                  if (options.k > 1) v.emplace_back("hessian_top_k", r.eigenvalues);
+                  return v;
+                }};
+}
+
+Metric hessian_trace(nn::Module& model, data::Batch probe, Criterion criterion, TraceMetricOptions options) {
+  return Metric{"hessian_trace", [&model, probe, criterion, options](const StepInfo&) {
+                  Hessian h(model, probe.x, probe.y, criterion, {.mode = options.mode});
+                  auto t = hutchinson_trace(h, {.samples = options.samples, .seed = options.seed});
+                  return Values{{"hessian_trace", t.trace}, {"hessian_trace_se", t.std_error}};
+                }};
+}
+
+}  // namespace kern::tools
