@@ -63,44 +63,59 @@ void correlate_plane(const float* xp, int64_t Wp, const float* k, int64_t kH, in
 }
 
 // gw[a, b] += sum_{i, j} gy[i, j] * xp[i + a, j + b] for one plane; gy: [Ho, Wo], xp padded.
-// Vectorized over b in blocks of kVec (the block's accumulators stay in registers).
+// Narrow filters (kW < kVec): one kVec-wide accumulator per tap b of a filter row, vectorized
+// over j (kW independent FMA chains; each gy chunk is loaded once for all b).
+// Wide filters: vectorized over b in blocks of kVec with four chains over j mod 4.
 void accumulate_weight_grad(const float* gy, int64_t Ho, int64_t Wo, const float* xp, int64_t Wp, int64_t kH,
                             int64_t kW, float* gw) {
+  if (kW < kVec) {
+    const int64_t full = Wo / kVec * kVec;
+    for (int64_t a = 0; a < kH; ++a) {
+      float acc[kVec][kVec] = {};  // [b][lane]
+      float tail[kVec] = {};
+      for (int64_t i = 0; i < Ho; ++i) {
+        const float* grow = gy + i * Wo;
+        const float* xrow = xp + (i + a) * Wp;
+        for (int64_t j0 = 0; j0 < full; j0 += kVec)
+          for (int64_t b = 0; b < kW; ++b) {
+#pragma omp simd
+            for (int64_t t = 0; t < kVec; ++t) acc[b][t] += grow[j0 + t] * xrow[j0 + b + t];
+          }
+        for (int64_t j = full; j < Wo; ++j)
+          for (int64_t b = 0; b < kW; ++b) tail[b] += grow[j] * xrow[j + b];
+      }
+      for (int64_t b = 0; b < kW; ++b) {
+        float s = tail[b];
+        for (int64_t t = 0; t < kVec; ++t) s += acc[b][t];
+        gw[a * kW + b] += s;
+      }
+    }
+    return;
+  }
   for (int64_t a = 0; a < kH; ++a) {
     for (int64_t b0 = 0; b0 < kW; b0 += kVec) {
       const int64_t nb = std::min(kVec, kW - b0);
       float acc[kVec] = {};
-      if (nb == kVec) {
-        // Four independent FMA chains (j mod 4) hide the FMA latency.
-        float acc4[4][kVec] = {};
-        for (int64_t i = 0; i < Ho; ++i) {
-          const float* grow = gy + i * Wo;
-          const float* xrow = xp + (i + a) * Wp + b0;
-          int64_t j = 0;
+      float acc4[4][kVec] = {};  // four independent FMA chains (j mod 4)
+      for (int64_t i = 0; i < Ho; ++i) {
+        const float* grow = gy + i * Wo;
+        const float* xrow = xp + (i + a) * Wp + b0;
+        int64_t j = 0;
+        if (nb == kVec) {
           for (; j + 4 <= Wo; j += 4)
             for (int64_t q = 0; q < 4; ++q) {
               const float gv = grow[j + q];
 #pragma omp simd
               for (int64_t t = 0; t < kVec; ++t) acc4[q][t] += gv * xrow[j + q + t];
             }
-          for (; j < Wo; ++j) {
-            const float gv = grow[j];
-#pragma omp simd
-            for (int64_t t = 0; t < kVec; ++t) acc[t] += gv * xrow[j + t];
-          }
         }
-        for (int64_t q = 0; q < 4; ++q)
-          for (int64_t t = 0; t < kVec; ++t) acc[t] += acc4[q][t];
-      } else {
-        for (int64_t i = 0; i < Ho; ++i) {
-          const float* grow = gy + i * Wo;
-          const float* xrow = xp + (i + a) * Wp + b0;
-          for (int64_t j = 0; j < Wo; ++j) {
-            const float gv = grow[j];
-            for (int64_t t = 0; t < nb; ++t) acc[t] += gv * xrow[j + t];
-          }
+        for (; j < Wo; ++j) {
+          const float gv = grow[j];
+          for (int64_t t = 0; t < nb; ++t) acc[t] += gv * xrow[j + t];
         }
       }
+      for (int64_t q = 0; q < 4; ++q)
+        for (int64_t t = 0; t < kVec; ++t) acc[t] += acc4[q][t];
       for (int64_t t = 0; t < nb; ++t) gw[a * kW + b0 + t] += acc[t];
     }
   }

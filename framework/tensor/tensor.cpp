@@ -10,17 +10,17 @@
 #include <cstring>
 
 #include "../ops/kernel_utils.hpp"
+#include "allocator.hpp"
 
 namespace kern {
 
 std::shared_ptr<Storage> Storage::allocate(std::size_t nbytes) {
   auto s = std::make_shared<Storage>();
-  const std::size_t rounded = ((nbytes + 63) / 64) * 64;
-  void* p = rounded ? std::aligned_alloc(64, rounded) : nullptr;
-  KERN_CHECK(rounded == 0 || p != nullptr, "out of memory allocating ", nbytes, " bytes");
+  void* p = detail::host_alloc(nbytes);
+  KERN_CHECK(nbytes == 0 || p != nullptr, "out of memory allocating ", nbytes, " bytes");
   s->data = p;
   s->nbytes = nbytes;
-  s->keepalive = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  s->keepalive = std::shared_ptr<void>(p, [nbytes](void* q) { detail::host_free(q, nbytes); });
   return s;
 }
 
