@@ -190,8 +190,15 @@ Metric sharpness(nn::Module& model, data::Batch probe, Criterion criterion, Shar
                                   .seed = options.seed + static_cast<uint64_t>(info.step),
                                   .v0 = Tensor()};
                   if (options.warm_start && previous->defined() && previous->numel() == op->size() &&
-                      previous->dtype() == op->dtype())
-                    eo.v0 = *previous;
+                      previous->dtype() == op->dtype()) {
+                    // The previous top eigenvector plus an equal-norm random vector: fast when
+                    // the top direction moved little, and an eigenvalue that overtook it still
+                    // has a random start's weight in the Krylov space.
+                    NoGradGuard ng;
+                    Generator gen(options.seed + 7919 * static_cast<uint64_t>(info.step + 1));
+                    Tensor r = randn({op->size()}, op->dtype(), &gen);
+                    eo.v0 = *previous / norm(*previous).item() + r / norm(r).item();
+                  }
                   EigenResult r;
                   if (options.method == EigenMethod::Lanczos) {
                     eo.max_iters = std::max(eo.max_iters, options.k);

@@ -152,7 +152,9 @@ struct SharpnessOptions {
   double tol = 1e-4;         // relative residual to stop early (see EigenOptions)
   EigenMethod method = EigenMethod::Lanczos;
   Mode mode = Mode::Eval;    // model mode for the forward (BatchNorm)
-  bool warm_start = true;    // start from the previous evaluation's top eigenvector
+  /// Start from the previous evaluation's top eigenvector mixed with an equal-norm random
+  /// vector (an eigenvalue overtaking the previous top one is still found).
+  bool warm_start = true;
   bool gauss_newton = false; // the Gauss-Newton matrix's top eigenvalue instead of H's
   uint64_t seed = 0;
 };
