@@ -65,6 +65,8 @@ OpRegistrar elementwise({
     unary("relu", [](const Tensor& x) { return relu(x); }, [](Generator& g) { return away0(g, {6}); }),
     unary("gelu erf", [](const Tensor& x) { return gelu(x); }, [](Generator& g) { return rn(g, {6}) * 2.0; },
           [] { gelu(zeros({2}), "fast"); }, "gelu: approximate"),
+    {"gelu_backward", [](const Ins& x) { return gelu_backward(x[0], x[1]); },
+     [](Generator& g) { return Ins{rn(g, {6}), rn(g, {6}) * 2.0}; }},
     unary("gelu tanh", [](const Tensor& x) { return gelu(x, "tanh"); }, [](Generator& g) { return rn(g, {6}) * 2.0; }),
     unary("silu", [](const Tensor& x) { return silu(x); }, [](Generator& g) { return rn(g, {6}); }),
     unary("softplus", [](const Tensor& x) { return softplus(x, 2.0, 5.0); },
@@ -98,6 +100,9 @@ OpRegistrar elementwise_fast({
     fast_unary("sigmoid", [](const Tensor& x) { return sigmoid(x); }, [](Generator& g) { return rn(g, {32, 40}); }),
     fast_unary("relu", [](const Tensor& x) { return relu(x); }, [](Generator& g) { return away0(g, {32, 40}); }),
     fast_unary("gelu", [](const Tensor& x) { return gelu(x); }, [](Generator& g) { return rn(g, {32, 40}); }),
+    {"gelu_backward [fast path]", [](const Ins& x) { return gelu_backward(x[0], x[1]); },
+     [](Generator& g) { return Ins{rn(g, {32, 40}), rn(g, {32, 40}) * 2.0}; }, false, true,
+     [] { gelu_backward(zeros({2}), zeros({3})); }, "gelu_backward: grad [2] and input [3] differ"},
 });
 
 OpRegistrar reductions({

@@ -37,6 +37,7 @@ struct Cache {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
   std::map<std::tuple<int, float, float, int64_t>, dnnl::eltwise_forward> prims;
+  std::map<std::tuple<int, float, float, int64_t>, dnnl::eltwise_backward> backward_prims;
   std::mutex mu;
 };
 
@@ -64,6 +65,31 @@ void eltwise_fast(Eltwise alg, const float* in, float* out, int64_t n, float alp
   }
   dnnl::memory src(md, c.engine, const_cast<float*>(in)), dst(md, c.engine, out);
   prim.execute(c.stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
+  c.stream.wait();
+}
+
+void eltwise_backward_fast(Eltwise alg, const float* src, const float* diff_dst, float* diff_src, int64_t n,
+                           float alpha, float beta) {
+  if (n == 0) return;
+  Cache& c = cache();
+  const dnnl::memory::desc md({n}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::a);
+  dnnl::eltwise_backward prim;
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    auto key = std::make_tuple(static_cast<int>(alg), alpha, beta, n);
+    auto it = c.backward_prims.find(key);
+    if (it == c.backward_prims.end()) {
+      dnnl::eltwise_forward::desc fd(dnnl::prop_kind::forward_training, to_dnnl(alg), md, alpha, beta);
+      dnnl::eltwise_forward::primitive_desc hint(fd, c.engine);
+      dnnl::eltwise_backward::desc bd(to_dnnl(alg), md, md, alpha, beta);
+      it = c.backward_prims.emplace(key, dnnl::eltwise_backward(dnnl::eltwise_backward::primitive_desc(bd, c.engine, hint)))
+               .first;
+    }
+    prim = it->second;
+  }
+  dnnl::memory s(md, c.engine, const_cast<float*>(src)), dd(md, c.engine, const_cast<float*>(diff_dst)),
+      ds(md, c.engine, diff_src);
+  prim.execute(c.stream, {{DNNL_ARG_SRC, s}, {DNNL_ARG_DIFF_DST, dd}, {DNNL_ARG_DIFF_SRC, ds}});
   c.stream.wait();
 }
 

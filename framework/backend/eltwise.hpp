@@ -11,4 +11,8 @@ enum class Eltwise { Exp, Log, Tanh, Logistic, Relu, GeluErf, GeluTanh, Sqrt, Ab
 /// (Linear: alpha * x + beta; SoftRelu: alpha = beta (PyTorch's softplus beta, oneDNN 2.6 semantics).
 void eltwise_fast(Eltwise alg, const float* in, float* out, int64_t n, float alpha = 0.f, float beta = 0.f);
 
+/// diff_src[i] = diff_dst[i] * f'(src[i]) (oneDNN eltwise backward, same alpha/beta rules).
+void eltwise_backward_fast(Eltwise alg, const float* src, const float* diff_dst, float* diff_src, int64_t n,
+                           float alpha = 0.f, float beta = 0.f);
+
 }  // namespace kern::backend

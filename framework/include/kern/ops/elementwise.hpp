@@ -32,6 +32,8 @@ Tensor sigmoid(const Tensor& x);
 Tensor relu(const Tensor& x);
 /// GELU: x * Phi(x) ("none", exact erf form) or its tanh approximation ("tanh").
 Tensor gelu(const Tensor& x, std::string_view approximate = "none");
+/// g * d gelu(x) / dx (erf form): GELU's backward as one fused, differentiable op.
+Tensor gelu_backward(const Tensor& grad, const Tensor& x);
 Tensor silu(const Tensor& x);
 /// log(1 + exp(beta x)) / beta, linear above `threshold` (torch.nn.functional.softplus).
 Tensor softplus(const Tensor& x, double beta = 1.0, double threshold = 20.0);
