@@ -68,7 +68,15 @@ Tensor Conv2d::forward(const Tensor& x) {
     // after (bottom/right) by an explicit pad. pad order: W before/after, H before/after.
     in = pad(x, {0, pad_after_[1] - pad_before_[1], 0, pad_after_[0] - pad_before_[0]});
   }
-  return conv2d(in, weight, bias, params());
+  // Parameterization multipliers (kern/param), as in Linear: m_w * conv(x, W) + m_b * b.
+  const double mw = param_multiplier("weight");
+  const double mb = bias.defined() ? param_multiplier("bias") : 1.0;
+  if (mw == 1.0 && mb == 1.0) return conv2d(in, weight, bias, params());
+  Tensor y = conv2d(in, weight, Tensor(), params());
+  if (mw != 1.0) y = y * mw;
+  if (bias.defined())
+    y = y + (mb == 1.0 ? bias : bias * mb).reshape({options_.out_channels(), 1, 1});
+  return y;
 }
 
 std::string Conv2d::extra_repr() const {

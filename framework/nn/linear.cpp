@@ -31,7 +31,15 @@ Tensor Linear::forward(const Tensor& x) {
   KERN_CHECK(x.dim() >= 1 && x.size(-1) == options_.in_features(), "Linear(",
              options_.in_features(), " -> ", options_.out_features(), "): input ", x.shape(),
              " must end in ", options_.in_features(), " features");
-  return linear(x, weight, bias);
+  // Parameterization multipliers (kern/param): y = m_w * (x W^T) + m_b * b. Both are 1
+  // unless a preset set them, and then this is exactly linear(x, weight, bias).
+  const double mw = param_multiplier("weight");
+  const double mb = bias.defined() ? param_multiplier("bias") : 1.0;
+  if (mw == 1.0 && mb == 1.0) return linear(x, weight, bias);
+  Tensor y = linear(x, weight);
+  if (mw != 1.0) y = y * mw;
+  if (bias.defined()) y = y + (mb == 1.0 ? bias : bias * mb);
+  return y;
 }
 
 std::string Linear::extra_repr() const {

@@ -437,4 +437,19 @@ void Module::zero_grad() {
   for (auto& p : parameters()) p.zero_grad();
 }
 
+// ---- parameterization records
+
+const param::ParamRecord* Module::param_record(std::string_view name) const {
+  for (auto& [n, r] : param_records_)
+    if (n == name) return &r;
+  return nullptr;
+}
+
+void Module::set_param_record(const std::string& name, const param::ParamRecord& record) {
+  bool found = false;
+  for (auto& [n, t] : params_) found = found || n == name;
+  KERN_CHECK(found, this->name(), ": set_param_record: no parameter '", name, "'");
+  insert_or_replace(param_records_, name, record);
+}
+
 }  // namespace kern::nn

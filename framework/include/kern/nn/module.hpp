@@ -30,6 +30,7 @@
 // non-owning pointers to it). Moving a module that nothing else refers to yet is allowed,
 // which is what lets `nn::Sequential(nn::Linear(4, 8), nn::ReLU())` take modules by value.
 #include <kern/autograd.hpp>
+#include <kern/param/record.hpp>
 #include <kern/tensor.hpp>
 
 #include <concepts>
@@ -37,6 +38,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -205,6 +207,21 @@ class Module : public std::enable_shared_from_this<Module> {
   /// Clears every parameter's .grad (set to none, like PyTorch's default).
   void zero_grad();
 
+  // ---- parameterization records (set by kern::param::apply; see kern/param/record.hpp)
+  /// The record of this module's own parameter `name`, or nullptr when none was set.
+  const param::ParamRecord* param_record(std::string_view name) const;
+  /// Sets the record of own parameter `name` (throws if there is no such parameter).
+  void set_param_record(const std::string& name, const param::ParamRecord& record);
+  /// Removes this module's records (not its children's).
+  void clear_param_records() { param_records_.clear(); }
+  /// The forward multiplier of own parameter `name`: 1 without a record. Layers read it in
+  /// forward and skip the multiply when it is exactly 1 (the default path is unchanged).
+  double param_multiplier(std::string_view name) const {
+    if (param_records_.empty()) return 1.0;
+    const param::ParamRecord* r = param_record(name);
+    return r ? r->forward_multiplier() : 1.0;
+  }
+
  protected:
   // Per-module registries, in registration order.
   std::vector<std::pair<std::string, Tensor>> params_;
@@ -221,6 +238,7 @@ class Module : public std::enable_shared_from_this<Module> {
   bool training_ = true;
   std::vector<std::pair<HookId, ForwardPreHook>> pre_hooks_;
   std::vector<std::pair<HookId, ForwardHook>> post_hooks_;
+  std::vector<std::pair<std::string, param::ParamRecord>> param_records_;
 };
 
 }  // namespace kern::nn
