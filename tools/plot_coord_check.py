@@ -1,0 +1,119 @@
+#!/usr/bin/python3
+"""Plots JSON lines written by kern's coordinate check and muP transfer example.
+
+  plot_coord_check.py coord.jsonl -o coord.png [--title T]
+
+Records with "kind": "coord" (tools::CoordCheckResult::write_jsonl): one row of panels per
+label (e.g. SP, muP), one panel per step t, mean |x| of each module's output against width on
+log-log axes, one line per module (verdicts marked in the legend).
+
+Records with "kind": "transfer" (examples/mup_transfer): one panel per parameterization,
+final training loss against learning rate (log x), one line per width, the optimum marked.
+"""
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_coord(records, out, title):
+    coords = [r for r in records if r.get("kind") == "coord"]
+    verdicts = {(r["label"], r["module"], r["t"]): r for r in records if r.get("kind") == "verdict"}
+    labels = list(dict.fromkeys(r["label"] for r in coords))
+    steps = sorted({r["t"] for r in coords})
+    fig, axes = plt.subplots(len(labels), len(steps), figsize=(4.2 * len(steps), 3.6 * len(labels)),
+                             squeeze=False)
+    for i, label in enumerate(labels):
+        rows = [r for r in coords if r["label"] == label]
+        modules = list(dict.fromkeys(r["module"] for r in rows))
+        cmap = plt.get_cmap("viridis", max(len(modules), 2))
+        for j, t in enumerate(steps):
+            ax = axes[i][j]
+            for k, m in enumerate(modules):
+                pts = sorted((r["width"], r["l1"]) for r in rows if r["module"] == m and r["t"] == t)
+                pts = [(w, v) for w, v in pts if v > 0]
+                if not pts:
+                    continue
+                v = verdicts.get((label, m, t))
+                mark = "" if v is None else (" ok" if v["pass"] else " FAIL")
+                slope = "" if v is None else f" s={v['slope']:+.2f}"
+                typ = pts and next(r["type"] for r in rows if r["module"] == m)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=cmap(k), ms=3,
+                        label=f"{m} {typ}{slope}{mark}")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_title(f"{label}  t = {t}")
+            ax.set_xlabel("width")
+            if j == 0:
+                ax.set_ylabel("mean |x|")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=6)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def plot_transfer(records, out, title):
+    rows = [r for r in records if r.get("kind") == "transfer"]
+    params = list(dict.fromkeys(r["param"] for r in rows))
+    fig, axes = plt.subplots(1, len(params), figsize=(5.5 * len(params), 4.2), squeeze=False,
+                             sharey=True)
+    for i, p in enumerate(params):
+        ax = axes[0][i]
+        widths = sorted({r["width"] for r in rows if r["param"] == p})
+        cmap = plt.get_cmap("viridis", max(len(widths), 2))
+        for k, w in enumerate(widths):
+            pts = sorted((r["lr"], r["loss"]) for r in rows if r["param"] == p and r["width"] == w)
+            finite = [(lr, v) for lr, v in pts if math.isfinite(v)]
+            ax.plot([q[0] for q in finite], [q[1] for q in finite], "o-", color=cmap(k), ms=3,
+                    label=f"width {w}")
+            if finite:
+                best = min(finite, key=lambda q: q[1])
+                ax.plot([best[0]], [best[1]], "*", color=cmap(k), ms=12)
+        ax.set_xscale("log", base=2)
+        ax.set_title(p)
+        ax.set_xlabel("learning rate")
+        if i == 0:
+            ax.set_ylabel("training loss")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    ys = [r["loss"] for r in rows if math.isfinite(r["loss"])]
+    if ys:
+        lo = min(ys)
+        axes[0][0].set_ylim(lo - 0.05 * abs(lo), min(max(ys), 2.5))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("jsonl")
+    ap.add_argument("-o", "--out", required=True)
+    ap.add_argument("--title", default="")
+    a = ap.parse_args()
+    records = read(a.jsonl)
+    kinds = {r.get("kind") for r in records}
+    if "transfer" in kinds:
+        plot_transfer(records, a.out, a.title)
+    elif "coord" in kinds:
+        plot_coord(records, a.out, a.title)
+    else:
+        sys.exit(f"{a.jsonl}: no 'coord' or 'transfer' records")
+
+
+if __name__ == "__main__":
+    main()
