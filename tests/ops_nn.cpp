@@ -201,6 +201,25 @@ OpRegistrar pooling({
         [](Generator& g) { return Ins{rn(g, {1, 5, 4, 2})}; }),
 });
 
+// float32 forwards on oneDNN (framework/backend/dnnl_pool.cpp). The last two avg entries and
+// the uneven adaptive one fall back to kern's loops on the fast backend (overhanging
+// count_include_pad windows, non-uniform adaptive windows): they check that dispatch.
+OpRegistrar pooling_fast({
+    fast(maxp("max_pool2d 2x2", pp({2, 2}, {0, 0}, {0, 0}, false), {2, 8, 12, 12})),
+    fast(maxp("max_pool2d 3x3 stride 2 padding 1 ceil_mode", pp({3, 3}, {2, 2}, {1, 1}, true), {2, 4, 12, 11})),
+    fast(maxp("max_pool2d 3x2 stride 1 padding (1, 0)", pp({3, 2}, {1, 1}, {1, 0}, false), {2, 4, 9, 10})),
+    fast(avgp("avg_pool2d 2x2", pp({2, 2}, {0, 0}, {0, 0}, false), {2, 8, 12, 12})),
+    fast(avgp("avg_pool2d 3x3 stride 2 padding 1 count_include_pad", pp({3, 3}, {2, 2}, {1, 1}, false, true),
+              {2, 4, 12, 11})),
+    fast(avgp("avg_pool2d 3x3 stride 2 padding 1 exclude pad ceil_mode", pp({3, 3}, {2, 2}, {1, 1}, true, false),
+              {2, 4, 12, 11})),
+    fast(avgp("avg_pool2d 3x3 stride 2 ceil_mode no padding", pp({3, 3}, {2, 2}, {0, 0}, true, true), {2, 4, 12, 11})),
+    fast(avgp("avg_pool2d 3x3 stride 2 padding 1 count_include_pad ceil_mode (overhang)",
+              pp({3, 3}, {2, 2}, {1, 1}, true, true), {2, 4, 12, 11})),
+    fast(adaptive("adaptive_avg_pool2d 12x12 -> 4x3 (uniform)", {4, 3}, {2, 8, 12, 12})),
+    fast(adaptive("adaptive_avg_pool2d 7x7 -> 3x3 (uneven)", {3, 3}, {2, 8, 7, 7})),
+});
+
 // ---- normalization
 
 OpInfo ln(std::string name, Shape xs, Shape ns, bool affine, std::function<void()> bad = {}, std::string msg = "") {
@@ -272,6 +291,15 @@ OpRegistrar normalization({
     bn_train("batch_norm train N=2 1-D spatial", {2, 3, 4}, true, false,
              [] { batch_norm(zeros({2, 3, 4}), {}, {}, zeros({2}), {}, true); },
              "batch_norm: weight has shape [2], expected [3] for input [2, 3, 4]"),
+    // float32 training-mode forward on oneDNN (framework/backend/dnnl_norm.cpp) once
+    // kOneDnnBatchNorm (framework/ops/norm.cpp) is on; it is off (slower than kern's loops),
+    // and tests/test_fast_pool_norm.cpp checks the oneDNN kernel directly meanwhile.
+    fast(bn_train("batch_norm train affine", {4, 8, 6, 6}, true, true)),
+    fast(bn_train("batch_norm train [N, C]", {16, 8}, false, true)),
+    fast(op(
+        "batch_norm train weight only",
+        [](const Ins& x) { return batch_norm(x[0], {}, {}, x[1], {}, true); },
+        [](Generator& g) { return Ins{rn(g, {3, 4, 5, 7}) * 3.0 + 1.0, rn(g, {4})}; })),
     op(
         "batch_norm train non-contiguous input",
         [](const Ins& x) { return batch_norm(x[0].permute({0, 3, 1, 2}), {}, {}, x[1], x[2], true); },

@@ -73,3 +73,37 @@ void layer_norm_fast(const float* x, const float* weight, const float* bias, flo
                      float eps);
 
 }  // namespace kern::backend
+
+// ---- pooling forward (framework/backend/dnnl_pool.cpp): oneDNN, float32, plain contiguous
+// buffers x: [N, C, H, W], y: [N, C, Ho, Wo]. Windows start at o * stride - padding; Ho and
+// Wo are the op's (PyTorch's, ceil_mode included) output sizes, the right / bottom padding
+// follows from them.
+namespace kern::backend {
+
+struct PoolGeometry {
+  int64_t N, C, H, W, Ho, Wo;
+  int64_t kernel[2], stride[2], padding[2];
+};
+
+/// Max pooling with kern's indices: idx [N, C, Ho, Wo] gets the flat H*W index of each
+/// window's first maximum (row-major window order). Returns false, having written nothing
+/// the caller may use, when the input holds a NaN (kern propagates it, oneDNN skips it) or
+/// oneDNN's workspace layout is not the expected one; the caller then runs its own loops.
+bool max_pool2d_fast(const PoolGeometry& g, const float* x, float* y, int64_t* idx);
+/// Average pooling; the divisor is the number of input elements in the window (exclude_pad)
+/// or kernel[0] * kernel[1] (then every window must lie inside the padded input for
+/// PyTorch's count_include_pad semantics; the caller checks).
+void avg_pool2d_fast(const PoolGeometry& g, bool exclude_pad, const float* x, float* y);
+
+}  // namespace kern::backend
+
+// ---- batch normalization forward, training mode (framework/backend/dnnl_norm.cpp): oneDNN,
+// float32, plain contiguous buffers
+namespace kern::backend {
+
+/// x, y: [N, C, S]; normalizes each channel with its batch mean and biased variance, written
+/// to mean, var: [C]; weight, bias: [C] or nullptr.
+void batch_norm_train_fast(const float* x, const float* weight, const float* bias, float* y, float* mean, float* var,
+                           int64_t N, int64_t C, int64_t S, float eps);
+
+}  // namespace kern::backend

@@ -8,12 +8,18 @@
 //     [floor(i*H/oh), ceil((i+1)*H/oh)) (an exact linear map, like the fixed-matrix form
 //     P_h x P_w^T, without the matmuls' copies).
 // Windows and output sizes follow PyTorch (aten/src/ATen/native/Pool.h).
+// float32 forwards run on oneDNN on the fast backend (framework/backend/dnnl_pool.cpp):
+// max_pool2d (with the same first-maximum indices; inputs holding a NaN stay on kern's
+// loops), avg_pool2d (except count_include_pad windows overhanging the right padding, whose
+// divisor oneDNN does not clip) and adaptive_avg_pool2d when its windows are uniform
+// (H % oh == 0 and W % ow == 0). The backwards are unchanged.
 #include <kern/autograd.hpp>
 #include <kern/ops.hpp>
 
 #include <cmath>
 #include <limits>
 
+#include "../backend/backend.hpp"
 #include "kernel_utils.hpp"
 
 namespace kern {
@@ -104,11 +110,44 @@ void for_planes(const PoolGeom& g, F&& f) {
   for (int64_t pl = 0; pl < planes; ++pl) f(pl);
 }
 
+backend::PoolGeometry backend_geometry(const PoolGeom& g) {
+  return {g.N, g.C, g.H, g.W, g.Ho, g.Wo, {g.k[0], g.k[1]}, {g.s[0], g.s[1]}, {g.p[0], g.p[1]}};
+}
+
+// Runs the average-pooling forward on oneDNN when its windows and divisors are PyTorch's;
+// returns false otherwise.
+bool avg_forward_fast(const PoolGeom& g, const Tensor& xc, Tensor& out) {
+  if (!backend::use_fast(xc.dtype()) || out.numel() == 0 || xc.numel() == 0) return false;
+  backend::PoolGeometry bg = backend_geometry(g);
+  bool exclude_pad = !g.count_include_pad;
+  if (g.adaptive) {
+    // Uniform adaptive windows [i*H/oh, (i+1)*H/oh) are a plain k = stride = H/oh pooling.
+    if (g.H % g.Ho != 0 || g.W % g.Wo != 0) return false;
+    bg.kernel[0] = bg.stride[0] = g.H / g.Ho;
+    bg.kernel[1] = bg.stride[1] = g.W / g.Wo;
+    bg.padding[0] = bg.padding[1] = 0;
+    exclude_pad = true;
+  } else if (!exclude_pad) {
+    // count_include_pad divides by the window clipped to the padded input; oneDNN divides by
+    // kH * kW. They agree when no (ceil_mode) window overhangs the right padding, and without
+    // padding the clipped window is the real one (exclude_pad semantics).
+    if (g.p[0] == 0 && g.p[1] == 0) {
+      exclude_pad = true;
+    } else {
+      for (int i = 0; i < 2; ++i)
+        if (((i == 0 ? g.Ho : g.Wo) - 1) * g.s[i] + g.k[i] > (i == 0 ? g.H : g.W) + 2 * g.p[i]) return false;
+    }
+  }
+  backend::avg_pool2d_fast(bg, exclude_pad, xc.data_ptr<float>(), out.data_ptr<float>());
+  return true;
+}
+
 // A (forward, adjoint = false): y = window means of x.  A^T (adjoint = true): each gy
 // element spread evenly (1/divisor) over its window.
 Tensor avg_pool_apply(const PoolGeom& g, const Tensor& src, bool adjoint) {
   Tensor sc = contiguous(src.detach());
   Tensor out = adjoint ? zeros({g.N, g.C, g.H, g.W}, src.dtype()) : empty({g.N, g.C, g.Ho, g.Wo}, src.dtype());
+  if (!adjoint && avg_forward_fast(g, sc, out)) return out;
   detail::dispatch_float(src.dtype(), adjoint ? "avg_pool2d_backward" : "avg_pool2d", [&]<typename T>() {
     const T* in = sc.template data_ptr<T>();
     T* o = out.template data_ptr<T>();
@@ -159,7 +198,10 @@ Tensor max_pool2d(const Tensor& x, const Pool2dParams& params) {
   Tensor xc = contiguous(x.detach());
   Tensor out = empty({g.N, g.C, g.Ho, g.Wo}, x.dtype());
   Tensor idx = empty({g.N, g.C, g.Ho, g.Wo}, DType::Int64);
-  detail::dispatch_float(x.dtype(), "max_pool2d", [&]<typename T>() {
+  const bool fast = backend::use_fast(x.dtype()) && out.numel() > 0 && xc.numel() > 0 &&
+                    backend::max_pool2d_fast(backend_geometry(g), xc.data_ptr<float>(), out.data_ptr<float>(),
+                                             idx.data_ptr<int64_t>());
+  if (!fast) detail::dispatch_float(x.dtype(), "max_pool2d", [&]<typename T>() {
     const T* in = xc.template data_ptr<T>();
     T* o = out.template data_ptr<T>();
     int64_t* ix = idx.data_ptr<int64_t>();
