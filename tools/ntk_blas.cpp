@@ -1,0 +1,208 @@
+// Accumulation kernels of the structured NTK: symmetric (block lower-triangle) Gram
+// products with an optional per-sample-pair scale, batched small products, the pairwise
+// contraction, and in-place additions into the kernel.
+//
+// Big products run on kern::mm (oneDNN sgemm, its own threads). Batches of small products
+// run in ONE OpenMP region with single-threaded Eigen products inside (Eigen does not
+// start threads inside a parallel region): a loop of kern::bmm/mm calls would pay a thread
+// barrier per product, which on a loaded machine costs more than the products themselves.
+// Eigen's AVX-512 paths trip GCC 12's -Wmaybe-uninitialized inside the intrinsics headers.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <Eigen/Core>
+
+#include <algorithm>
+
+#include "ntk_internal.hpp"
+
+namespace kern::tools::detail {
+namespace {
+
+// K[r0 + i, c0 + j] += C[i, j] * q, q = Q[row / O, col / O] (or 1); with `mirror`, also
+// K[c0 + j, r0 + i] += the same. With Q, r0, c0, rows and cols are multiples of O, so q is
+// constant over runs of O entries (no division in the inner loops).
+template <typename T>
+void add_block(T* K, int64_t ldk, const T* C, int64_t rows, int64_t cols, int64_t r0, int64_t c0, const T* Q,
+               int64_t ldq, int64_t O, bool mirror) {
+#pragma omp parallel for schedule(static) if (rows * cols > 32768)
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* crow = C + i * cols;
+    T* krow = K + (r0 + i) * ldk + c0;
+    if (Q) {
+      const T* qrow = Q + ((r0 + i) / O) * ldq + c0 / O;
+      for (int64_t jb = 0, b = 0; jb < cols; jb += O, ++b) {
+        const T q = qrow[b];
+        for (int64_t p = 0; p < O; ++p) krow[jb + p] += crow[jb + p] * q;
+      }
+    } else {
+      for (int64_t j = 0; j < cols; ++j) krow[j] += crow[j];
+    }
+  }
+  if (!mirror) return;
+#pragma omp parallel for schedule(static) if (rows * cols > 32768)
+  for (int64_t j = 0; j < cols; ++j) {
+    T* krow = K + (c0 + j) * ldk + r0;
+    if (Q) {
+      const T* qcol = Q + (r0 / O) * ldq + (c0 + j) / O;
+      for (int64_t ib = 0, b = 0; ib < rows; ib += O, ++b) {
+        const T q = qcol[b * ldq];
+        for (int64_t p = 0; p < O; ++p) krow[ib + p] += C[(ib + p) * cols + j] * q;
+      }
+    } else {
+      for (int64_t i = 0; i < rows; ++i) krow[i] += C[i * cols + j];
+    }
+  }
+}
+
+template <typename T>
+void add_gram_t(Tensor& K, const Tensor& G1, const Tensor& G2, bool symmetric, const Tensor& Q, int64_t O) {
+  const int64_t M1 = G1.size(0), M2 = G2.size(0);
+  T* k = K.data_ptr<T>();
+  const T* q = Q.defined() ? Q.data_ptr<T>() : nullptr;
+  const int64_t ldq = Q.defined() ? Q.size(1) : 0;
+  if (!symmetric) {
+    Tensor C = mm(G1, G2.t());
+    add_block<T>(k, M2, C.data_ptr<T>(), M1, M2, 0, 0, q, ldq, O, false);
+    return;
+  }
+  // Lower block triangle of G G^T, blocks of ~160 rows (measured best for sgemm here: the
+  // 3 products of 2 blocks of 160 beat one 320 x 320 product by 20-40%).
+  // With Q, blocks are whole samples (multiples of O rows).
+  const int64_t nb = std::max<int64_t>(1, (M1 + 100) / 160);
+  const int64_t bs = ((M1 + nb - 1) / nb + O - 1) / O * O;
+  for (int64_t i = 0; i < M1; i += bs) {
+    const int64_t ri = std::min(bs, M1 - i);
+    Tensor Gi = G1.narrow(0, i, ri);
+    for (int64_t j = 0; j <= i; j += bs) {
+      const int64_t cj = std::min(bs, M1 - j);
+      Tensor C = mm(Gi, G1.narrow(0, j, cj).t());
+      add_block<T>(k, M2, C.data_ptr<T>(), ri, cj, i, j, q, ldq, O, j != i);
+    }
+  }
+}
+
+template <typename T>
+void add_pair_blocks_t(Tensor& K, const Tensor& blk, int64_t n0, int64_t m, int64_t O, bool mirror) {
+  const int64_t M2 = K.size(1), count = blk.size(0);
+  T* k = K.data_ptr<T>();
+  Tensor b = blk.contiguous();
+  const T* src = b.data_ptr<T>();
+#pragma omp parallel for schedule(static) if (count * O * O > 32768)
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t n = n0 + i;
+    const T* bi = src + i * O * O;
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t p = 0; p < O; ++p) {
+        const T v = bi[o * O + p];
+        k[(n * O + o) * M2 + m * O + p] += v;
+        if (mirror && n != m) k[(m * O + p) * M2 + n * O + o] += v;
+      }
+  }
+}
+
+template <typename T>
+void add_into_t(Tensor& K, const Tensor& part) {
+  Tensor p = part.contiguous();
+  T* k = K.data_ptr<T>();
+  const T* s = p.data_ptr<T>();
+  const int64_t n = K.numel();
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) k[i] += s[i];
+}
+
+template <typename T>
+using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <typename T>
+using ConstMap = Eigen::Map<const RowMat<T>, 0, Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>>;
+template <typename T>
+using OutMap = Eigen::Map<RowMat<T>, 0, Eigen::OuterStride<Eigen::Dynamic>>;
+
+template <typename T>
+ConstMap<T> cmap(const T* p, int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
+  return ConstMap<T>(p, rows, cols, Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(rs, cs));
+}
+
+template <typename T>
+void batched_matmul_t(const Tensor& a, const Tensor& b, Tensor& out) {
+  const int64_t B = a.size(0), M = a.size(1), K = a.size(2), N = b.size(2);
+  const T* pa = a.data_ptr<T>();
+  const T* pb = b.data_ptr<T>();
+  T* pc = out.data_ptr<T>();
+  const auto &sa = a.strides(), &sb = b.strides(), &sc = out.strides();
+#pragma omp parallel for schedule(static) if (B > 1 && B * M * N * K > 65536)
+  for (int64_t i = 0; i < B; ++i) {
+    OutMap<T> C(pc + i * sc[0], M, N, Eigen::OuterStride<Eigen::Dynamic>(sc[1]));
+    C.noalias() = cmap<T>(pa + i * sa[0], M, K, sa[1], sa[2]) * cmap<T>(pb + i * sb[0], K, N, sb[1], sb[2]);
+  }
+}
+
+// K[(n,o),(m,p)] += sum_{s,t} Q[(n,s),(m,t)] <D1[n,s,:,o], D2[m,t,:,p]>, one parallel
+// region over m: U = Q[(n,s), m-block] D2[m] ([N1*S, S] x [S, og*O]), then per n
+// K_nm = D1[n]^T U[n] ([O, S*og] x [S*og, O]). sym: D2 is D1, only n >= m, mirrored.
+template <typename T>
+void pairwise_t(Tensor& K, const Tensor& Q, const Tensor& D1, const Tensor& D2, bool sym) {
+  const int64_t N1 = D1.size(0), N2 = D2.size(0), S = D1.size(1), og = D1.size(2), O = D1.size(3);
+  const int64_t R = S * og, ldq = Q.size(1), ldk = K.size(1);
+  const T* q = Q.data_ptr<T>();
+  const T* d1 = D1.data_ptr<T>();
+  const T* d2 = D2.data_ptr<T>();
+  T* k = K.data_ptr<T>();
+#pragma omp parallel
+  {
+    RowMat<T> U, blk(O, O);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t m = 0; m < N2; ++m) {
+      const int64_t n0 = sym ? m : 0, cnt = N1 - n0;
+      U.noalias() = cmap<T>(q + n0 * S * ldq + m * S, cnt * S, S, ldq, 1) * cmap<T>(d2 + m * R * O, S, og * O, og * O, 1);
+      for (int64_t n = n0; n < N1; ++n) {
+        blk.noalias() = cmap<T>(d1 + n * R * O, R, O, O, 1).transpose() * cmap<T>(U.data() + (n - n0) * R * O, R, O, O, 1);
+        for (int64_t o = 0; o < O; ++o)
+          for (int64_t p = 0; p < O; ++p) {
+            k[(n * O + o) * ldk + m * O + p] += blk(o, p);
+            if (sym && n != m) k[(m * O + p) * ldk + n * O + o] += blk(o, p);
+          }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void batched_matmul(const Tensor& a, const Tensor& b, Tensor& out) {
+  KERN_CHECK(a.dim() == 3 && b.dim() == 3 && out.dim() == 3 && a.size(0) == b.size(0) && a.size(2) == b.size(1) &&
+                 out.size(0) == a.size(0) && out.size(1) == a.size(1) && out.size(2) == b.size(2) && out.stride(2) == 1,
+             "ntk: batched_matmul: ", a.shape(), " x ", b.shape(), " -> ", out.shape());
+  if (a.dtype() == DType::Float64) batched_matmul_t<double>(a, b, out);
+  else batched_matmul_t<float>(a, b, out);
+}
+
+void add_pairwise(Tensor& K, const Tensor& Q, const Tensor& D1, const Tensor& D2, bool sym) {
+  KERN_CHECK(K.is_contiguous() && Q.is_contiguous() && D1.is_contiguous() && D2.is_contiguous(),
+             "ntk: add_pairwise needs contiguous operands");
+  if (K.dtype() == DType::Float64) pairwise_t<double>(K, Q, D1, D2, sym);
+  else pairwise_t<float>(K, Q, D1, D2, sym);
+}
+
+void add_gram(Tensor& K, const Tensor& G1, const Tensor& G2, bool symmetric, const Tensor& Q, int64_t O) {
+  NoGradGuard ng;
+  KERN_CHECK(K.is_contiguous() && K.dim() == 2 && K.size(0) == G1.size(0) && K.size(1) == G2.size(0),
+             "ntk: add_gram: kernel ", K.shape(), " does not match ", G1.shape(), " x ", G2.shape());
+  Tensor q = Q.defined() ? Q.contiguous() : Q;
+  if (K.dtype() == DType::Float64) add_gram_t<double>(K, G1, G2, symmetric, q, O);
+  else add_gram_t<float>(K, G1, G2, symmetric, q, O);
+}
+
+void add_pair_blocks(Tensor& K, const Tensor& blk, int64_t n0, int64_t m, int64_t O, bool mirror) {
+  NoGradGuard ng;
+  if (K.dtype() == DType::Float64) add_pair_blocks_t<double>(K, blk, n0, m, O, mirror);
+  else add_pair_blocks_t<float>(K, blk, n0, m, O, mirror);
+}
+
+void add_into(Tensor& K, const Tensor& part) {
+  NoGradGuard ng;
+  KERN_CHECK(K.is_contiguous() && part.shape() == K.shape() && part.dtype() == K.dtype(), "ntk: add_into: ",
+             K.shape(), " += ", part.shape());
+  if (K.dtype() == DType::Float64) add_into_t<double>(K, part);
+  else add_into_t<float>(K, part);
+}
+
+}  // namespace kern::tools::detail

@@ -1,0 +1,499 @@
+// Structured NTK: closed-form per-layer kernels for Linear and Conv2d, contraction for the
+// remaining parameters. See ntk.hpp for the formulas.
+//
+// A layer applied at S positions (S = 1 for Linear on [N, in]; S = H_out*W_out for a
+// convolution; a module called several times contributes all its calls as more positions)
+// is described per sample n by
+//   A_n [S, F]        its input rows / patches, with a ones column when the bias is in theta
+//   D_{n,o} [S, out]  d f_o(x_n) / d (layer output)_n   (one backward per o, whole batch)
+// and its block of the Jacobian is the per-sample weight gradient G_{n,o} = D_{n,o}^T A_n.
+// Three evaluations of K_layer = G1 G2^T (picked per layer by flop count):
+//   Dense (S == 1):  K[(n,o),(m,p)] = <A_n, A_m> <D_{n,o}, D_{m,p}>   -- (A A^T) (x) (D D^T)
+//   PerSample:       G = bmm(D, A) [N*O, out*F], then one GEMM G1 G2^T
+//   Pairwise:        K[(n,o),(m,p)] = sum_{s,t} <A_{n,s}, A_{m,t}> <D_{n,o,s}, D_{m,p,t}>
+//                    via Q = A A^T [(N S), (N S)], U = Q_{:,m} D_m, then per-pair contractions
+// Grouped convolutions are handled one group at a time (a group is a small convolution).
+#include <chrono>
+#include <ctime>
+#include <typeinfo>
+
+#include "ntk_internal.hpp"
+
+namespace kern::tools::detail {
+namespace {
+
+enum class Strategy { Dense, PerSample, Pairwise };
+
+// The forward multiplier of a module's parameter (kern/param: y = m_w (x W^T) + m_b b), or 1
+// on a build whose Module has no parameterization records. A template so that the
+// requires-expression is checked on substitution.
+template <class M>
+double multiplier(const M& m, std::string_view name) {
+  if constexpr (requires { m.param_multiplier(name); }) return m.param_multiplier(name);
+  else return 1.0;
+}
+
+struct Layer {
+  std::string name;
+  nn::Module* module = nullptr;
+  const nn::Linear* linear = nullptr;
+  const nn::Conv2d* conv = nullptr;
+  Tensor w, b;  // the layer's parameters that are in theta (undefined otherwise)
+  double mw = 1.0, mb = 1.0;  // forward multipliers of weight and bias
+  bool ok = true;
+};
+
+struct Use {
+  Tensor in, out;
+};
+
+struct Side {
+  int64_t N = 0;
+  Tensor out;                           // [N, O] with its graph
+  std::vector<std::vector<Use>> uses;   // per layer, per call
+};
+
+// A unit of work: one Linear, or one group of a Conv2d (output channels [c0, c0 + og)).
+struct Unit {
+  size_t layer = 0;
+  int64_t c0 = 0, og = 0;   // output channels
+  int64_t ci0 = 0, cg = 0;  // input channels of the group (conv)
+  int64_t F = 0, S = 0;     // features per position (incl. ones), positions (all calls)
+  bool with_w = false, with_b = false;
+  Strategy strategy = Strategy::PerSample;
+  bool eager = false;  // PerSample with F < S: keep G (smaller than D), built during backward
+  Tensor A[2];  // [N, S, F]
+  Tensor D[2];  // Dense/PerSample: [N, O, og, S]; Pairwise: [N, S, og, O]
+  Tensor G[2];  // eager: [N, O, og*F], the per-sample gradients
+};
+
+class HookScope {
+ public:
+  ~HookScope() {
+    for (auto& [m, id] : ids_) m->remove_hook(id);
+  }
+  void add(nn::Module* m, nn::HookId id) { ids_.emplace_back(m, id); }
+
+ private:
+  std::vector<std::pair<nn::Module*, nn::HookId>> ids_;
+};
+
+void capture(nn::Module& model, const Tensor& x, const std::vector<Layer>& layers, Side& s) {
+  s.N = x.size(0);
+  s.uses.assign(layers.size(), {});
+  HookScope hooks;
+  for (size_t l = 0; l < layers.size(); ++l)
+    hooks.add(layers[l].module,
+              layers[l].module->register_forward_hook([&s, l](nn::Module&, const Tensor& in, const Tensor& out) {
+                s.uses[l].push_back({in, out});
+              }));
+  EnableGradGuard eg;
+  s.out = flatten_output(model(x), s.N, "ntk");
+}
+
+// Positions of one call of a layer, or -1 when its tensors do not have the batch first.
+int64_t positions(const Layer& L, const Use& u, int64_t N) {
+  if (u.in.dim() < 1 || u.out.dim() < 1 || u.in.size(0) != N || u.out.size(0) != N) return -1;
+  if (L.linear) return u.out.numel() / (N * L.linear->options().out_features());
+  if (u.in.dim() != 4 || u.out.dim() != 4) return -1;
+  return u.out.size(2) * u.out.size(3);
+}
+
+// im2col of one group: x [N, C, H, W] -> A [N, Ho*Wo, F], features (c, i, j) then a ones
+// column, matching the weight layout [C_out, C_in/groups, kH, kW].
+// The patch values are scaled by mw and the ones column is mb (the forward multipliers), so
+// that <A_n,s, A_m,t> is the kernel of the parameters as the forward uses them.
+template <typename T>
+void im2col(const Tensor& xt, const Conv2dParams& p, int64_t kh, int64_t kw, int64_t ci0, int64_t cg,
+            bool with_w, bool with_b, T mw, T mb, int64_t Ho, int64_t Wo, Tensor& A) {
+  const T* x = xt.data_ptr<T>();
+  T* a = A.data_ptr<T>();
+  const int64_t N = xt.size(0), C = xt.size(1), H = xt.size(2), W = xt.size(3), F = A.size(2);
+  const int64_t sh = p.stride[0], sw = p.stride[1], ph = p.padding[0], pw = p.padding[1];
+  const int64_t dh = p.dilation[0], dw = p.dilation[1];
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t ho = 0; ho < Ho; ++ho)
+      for (int64_t wo = 0; wo < Wo; ++wo) {
+        T* row = a + ((n * Ho + ho) * Wo + wo) * F;
+        int64_t f = 0;
+        if (with_w)
+          for (int64_t c = 0; c < cg; ++c) {
+            const T* plane = x + (n * C + ci0 + c) * H * W;
+            for (int64_t i = 0; i < kh; ++i) {
+              const int64_t hi = ho * sh - ph + i * dh;
+              for (int64_t j = 0; j < kw; ++j) {
+                const int64_t wi = wo * sw - pw + j * dw;
+                row[f++] = (hi >= 0 && hi < H && wi >= 0 && wi < W) ? mw * plane[hi * W + wi] : T(0);
+              }
+            }
+          }
+        if (with_b) row[f] = mb;
+      }
+}
+
+Tensor unit_inputs(const Unit& u, const Layer& L, const std::vector<Use>& uses, int64_t N) {
+  NoGradGuard ng;
+  std::vector<Tensor> parts;
+  for (const Use& use : uses) {
+    const int64_t S = positions(L, use, N);
+    const DType dt = use.in.dtype();
+    if (L.linear) {
+      const int64_t in_f = L.linear->options().in_features();
+      std::vector<Tensor> cols;
+      Tensor a = use.in.detach().reshape({N, S, in_f});
+      if (u.with_w) cols.push_back(L.mw == 1.0 ? a : a * L.mw);
+      if (u.with_b) cols.push_back(full({N, S, 1}, L.mb, dt));
+      parts.push_back(cols.size() == 1 ? cols[0].contiguous() : cat(cols, 2));
+    } else {
+      const auto k = L.conv->options().kernel_size();
+      Tensor x = use.in.detach().contiguous();
+      Tensor A = empty({N, S, u.F}, dt);
+      if (dt == DType::Float64)
+        im2col<double>(x, L.conv->params(), k[0], k[1], u.ci0, u.cg, u.with_w, u.with_b, L.mw, L.mb,
+                       use.out.size(2), use.out.size(3), A);
+      else
+        im2col<float>(x, L.conv->params(), k[0], k[1], u.ci0, u.cg, u.with_w, u.with_b, static_cast<float>(L.mw),
+                      static_cast<float>(L.mb), use.out.size(2), use.out.size(3), A);
+      parts.push_back(A);
+    }
+  }
+  return parts.size() == 1 ? parts[0] : cat(parts, 1);
+}
+
+// Stores d f_o / d out of one call (g, shaped like the call's output) in the unit: into D, or
+// for an eager unit straight into G_{., o} = D_{., o}^T A (so D is never stored).
+void store(Unit& u, const Layer& L, int k, const Tensor& g, int64_t o, int64_t s_off, int64_t S_use, int64_t N,
+           int64_t O) {
+  if (!g.defined()) {
+    if (u.eager) u.G[k].select(1, o).fill_(0.0);
+    else if (u.strategy == Strategy::Pairwise) u.D[k].select(3, o).narrow(1, s_off, S_use).fill_(0.0);
+    else u.D[k].select(1, o).narrow(2, s_off, S_use).fill_(0.0);
+    return;
+  }
+  // Channel-major view [N, og, S_use].
+  Tensor cm = L.linear ? g.reshape({N, S_use, L.linear->options().out_features()}).permute({0, 2, 1})
+                       : g.reshape({N, g.size(1), S_use}).narrow(1, u.c0, u.og);
+  if (u.eager) {
+    Tensor dst = u.G[k].select(1, o).view({N, u.og, u.F});
+    batched_matmul(cm, u.A[k], dst);
+  }
+  else if (u.strategy == Strategy::Pairwise) u.D[k].select(3, o).narrow(1, s_off, S_use).copy_(cm.permute({0, 2, 1}));
+  else u.D[k].select(1, o).narrow(2, s_off, S_use).copy_(cm);
+}
+
+// The O backward passes of one side (one per output, the whole batch at once: samples are
+// independent), filling D or G of every unit.
+void backprop(Side& s, const std::vector<Layer>& layers, std::vector<Unit>& units, int k, int64_t O) {
+  std::vector<Tensor> inputs;
+  std::vector<std::vector<size_t>> index(layers.size());
+  for (size_t l = 0; l < layers.size(); ++l) {
+    if (!layers[l].ok) continue;
+    for (const Use& use : s.uses[l]) {
+      index[l].push_back(inputs.size());
+      inputs.push_back(use.out);
+    }
+  }
+  for (int64_t o = 0; o < O; ++o) {
+    Tensor cot = zeros({s.N, O}, s.out.dtype());
+    cot.narrow(1, o, 1).fill_(1.0);
+    auto gs = grad({s.out}, inputs, {cot}, {.retain_graph = o + 1 < O, .allow_unused = true});
+    NoGradGuard ng;
+    for (Unit& u : units) {
+      const Layer& L = layers[u.layer];
+      if (!L.ok) continue;
+      int64_t s_off = 0;
+      for (size_t c = 0; c < s.uses[u.layer].size(); ++c) {
+        const int64_t S_use = positions(L, s.uses[u.layer][c], s.N);
+        store(u, L, k, gs[index[u.layer][c]], o, s_off, S_use, s.N, O);
+        s_off += S_use;
+      }
+    }
+  }
+}
+
+// The structure check: on sample 0 (a forward of that sample alone), autograd's gradient
+// of sum_o f_o w.r.t. each layer's w and b must equal the layer-local sum_o G_{0,o}. A
+// parameter also used outside its layer (tied weights, an unknown multiplier) breaks it.
+void check_structure(nn::Module& model, const Tensor& x, std::vector<Layer>& layers, const std::vector<Unit>& units,
+                     int64_t O, NtkInfo& info) {
+  std::vector<Tensor> params;
+  std::vector<std::pair<int64_t, int64_t>> at(layers.size(), {-1, -1});
+  for (size_t l = 0; l < layers.size(); ++l) {
+    if (!layers[l].ok) continue;
+    if (layers[l].w.defined()) at[l].first = static_cast<int64_t>(params.size()), params.push_back(layers[l].w);
+    if (layers[l].b.defined()) at[l].second = static_cast<int64_t>(params.size()), params.push_back(layers[l].b);
+  }
+  if (params.empty()) return;
+  std::vector<Tensor> gs;
+  {
+    EnableGradGuard eg;
+    Tensor out = flatten_output(model(x.narrow(0, 0, 1)), 1, "ntk");
+    gs = grad({out}, params, {ones_like(out)}, {.allow_unused = true});
+  }
+  NoGradGuard ng;
+  for (const Unit& u : units) {
+    Layer& L = layers[u.layer];
+    if (!L.ok) continue;
+    Tensor got;  // [og, F]
+    if (u.eager) {
+      got = sum(u.G[0].select(0, 0), {0}).view({u.og, u.F});
+    } else {
+      Tensor d0 = u.strategy == Strategy::Pairwise ? sum(u.D[0].select(0, 0), {2}).t()  // [og, S]
+                                                   : sum(u.D[0].select(0, 0), {0});     // [og, S]
+      got = mm(d0, u.A[0].select(0, 0));
+    }
+    const DType dt = got.dtype();
+    std::vector<Tensor> parts;
+    if (u.with_w) {
+      const int64_t fw = u.F - (u.with_b ? 1 : 0);
+      const Tensor& gw = gs[at[u.layer].first];
+      parts.push_back(gw.defined() ? gw.narrow(0, u.c0, u.og).reshape({u.og, fw}) : zeros({u.og, fw}, dt));
+    }
+    if (u.with_b) {
+      const Tensor& gb = gs[at[u.layer].second];
+      parts.push_back(gb.defined() ? gb.narrow(0, u.c0, u.og).reshape({u.og, 1}) : zeros({u.og, 1}, dt));
+    }
+    Tensor expected = parts.size() == 1 ? parts[0] : cat(parts, 1);
+    // max() of kern ops (vectorized), not max_abs_diff (element-wise conversion to double).
+    const double scale = max(abs(expected)).item();
+    const double tol = dt == DType::Float64 ? 1e-9 : 1e-4;
+    if (!(max(abs(got - expected)).item() <= tol * scale + 1e-30)) {
+      L.ok = false;
+      info.notes.push_back(L.name +
+                           ": its parameters' gradient differs from the layer-local one (used outside the layer, "
+                           "e.g. tied weights or a multiplier): contraction instead");
+    }
+  }
+}
+
+// ---- the three evaluations, accumulated into K
+
+Tensor per_sample_grads(const Unit& u, int k, int64_t N, int64_t O) {
+  if (u.eager) return u.G[k].view({N * O, u.og * u.F});
+  Tensor G = empty({N, O * u.og, u.F}, u.A[k].dtype());
+  batched_matmul(u.D[k].view({N, O * u.og, u.S}), u.A[k], G);
+  return G.view({N * O, u.og * u.F});
+}
+
+void pairwise_full(Tensor& K, const Unit& u, int64_t N1, int64_t N2, int64_t O, bool sym) {
+  const int64_t S = u.S;
+  Tensor Q = zeros({N1 * S, N2 * S}, K.dtype());  // <A_{n,s}, A_{m,t}>
+  add_gram(Q, u.A[0].view({N1 * S, u.F}), u.A[1].view({N2 * S, u.F}), sym);
+  add_pairwise(K, Q, u.D[0], u.D[1], sym);
+}
+
+void add_unit_kernel(Tensor& K, const Unit& u, int64_t N1, int64_t N2, int64_t O, Kind kind, bool sym) {
+  NoGradGuard ng;
+  const int64_t S = u.S, F = u.F, og = u.og;
+  switch (u.strategy) {
+    case Strategy::PerSample: {
+      Tensor G1 = per_sample_grads(u, 0, N1, O);
+      Tensor G2 = sym ? G1 : per_sample_grads(u, 1, N2, O);
+      if (kind == Kind::Full) add_gram(K, G1, G2, sym);
+      else if (kind == Kind::Diagonal) add_into(K, sum(G1 * G1, {1}).view({N1, O}));
+      else
+        add_into(K, sum(bmm(G1.view({N1, O, og * F}).permute({1, 0, 2}), G2.view({N2, O, og * F}).permute({1, 2, 0})),
+                        {0}));
+      return;
+    }
+    case Strategy::Dense: {
+      Tensor A1 = u.A[0].view({N1, F}), A2 = u.A[1].view({N2, F});
+      Tensor D1 = u.D[0].view({N1, O, og}), D2 = u.D[1].view({N2, O, og});
+      if (kind == Kind::Diagonal) return add_into(K, sum(D1 * D1, {2}) * sum(A1 * A1, {1}).view({N1, 1}));
+      Tensor Q = mm(A1, A2.t());  // [N1, N2]
+      if (kind == Kind::TracedSum)
+        return add_into(K, sum(bmm(D1.permute({1, 0, 2}), D2.permute({1, 2, 0})), {0}) * Q);
+      add_gram(K, D1.view({N1 * O, og}), D2.view({N2 * O, og}), sym, Q, O);  // (D D^T) (x) (A A^T)
+      return;
+    }
+    case Strategy::Pairwise: {
+      if (kind == Kind::Full) return pairwise_full(K, u, N1, N2, O, sym);
+      if (kind == Kind::TracedSum) {
+        Tensor full = zeros({N1 * O, N2 * O}, K.dtype());
+        pairwise_full(full, u, N1, N2, O, sym);
+        return add_into(K, trace_outputs(full, O));
+      }
+      Tensor diag = empty({N1, O}, K.dtype());
+      for (int64_t n = 0; n < N1; ++n) {
+        Tensor An = u.A[0].select(0, n);                       // [S, F]
+        Tensor Dn = u.D[0].select(0, n).reshape({S, og * O});  // [S, og*O]
+        Tensor U = mm(mm(An, An.t()), Dn).view({S * og, O});
+        diag.select(0, n).copy_(sum(Dn.view({S * og, O}) * U, {0}));
+      }
+      return add_into(K, diag);
+    }
+  }
+}
+
+Strategy choose(NtkStructuredForm form, int64_t N1, int64_t N2, bool cross, int64_t O, int64_t og, int64_t S,
+                int64_t F) {
+  if (S == 1) return Strategy::Dense;
+  if (form == NtkStructuredForm::PerSample) return Strategy::PerSample;
+  if (form == NtkStructuredForm::Pairwise) return Strategy::Pairwise;
+  const double n1 = N1, n2 = N2, o = O, c = og, s = S, f = F;
+  const double per_sample = (n1 + (cross ? n2 : 0)) * o * c * s * f + n1 * o * n2 * o * c * f;
+  // The pairwise form runs many small products; weigh it by 2 for their lower efficiency.
+  const double pairwise = 2.0 * (n1 * s * n2 * s * f + n2 * n1 * s * s * o * c + n1 * n2 * o * o * s * c);
+  return pairwise < per_sample ? Strategy::Pairwise : Strategy::PerSample;
+}
+
+}  // namespace
+
+Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, const ParamSet& ps, Kind kind,
+                      const NtkOptions& options, NtkInfo& info) {
+  info.method = NtkMethod::Structured;
+  const bool cross = x2.defined(), sym = !cross;
+  auto t0 = std::chrono::steady_clock::now();
+  auto phase = [&](const char* name) {
+    const auto t = std::chrono::steady_clock::now();
+    info.phases.emplace_back(name, std::chrono::duration<double>(t - t0).count());
+    t0 = t;
+  };
+
+  // 1. Layers with a closed form: exactly nn::Linear / nn::Conv2d (a subclass may override
+  // forward), with a parameter in theta.
+  std::vector<Layer> layers;
+  std::vector<int> claimed(ps.tensors.size(), 0);
+  for (auto& [name, m] : model.named_modules()) {
+    Layer L;
+    L.name = name.empty() ? "<root>" : name;
+    L.module = m.get();
+    if (typeid(*m) == typeid(nn::Linear)) {
+      L.linear = static_cast<const nn::Linear*>(m.get());
+      L.w = L.linear->weight;
+      L.b = L.linear->bias;
+    } else if (typeid(*m) == typeid(nn::Conv2d)) {
+      L.conv = static_cast<const nn::Conv2d*>(m.get());
+      L.w = L.conv->weight;
+      L.b = L.conv->bias;
+    } else {
+      continue;
+    }
+    L.mw = multiplier(*m, "weight");
+    L.mb = L.b.defined() ? multiplier(*m, "bias") : 1.0;
+    const int64_t wi = ps.find(L.w), bi = ps.find(L.b);
+    if (wi < 0) L.w = Tensor();
+    if (bi < 0) L.b = Tensor();
+    if (wi < 0 && bi < 0) continue;
+    if (wi >= 0) ++claimed[wi];
+    if (bi >= 0) ++claimed[bi];
+    layers.push_back(L);
+  }
+  // A parameter shared by two such modules is not one layer's: contraction handles it.
+  for (Layer& L : layers)
+    if ((L.w.defined() && claimed[ps.find(L.w)] > 1) || (L.b.defined() && claimed[ps.find(L.b)] > 1)) {
+      L.ok = false;
+      info.notes.push_back(L.name + ": parameters shared with another module");
+    }
+
+  // 2. Forward passes with hooks.
+  Side side[2];
+  capture(model, x1, layers, side[0]);
+  if (cross) capture(model, x2, layers, side[1]);
+  const int64_t O = side[0].out.size(1);
+  KERN_CHECK(!cross || side[1].out.size(1) == O, "ntk: the model gives ", O, " outputs on x1 but ",
+             side[1].out.size(1), " on x2");
+  info.num_outputs = O;
+  const int64_t N1 = side[0].N, N2 = cross ? side[1].N : N1;
+  phase("forward");
+
+  for (size_t l = 0; l < layers.size(); ++l) {
+    Layer& L = layers[l];
+    for (int k = 0; k < (cross ? 2 : 1) && L.ok; ++k) {
+      if (side[k].uses[l].empty()) {
+        L.ok = false;
+        info.notes.push_back(L.name + ": not called through operator() (no forward hook fired)");
+      }
+      for (const Use& use : side[k].uses[l])
+        if (L.ok && positions(L, use, side[k].N) < 0) {
+          L.ok = false;
+          info.notes.push_back(L.name + ": input/output " + fmt::format("{}", use.out.shape()) +
+                               " does not have the batch as dim 0");
+        }
+    }
+    if (L.ok && cross && side[0].uses[l].size() != side[1].uses[l].size()) {
+      L.ok = false;
+      info.notes.push_back(L.name + ": called a different number of times on x1 and x2");
+    }
+  }
+
+  // 3. Units (a Linear, or one group of a Conv2d), their evaluation and buffers.
+  std::vector<Unit> units;
+  const DType dt = ps.tensors[0].dtype();
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const Layer& L = layers[l];
+    if (!L.ok) continue;
+    int64_t S = 0;
+    for (const Use& use : side[0].uses[l]) S += positions(L, use, N1);
+    const int64_t groups = L.conv ? L.conv->options().groups() : 1;
+    const int64_t out_ch = L.conv ? L.conv->options().out_channels() : L.linear->options().out_features();
+    const int64_t in_ch = L.conv ? L.conv->options().in_channels() : L.linear->options().in_features();
+    const int64_t kk = L.conv ? L.conv->options().kernel_size()[0] * L.conv->options().kernel_size()[1] : 1;
+    for (int64_t g = 0; g < groups; ++g) {
+      Unit u;
+      u.layer = l;
+      u.og = out_ch / groups;
+      u.c0 = g * u.og;
+      u.cg = in_ch / groups;
+      u.ci0 = g * u.cg;
+      u.with_w = L.w.defined();
+      u.with_b = L.b.defined();
+      u.F = (u.with_w ? u.cg * kk : 0) + (u.with_b ? 1 : 0);
+      u.S = S;
+      u.strategy = choose(options.structured_form(), N1, N2, cross, O, u.og, S, u.F);
+      u.eager = u.strategy == Strategy::PerSample && u.F < S && side[0].uses[l].size() == 1;
+      for (int k = 0; k < (cross ? 2 : 1); ++k) {
+        const int64_t N = side[k].N;
+        u.A[k] = unit_inputs(u, L, side[k].uses[l], N);
+        if (u.eager) u.G[k] = empty({N, O, u.og * u.F}, dt);
+        else u.D[k] = u.strategy == Strategy::Pairwise ? empty({N, S, u.og, O}, dt) : empty({N, O, u.og, S}, dt);
+      }
+      if (!cross) u.A[1] = u.A[0], u.D[1] = u.D[0], u.G[1] = u.G[0];
+      units.push_back(std::move(u));
+    }
+  }
+  phase("inputs");
+
+  // 4. Output gradients (O backward passes per side), then free the graphs.
+  backprop(side[0], layers, units, 0, O);
+  if (cross) backprop(side[1], layers, units, 1, O);
+  for (Side& s : side) s = Side();
+  phase("backward");
+  if (options.check_structure()) {
+    check_structure(model, x1, layers, units, O, info);
+    phase("check");
+  }
+
+  // 5. Assemble, one unit at a time (each unit's buffers are freed after its term).
+  NoGradGuard ng;
+  Tensor K = kind == Kind::Full        ? zeros({N1 * O, N2 * O}, dt)
+             : kind == Kind::TracedSum ? zeros({N1, N2}, dt)
+                                       : zeros({N1, O}, dt);
+  for (Unit& u : units) {
+    if (layers[u.layer].ok) add_unit_kernel(K, u, N1, N2, O, kind, sym);
+    u = Unit();
+  }
+  phase("kernel");
+  std::vector<bool> structured(ps.tensors.size(), false);
+  for (const Layer& L : layers)
+    if (L.ok) {
+      if (L.w.defined()) structured[ps.find(L.w)] = true;
+      if (L.b.defined()) structured[ps.find(L.b)] = true;
+    }
+  std::vector<Tensor> rest;
+  for (size_t i = 0; i < ps.tensors.size(); ++i) {
+    (structured[i] ? info.structured : info.fallback).push_back(ps.names[i]);
+    if (!structured[i]) rest.push_back(ps.tensors[i]);
+  }
+  if (!rest.empty()) {
+    int64_t O1 = 0;
+    Tensor J1 = jacobian_rows(model, x1, rest, O1);
+    Tensor J2 = cross ? jacobian_rows(model, x2, rest, O1) : J1;
+    add_into(K, contract_jacobians(J1, J2, O, kind));
+    phase("fallback");
+  }
+  return K;
+}
+
+}  // namespace kern::tools::detail
