@@ -158,6 +158,7 @@ EigenResult power_iteration(SymmetricOperator& op, const EigenOptions& options) 
   EigenResult r;
   r.converged = true;
   double sigma = 0.0;  // shift (see the header)
+  const double cancellation_floor = 10.0 * std::sqrt(dt == DType::Float32 ? 1.2e-7 : 2.3e-16);
 
   // A' v = A v - sigma v - sum_j (lambda_j - sigma) (v_j . v) v_j
   auto apply_deflated = [&](const Tensor& v) {
@@ -194,7 +195,13 @@ EigenResult power_iteration(SymmetricOperator& op, const EigenOptions& options) 
         lam = dotd(v, w);                    // Rayleigh quotient of A' at v
         hist.push_back(lam + sigma);
         const double nw = norm2(w);
-        res = norm2(w - v * lam) / std::max(std::abs(lam + sigma), kTiny);
+        const double scale = std::max(std::abs(lam + sigma), kTiny);
+        // |w - lam v|^2 = |w|^2 - lam^2 for a unit v: free, but it cancels below about
+        // sqrt(eps) relative; the residual is computed explicitly only when it may matter.
+        res = std::sqrt(std::max(0.0, nw * nw - lam * lam)) / scale;
+        const bool last = it + 1 == options.max_iters;
+        if (last || (options.tol > 0.0 && res <= 100.0 * options.tol + cancellation_floor))
+          res = norm2(w - v * lam) / scale;
         if (nw < kTiny) {                    // A' v = 0: v is an eigenvector of A' for 0
           res = 0.0;
           done = true;
@@ -204,7 +211,7 @@ EigenResult power_iteration(SymmetricOperator& op, const EigenOptions& options) 
           done = true;
           break;
         }
-        if (it + 1 < options.max_iters) v = w / nw;
+        if (!last) v = w / nw;
       }
       // A dominant negative eigenvalue mu is not the largest algebraic one: shift by it and
       // look again; every eigenvalue left is in [mu, -mu], so A' = A - mu I (deflated) is
