@@ -139,6 +139,31 @@ TEST_CASE("Tracker writes one JSON line per due step with the expected keys", "[
   }
 }
 
+TEST_CASE("Tracker records NTK metrics through tools/ntk", "[tracker][ntk]") {
+  Setup s;
+  const fs::path dir = fresh_dir("tracker_ntk");
+  Tensor K0 = tools::ntk_traced(*s.model, s.probe.x);
+  std::string last;
+  {
+    tools::Tracker tracker((dir / "ntk.jsonl").string(), {.every = 5, .lr = 0.5});
+    tracker.track(tools::ntk_metrics(*s.model, s.probe, {.eigenvalues = 8}));
+    train(s, tracker, 11, 0.5);
+    tracker.record();
+  }
+  Tensor Kt = tools::ntk_traced(*s.model, s.probe.x);
+  auto recs = read_lines(dir / "ntk.jsonl");
+  REQUIRE(recs.size() == 4);  // steps 0, 5, 10 and the final record
+  CHECK(recs[0]["ntk_rel_change"].get<double>() == 0.0);
+  for (const char* k : {"ntk_trace", "ntk_eig_max", "ntk_eig_min", "ntk_condition_number", "ntk_effective_rank",
+                        "ntk_distance", "ntk_target_alignment", "ntk_label_gradient_alignment", "time.ntk"})
+    CHECK(recs[3].contains(k));
+  CHECK(recs[3]["ntk_eigenvalues"].size() == 8);
+  CHECK(recs[3]["ntk_eigenvalues"][0] == recs[3]["ntk_eig_max"]);
+  CHECK(std::abs(recs[3]["ntk_rel_change"].get<double>() - tools::kernel_relative_change(Kt, K0)) < 1e-12);
+  CHECK(std::abs(recs[3]["ntk_trace"].get<double>() - tools::kernel_trace(Kt)) < 1e-10);
+  CHECK(recs[3]["ntk_rel_change"].get<double>() > 0.0);
+}
+
 TEST_CASE("Tracker appends to a resumed run and rejects bad options", "[tracker][errors]") {
   const fs::path dir = fresh_dir("tracker_append");
   const std::string file = (dir / "d.jsonl").string();

@@ -225,4 +225,37 @@ Metric hessian_trace(nn::Module& model, data::Batch probe, Criterion criterion, 
                 }};
 }
 
+Metric ntk_metrics(nn::Module& model, data::Batch probe, NtkMetricOptions options) {
+  KERN_CHECK(probe.x.defined(), "ntk_metrics: the probe batch needs x");
+  auto reference = std::make_shared<Tensor>();  // K_0, from the first evaluation
+  return Metric{"ntk", [&model, probe, options, reference](const StepInfo&) {
+                  ModeGuard guard(model, Mode::Eval);
+                  NtkOptions no;
+                  no.method(options.method);
+                  Tensor K = options.traced ? ntk_traced(model, probe.x, no) : ntk(model, probe.x, no);
+                  if (!reference->defined()) *reference = K.clone();
+                  Tensor targets = probe.y;
+                  if (!options.traced && targets.defined() && targets.dtype() == DType::Int64 && K.size(0) != targets.numel())
+                    targets = one_hot(targets.reshape({-1}), K.size(0) / targets.numel(), K.dtype());
+                  const bool labels = options.traced && targets.defined() && targets.dtype() == DType::Int64;
+                  auto s = summarize_kernel(K, targets.defined() ? targets : Tensor(), *reference);
+                  Values v{{"ntk_trace", s.trace},
+                           {"ntk_eig_max", s.eig_max},
+                           {"ntk_eig_min", s.eig_min},
+                           {"ntk_condition_number", s.condition_number},
+                           {"ntk_effective_rank", s.effective_rank},
+                           {"ntk_rel_change", s.relative_change},
+                           {"ntk_distance", s.distance}};
+                  if (targets.defined()) v.emplace_back("ntk_target_alignment", s.target_alignment);
+                  if (labels) v.emplace_back("ntk_label_gradient_alignment", s.label_gradient_alignment);
+                  if (options.eigenvalues > 0) {
+                    auto ev = s.eigenvalues.to_vector<double>();  // ascending
+                    std::vector<double> top(ev.rbegin(), ev.rbegin() + std::min<int64_t>(options.eigenvalues,
+                                                                                       static_cast<int64_t>(ev.size())));
+                    v.emplace_back("ntk_eigenvalues", std::move(top));
+                  }
+                  return v;
+                }};
+}
+
 }  // namespace kern::tools

@@ -6,6 +6,7 @@
 //   tracker.track(tools::probe_metrics(*model, probe, tools::mean_cross_entropy));
 //   tracker.track(tools::norm_metrics(*model));
 //   tracker.track(tools::sharpness(*model, probe, tools::mean_cross_entropy, {.iters = 20}));
+//   tracker.track(tools::ntk_metrics(*model, probe));              // NTK change, spectrum, alignment
 //   tracker.track("my_metric", [&] { return some_double(); });    // any scalar callback
 //   for (...) {
 //     auto loss = criterion(model->forward(x), y);
@@ -30,6 +31,7 @@
 #include <kern/data/dataset.hpp>
 #include <kern/nn/module.hpp>
 #include <kern/tools/hessian.hpp>
+#include <kern/tools/ntk.hpp>
 
 #include <chrono>
 #include <concepts>
@@ -173,5 +175,19 @@ struct TraceMetricOptions {
 
 /// "hessian_trace" (Hutchinson) and "hessian_trace_se" (its standard error).
 Metric hessian_trace(nn::Module& model, data::Batch probe, Criterion criterion, TraceMetricOptions options = {});
+
+struct NtkMetricOptions {
+  bool traced = true;            // the output-traced kernel [N, N] (mean over outputs); else the full [N*O, N*O]
+  int64_t eigenvalues = 32;      // how many of the largest eigenvalues "ntk_eigenvalues" lists (0: none)
+  NtkMethod method = NtkMethod::Auto;
+};
+
+/// Empirical-NTK metrics on the probe batch (tools/ntk.hpp; the model runs in eval mode,
+/// its mode is restored). The first evaluation's kernel is kept as K_0:
+/// "ntk_rel_change" = ||K_t - K_0||_F / ||K_0||_F, "ntk_distance" (1 - cosine to K_0),
+/// "ntk_trace", "ntk_eig_max", "ntk_eig_min", "ntk_condition_number", "ntk_effective_rank",
+/// "ntk_target_alignment" (centered, vs probe.y), "ntk_label_gradient_alignment" (traced
+/// kernel and int64 labels only), and "ntk_eigenvalues" (descending, the largest few).
+Metric ntk_metrics(nn::Module& model, data::Batch probe, NtkMetricOptions options = {});
 
 }  // namespace kern::tools
