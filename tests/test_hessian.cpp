@@ -164,6 +164,30 @@ TEST_CASE("Power iteration from v0 with tol 0 runs exactly max_iters and records
   CHECK(r.eigenvalues[0] == r.history[0].back());
 }
 
+TEST_CASE("ScaledOperator is D^1/2 A D^1/2 and sets gradient descent's stability threshold", "[hessian]") {
+  Generator gen(12);
+  const int64_t n = 6;
+  Tensor Q = householder(n, gen);
+  tools::MatrixOperator A(matmul(Q * from_vector<double>({5, 3, 2, 1, 0.5, 0.1}, {n}), Q.t()));
+  Tensor d = from_vector<double>({1, 4, 0.25, 2, 1, 9}, {n});
+  tools::ScaledOperator S(A, d);
+  Tensor sd = sqrt(d);
+  CHECK(max_abs_diff(dense(S), outer(sd, sd) * dense(A)) < 1e-13);
+  // Gradient descent on 0.5 theta^T A theta with per-coordinate lrs lr * d: the iteration
+  // matrix I - lr D A is similar to I - lr D^1/2 A D^1/2, so it is stable iff lr < 2 / top.
+  const double top = tools::lanczos(S, {.k = 1, .max_iters = n, .tol = 1e-12}).eigenvalues[0];
+  for (double f : {0.98, 1.02}) {
+    const double lr = f * 2.0 / top;
+    Tensor theta = randn({n}, DType::Float64, &gen);
+    for (int it = 0; it < 3000; ++it) theta = theta - A.apply(theta) * d * lr;
+    INFO("lr = " << f << " * 2/top, |theta| after 3000 steps: " << norm(theta).item());
+    if (f < 1.0) CHECK(norm(theta).item() < 1e-3);
+    else CHECK(norm(theta).item() > 1e6);
+  }
+  CHECK_THROWS_WITH(tools::ScaledOperator(A, -d), Catch::Contains("positive"));
+  CHECK_THROWS_WITH(tools::ScaledOperator(A, ones({3}, DType::Float64)), Catch::Contains("[6]"));
+}
+
 TEST_CASE("Hutchinson trace of the fixture Hessians is within 3 standard errors of the exact trace", "[hessian]") {
   Fixture f;
   for (std::string which : {"mse", "ce"}) {

@@ -1,6 +1,7 @@
 // tools/tracker: JSON lines from a short training loop, and tools/plot_dynamics.py on them.
 #include <kern/nn/nn.hpp>
 #include <kern/ops.hpp>
+#include <kern/optim/optim.hpp>
 #include <kern/tools/tracker.hpp>
 
 #include <nlohmann/json.hpp>
@@ -162,6 +163,34 @@ TEST_CASE("Tracker records NTK metrics through tools/ntk", "[tracker][ntk]") {
   CHECK(std::abs(recs[3]["ntk_rel_change"].get<double>() - tools::kernel_relative_change(Kt, K0)) < 1e-12);
   CHECK(std::abs(recs[3]["ntk_trace"].get<double>() - tools::kernel_trace(Kt)) < 1e-10);
   CHECK(recs[3]["ntk_rel_change"].get<double>() > 0.0);
+}
+
+TEST_CASE("Sharpness with per-parameter lr multipliers is the top eigenvalue of D^1/2 H D^1/2", "[tracker]") {
+  Setup s;
+  auto params = s.model->parameters();
+  // Two groups: the first layer at 3x the lr, the rest at 1x (the second group lists no multipliers).
+  std::vector<optim::ParamGroup> groups(2);
+  groups[0].params = {params[0], params[1]};
+  groups[0].lr_mult = {3.0, 3.0};
+  groups[1].params = {params[2], params[3]};
+  Tensor d = tools::lr_multipliers(params, groups);
+  REQUIRE(d.numel() == tools::numel(params));
+  CHECK(d.to_vector<double>().front() == 3.0);
+  CHECK(d.to_vector<double>().back() == 1.0);
+  CHECK(sum(d).item() == 3.0 * (params[0].numel() + params[1].numel()) + params[2].numel() + params[3].numel());
+
+  const fs::path dir = fresh_dir("tracker_scaled");
+  tools::Tracker tracker((dir / "d.jsonl").string(), {.every = 1, .lr = 0.1});
+  tracker.track(tools::sharpness(*s.model, s.probe, tools::mean_cross_entropy,
+                                 {.iters = 100, .tol = 1e-10, .lr_scale = d.to(DType::Float64)}));
+  tracker.step();
+  tools::Hessian H(*s.model, s.probe.x, s.probe.y, tools::mean_cross_entropy);
+  tools::ScaledOperator S(H, d);
+  const double expected = tools::lanczos(S, {.k = 1, .max_iters = 111, .tol = 1e-12}).eigenvalues[0];
+  const double plain = tools::lanczos(H, {.k = 1, .max_iters = 111, .tol = 1e-12}).eigenvalues[0];
+  const auto rec = nlohmann::json::parse(tracker.last_line());
+  CHECK(std::abs(rec["sharpness"].get<double>() - expected) < 1e-8 * expected);
+  CHECK(expected > plain * 1.01);  // the 3x layer really changes it
 }
 
 TEST_CASE("Tracker appends to a resumed run and rejects bad options", "[tracker][errors]") {

@@ -90,6 +90,24 @@ Tensor MatrixOperator::apply(const Tensor& v) {
   return matmul(m_, v);
 }
 
+// ---- ScaledOperator ----------------------------------------------------------------------
+
+ScaledOperator::ScaledOperator(SymmetricOperator& base, const Tensor& d) : base_(base) {
+  KERN_CHECK(d.defined() && d.dim() == 1 && d.size(0) == base.size(), "ScaledOperator: expected a diagonal [",
+             base.size(), "], got ", d.defined() ? fmt::format("{} {}", d.dtype(), d.shape()) : std::string("undefined"));
+  NoGradGuard ng;
+  Tensor dd = d.detach().to(base.dtype());
+  KERN_CHECK(min(dd).item() > 0.0, "ScaledOperator: the diagonal must be positive (min ", min(dd).item(), ")");
+  sqrt_d_ = sqrt(dd);
+}
+
+Tensor ScaledOperator::apply(const Tensor& v) {
+  KERN_CHECK(v.dim() == 1 && v.size(0) == size(), "ScaledOperator::apply: expected [", size(), "], got ", v.shape());
+  NoGradGuard ng;
+  ++products_;
+  return base_.apply(v * sqrt_d_) * sqrt_d_;
+}
+
 // ---- Hessian -----------------------------------------------------------------------------
 
 namespace {

@@ -179,10 +179,12 @@ Metric sharpness(nn::Module& model, data::Batch probe, Criterion criterion, Shar
              ") must be >= 1");
   auto previous = std::make_shared<Tensor>();  // the last top eigenvector (warm start)
   return Metric{"sharpness", [&model, probe, criterion, options, previous](const StepInfo& info) {
-                  std::unique_ptr<SymmetricOperator> op;
+                  std::unique_ptr<SymmetricOperator> base, scaled;
                   HessianOptions ho{.mode = options.mode};
-                  if (options.gauss_newton) op = std::make_unique<GaussNewton>(model, probe.x, probe.y, criterion, ho);
-                  else op = std::make_unique<Hessian>(model, probe.x, probe.y, criterion, ho);
+                  if (options.gauss_newton) base = std::make_unique<GaussNewton>(model, probe.x, probe.y, criterion, ho);
+                  else base = std::make_unique<Hessian>(model, probe.x, probe.y, criterion, ho);
+                  if (options.lr_scale.defined()) scaled = std::make_unique<ScaledOperator>(*base, options.lr_scale);
+                  SymmetricOperator* op = scaled ? scaled.get() : base.get();
                   EigenOptions eo{.k = options.k,
                                   .which = Which::LargestAlgebraic,
                                   .max_iters = std::min(options.iters, op->size()),
@@ -215,6 +217,22 @@ Metric sharpness(nn::Module& model, data::Batch probe, Criterion criterion, Shar
                   if (options.k > 1) v.emplace_back("hessian_top_k", r.eigenvalues);
                   return v;
                 }};
+}
+
+Tensor lr_multipliers(const std::vector<Tensor>& params, const std::vector<optim::ParamGroup>& groups) {
+  std::vector<double> d;
+  d.reserve(static_cast<size_t>(numel(params)));
+  for (auto& p : params) {
+    double m = 1.0;
+    for (auto& g : groups) {
+      KERN_CHECK(g.lr_mult.empty() || g.lr_mult.size() == g.params.size(), "lr_multipliers: a group has ",
+                 g.params.size(), " parameters but ", g.lr_mult.size(), " multipliers");
+      for (size_t i = 0; i < g.params.size(); ++i)
+        if (g.params[i].impl_ptr() == p.impl_ptr()) m = g.lr_mult.empty() ? 1.0 : g.lr_mult[i];
+    }
+    d.insert(d.end(), static_cast<size_t>(p.numel()), m);
+  }
+  return from_vector<double>(d, {static_cast<int64_t>(d.size())});
 }
 
 Metric hessian_trace(nn::Module& model, data::Batch probe, Criterion criterion, TraceMetricOptions options) {

@@ -114,6 +114,23 @@ class MatrixOperator : public SymmetricOperator {
   Tensor m_;
 };
 
+/// D^(1/2) A D^(1/2) for a diagonal D > 0 given as d [P]. With D the per-parameter
+/// learning-rate multipliers (muP's, or any optimizer's param groups), gradient descent
+/// theta <- theta - lr D grad L is stable near a minimum iff the top eigenvalue of
+/// D^(1/2) H D^(1/2) is below 2 / lr: the "preconditioned sharpness" to compare with 2/lr.
+/// `base` must outlive this operator.
+class ScaledOperator : public SymmetricOperator {
+ public:
+  ScaledOperator(SymmetricOperator& base, const Tensor& d);
+  int64_t size() const override { return base_.size(); }
+  DType dtype() const override { return base_.dtype(); }
+  Tensor apply(const Tensor& v) override;
+
+ private:
+  SymmetricOperator& base_;
+  Tensor sqrt_d_;
+};
+
 /// The Hessian of a scalar loss w.r.t. a list of parameter tensors (leaves that require
 /// grad), applied by double backward: H v = d/dtheta <grad L(theta), v>.
 class Hessian : public SymmetricOperator {

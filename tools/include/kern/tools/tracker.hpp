@@ -30,6 +30,7 @@
 // opened with O_APPEND and no user-space buffer: a crash never leaves a partial line.
 #include <kern/data/dataset.hpp>
 #include <kern/nn/module.hpp>
+#include <kern/optim/optimizer.hpp>
 #include <kern/tools/hessian.hpp>
 #include <kern/tools/ntk.hpp>
 
@@ -159,10 +160,20 @@ struct SharpnessOptions {
   bool warm_start = true;
   bool gauss_newton = false; // the Gauss-Newton matrix's top eigenvalue instead of H's
   uint64_t seed = 0;
+  /// Per-parameter learning-rate multipliers as a flat [P] (tools::lr_multipliers): the
+  /// sharpness is then that of D^(1/2) H D^(1/2) (ScaledOperator), the quantity gradient
+  /// descent with those multipliers compares with 2 / lr. Undefined: plain H.
+  Tensor lr_scale;
 };
 
+/// The per-parameter lr multipliers of `groups` (optim::param_groups(...), or an optimizer's
+/// param_group(i)s) laid out like `params` ([P] float64, one value repeated over each
+/// parameter's elements; 1 for parameters in no group). A group's own lr relative to the
+/// tracker's lr is not included: give groups that share one lr.
+Tensor lr_multipliers(const std::vector<Tensor>& params, const std::vector<optim::ParamGroup>& groups);
+
 /// "sharpness": the largest algebraic eigenvalue of the Hessian of criterion(model(x), y)
-/// on the probe batch; with a tracker lr also "sharpness_x_lr_over_2" = sharpness * lr / 2
+/// on the probe batch (of D^(1/2) H D^(1/2) with options.lr_scale); with a tracker lr also "sharpness_x_lr_over_2" = sharpness * lr / 2
 /// (1 = the edge of stability of gradient descent); "sharpness_hvps" (products used),
 /// "sharpness_residual"; "hessian_top_k" when k > 1.
 Metric sharpness(nn::Module& model, data::Batch probe, Criterion criterion, SharpnessOptions options = {});
