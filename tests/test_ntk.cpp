@@ -5,6 +5,7 @@
 // kernels, and the rejection of batch-dependent modules.
 #include <kern/io/safetensors.hpp>
 #include <kern/kern.hpp>
+#include <kern/param/param.hpp>
 #include <kern/tools/ntk.hpp>
 
 #include <catch2/catch.hpp>
@@ -229,6 +230,70 @@ TEST_CASE("NTK: structured equals contraction on a small CNN (both forms, all ke
     REQUIRE(max_abs_diff(ntk_diagonal(*model, x, opt), ref_diag) < 1e-10);
   }
   REQUIRE(max_abs_diff(ntk(*model, x, NtkOptions().method(NtkMethod::Vector)), ref) < 1e-10);
+}
+
+TEST_CASE("NTK: structured paths (low memory, many outputs, float32) agree with contraction", "[ntk]") {
+  Generator gen(23);
+  SECTION("low_memory builds per-sample gradients during the backward passes") {
+    auto model = small_cnn();
+    Tensor x = randn({4, 2, 7, 6}, DType::Float64, &gen);
+    Tensor ref = ntk(*model, x, NtkOptions().method(NtkMethod::Contraction));
+    for (auto form : {NtkStructuredForm::Auto, NtkStructuredForm::PerSample})
+      REQUIRE(max_abs_diff(ntk(*model, x, NtkOptions().low_memory(true).structured_form(form)), ref) < 1e-10);
+    REQUIRE(max_abs_diff(ntk_diagonal(*model, x, NtkOptions().low_memory(true)),
+                         ntk_diagonal(*model, x, NtkOptions().method(NtkMethod::Contraction))) < 1e-10);
+  }
+  SECTION("more than 16 outputs (generic pairwise block product)") {
+    manual_seed(24);
+    auto model = std::make_shared<nn::Sequential>(nn::Conv2d(nn::Conv2dOptions(2, 3, 3).stride(2)), nn::Tanh(),
+                                                  nn::Flatten(), nn::Linear(18, 17));
+    model->to(DType::Float64);
+    Tensor x = randn({3, 2, 5, 7}, DType::Float64, &gen);
+    Tensor ref = ntk(*model, x, NtkOptions().method(NtkMethod::Contraction));
+    REQUIRE(ref.shape() == Shape({51, 51}));
+    for (auto form : {NtkStructuredForm::PerSample, NtkStructuredForm::Pairwise})
+      REQUIRE(max_abs_diff(ntk(*model, x, NtkOptions().structured_form(form)), ref) < 1e-10);
+  }
+  SECTION("float32 on the fast backend equals the float64 kernel to float precision") {
+    auto model = small_cnn();  // float64 weights
+    Tensor x = randn({6, 2, 7, 6}, DType::Float64, &gen);
+    Tensor ref = ntk(*model, x, NtkOptions().method(NtkMethod::Contraction));
+    model->to(DType::Float32);
+    for (auto form : {NtkStructuredForm::PerSample, NtkStructuredForm::Pairwise}) {
+      Tensor K = ntk(*model, x.to(DType::Float32), NtkOptions().structured_form(form));
+      REQUIRE(K.dtype() == DType::Float32);
+      REQUIRE(max_abs_diff(K.to(DType::Float64), ref) < 1e-5 * max(abs(ref)).item());
+    }
+    // Large enough for the per-sample products to run as kern::bmm (oneDNN) batches.
+    manual_seed(25);
+    auto wide = std::make_shared<nn::Sequential>(nn::Conv2d(nn::Conv2dOptions(8, 32, 3).padding(1)), nn::ReLU(),
+                                                 nn::AdaptiveAvgPool2d(1), nn::Flatten(), nn::Linear(32, 10));
+    wide->to(DType::Float64);
+    Tensor xw = randn({3, 8, 16, 16}, DType::Float64, &gen);
+    Tensor refw = ntk(*wide, xw, NtkOptions().method(NtkMethod::Contraction));
+    wide->to(DType::Float32);
+    Tensor Kw = ntk(*wide, xw.to(DType::Float32));
+    REQUIRE(max_abs_diff(Kw.to(DType::Float64), refw) < 1e-5 * max(abs(refw)).item());
+  }
+}
+
+TEST_CASE("NTK: parameterization multipliers (NTK, muP) stay in closed form", "[ntk]") {
+  Generator gen(51);
+  for (int which = 0; which < 2; ++which) {
+    INFO((which == 0 ? "ntk" : "mup"));
+    manual_seed(52);
+    auto model = std::make_shared<nn::Sequential>(nn::Conv2d(nn::Conv2dOptions(2, 4, 3).padding(1)), nn::Tanh(),
+                                                  nn::AdaptiveAvgPool2d(1), nn::Flatten(), nn::Linear(4, 8),
+                                                  nn::Tanh(), nn::Linear(8, 3));
+    param::apply(*model, which == 0 ? param::Preset::ntk() : param::Preset::mup(8, 2));
+    model->to(DType::Float64);
+    Tensor x = randn({4, 2, 5, 5}, DType::Float64, &gen);
+    Tensor ref = ntk(*model, x, NtkOptions().method(NtkMethod::Contraction));
+    NtkInfo info;
+    REQUIRE(max_abs_diff(ntk(*model, x, {}, &info), ref) < 1e-10);
+    REQUIRE(info.fallback.empty());  // the multipliers are part of the closed form
+    REQUIRE(max_abs_diff(ntk(*model, x, NtkOptions().method(NtkMethod::Vector)), ref) < 1e-10);
+  }
 }
 
 TEST_CASE("NTK: repeated calls, norm gains and tied weights stay exact", "[ntk]") {

@@ -11,6 +11,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <utility>
 
 #include "ntk_internal.hpp"
 
@@ -128,15 +129,59 @@ void batched_matmul_t(const Tensor& a, const Tensor& b, Tensor& out) {
   const T* pb = b.data_ptr<T>();
   T* pc = out.data_ptr<T>();
   const auto &sa = a.strides(), &sb = b.strides(), &sc = out.strides();
+  // Eigen's fast product kernels need a unit inner stride in the map's storage order:
+  // row-major when the column stride is 1, column-major when the row stride is 1.
+  using ColMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+  using RowMap = Eigen::Map<const RowMat<T>, 0, Eigen::OuterStride<Eigen::Dynamic>>;
+  using ColMap = Eigen::Map<const ColMat, 0, Eigen::OuterStride<Eigen::Dynamic>>;
+  const bool a_row = sa[2] == 1, a_col = !a_row && sa[1] == 1;
+  const bool b_row = sb[2] == 1, b_col = !b_row && sb[1] == 1;
 #pragma omp parallel for schedule(static) if (B > 1 && B * M * N * K > 65536)
   for (int64_t i = 0; i < B; ++i) {
     OutMap<T> C(pc + i * sc[0], M, N, Eigen::OuterStride<Eigen::Dynamic>(sc[1]));
-    C.noalias() = cmap<T>(pa + i * sa[0], M, K, sa[1], sa[2]) * cmap<T>(pb + i * sb[0], K, N, sb[1], sb[2]);
+    const T* ai = pa + i * sa[0];
+    const T* bi = pb + i * sb[0];
+    auto with_b = [&](const auto& A) {
+      if (b_row) C.noalias() = A * RowMap(bi, K, N, Eigen::OuterStride<Eigen::Dynamic>(sb[1]));
+      else if (b_col) C.noalias() = A * ColMap(bi, K, N, Eigen::OuterStride<Eigen::Dynamic>(sb[2]));
+      else C.noalias() = A * cmap<T>(bi, K, N, sb[1], sb[2]);
+    };
+    if (a_row) with_b(RowMap(ai, M, K, Eigen::OuterStride<Eigen::Dynamic>(sa[1])));
+    else if (a_col) with_b(ColMap(ai, M, K, Eigen::OuterStride<Eigen::Dynamic>(sa[2])));
+    else with_b(cmap<T>(ai, M, K, sa[1], sa[2]));
   }
 }
 
+// c[o, p] = sum_r a[r, o] b[r, p] for a, b [R, O] row-major: the O x O block of one sample
+// pair. O is a template constant (1..16) so the accumulators stay in registers; measured
+// 44 GFLOP/s for O = 10 vs 17 for Eigen and 21 for oneDNN on these tiny shapes.
+template <typename T, int O>
+void small_tn(const T* a, const T* b, int64_t R, T* c) {
+  T acc[O][O] = {};
+  for (int64_t r = 0; r < R; ++r) {
+    const T* ar = a + r * O;
+    const T* br = b + r * O;
+    for (int o = 0; o < O; ++o) {
+      const T av = ar[o];
+      for (int p = 0; p < O; ++p) acc[o][p] += av * br[p];
+    }
+  }
+  for (int o = 0; o < O; ++o)
+    for (int p = 0; p < O; ++p) c[o * O + p] = acc[o][p];
+}
+
+template <typename T>
+using SmallTn = void (*)(const T*, const T*, int64_t, T*);
+
+template <typename T, int... Os>
+SmallTn<T> pick_small_tn(int64_t O, std::integer_sequence<int, Os...>) {
+  SmallTn<T> f = nullptr;
+  ((O == Os + 1 ? (f = &small_tn<T, Os + 1>, 0) : 0), ...);
+  return f;
+}
+
 // K[(n,o),(m,p)] += sum_{s,t} Q[(n,s),(m,t)] <D1[n,s,:,o], D2[m,t,:,p]>, one parallel
-// region over m: U = Q[(n,s), m-block] D2[m] ([N1*S, S] x [S, og*O]), then per n
+// region over m: U = Q[(n,s), m-block] D2[m] ([N1*S, S] x [S, og*O], Eigen), then per n
 // K_nm = D1[n]^T U[n] ([O, S*og] x [S*og, O]). sym: D2 is D1, only n >= m, mirrored.
 template <typename T>
 void pairwise_t(Tensor& K, const Tensor& Q, const Tensor& D1, const Tensor& D2, bool sym) {
@@ -146,15 +191,21 @@ void pairwise_t(Tensor& K, const Tensor& Q, const Tensor& D1, const Tensor& D2, 
   const T* d1 = D1.data_ptr<T>();
   const T* d2 = D2.data_ptr<T>();
   T* k = K.data_ptr<T>();
+  const SmallTn<T> tn = pick_small_tn<T>(O, std::make_integer_sequence<int, 16>());
 #pragma omp parallel
   {
     RowMat<T> U, blk(O, O);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t m = 0; m < N2; ++m) {
       const int64_t n0 = sym ? m : 0, cnt = N1 - n0;
-      U.noalias() = cmap<T>(q + n0 * S * ldq + m * S, cnt * S, S, ldq, 1) * cmap<T>(d2 + m * R * O, S, og * O, og * O, 1);
+      U.noalias() = Eigen::Map<const RowMat<T>, 0, Eigen::OuterStride<Eigen::Dynamic>>(
+                        q + n0 * S * ldq + m * S, cnt * S, S, Eigen::OuterStride<Eigen::Dynamic>(ldq)) *
+                    Eigen::Map<const RowMat<T>>(d2 + m * R * O, S, og * O);
       for (int64_t n = n0; n < N1; ++n) {
-        blk.noalias() = cmap<T>(d1 + n * R * O, R, O, O, 1).transpose() * cmap<T>(U.data() + (n - n0) * R * O, R, O, O, 1);
+        const T* a = d1 + n * R * O;
+        const T* b = U.data() + (n - n0) * R * O;
+        if (tn) tn(a, b, R, blk.data());
+        else blk.noalias() = cmap<T>(a, R, O, O, 1).transpose() * cmap<T>(b, R, O, O, 1);
         for (int64_t o = 0; o < O; ++o)
           for (int64_t p = 0; p < O; ++p) {
             k[(n * O + o) * ldk + m * O + p] += blk(o, p);

@@ -13,6 +13,7 @@
 //   Pairwise:        K[(n,o),(m,p)] = sum_{s,t} <A_{n,s}, A_{m,t}> <D_{n,o,s}, D_{m,p,t}>
 //                    via Q = A A^T [(N S), (N S)], U = Q_{:,m} D_m, then per-pair contractions
 // Grouped convolutions are handled one group at a time (a group is a small convolution).
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <typeinfo>
@@ -269,11 +270,23 @@ void check_structure(nn::Module& model, const Tensor& x, std::vector<Layer>& lay
 
 // ---- the three evaluations, accumulated into K
 
-Tensor per_sample_grads(const Unit& u, int k, int64_t N, int64_t O) {
+// Per-sample gradients of features [f0, f0 + fc): G[(n,o), (c,f)] = sum_s D[n,o,c,s] A[n,s,f],
+// [N*O, og*fc]. (Eager units already hold all of G.)
+Tensor per_sample_grads(const Unit& u, int k, int64_t N, int64_t O, int64_t f0, int64_t fc) {
   if (u.eager) return u.G[k].view({N * O, u.og * u.F});
-  Tensor G = empty({N, O * u.og, u.F}, u.A[k].dtype());
-  batched_matmul(u.D[k].view({N, O * u.og, u.S}), u.A[k], G);
-  return G.view({N * O, u.og * u.F});
+  Tensor G = empty({N, O * u.og, fc}, u.A[k].dtype());
+  batched_matmul(u.D[k].view({N, O * u.og, u.S}), u.A[k].narrow(2, f0, fc), G);
+  return G.view({N * O, u.og * fc});
+}
+
+// The features are processed in chunks so that a chunk of G holds at most 2^20 elements
+// (K is a sum over features): G can be much larger than D and A (F > S), and the
+// per-sample Jacobian block is exactly what this method avoids keeping whole.
+int64_t feature_chunk(const Unit& u, int64_t N, int64_t O) {
+  if (u.eager) return u.F;
+  const int64_t row = N * O * u.og;
+  const int64_t chunks = std::max<int64_t>(1, (row * u.F + (int64_t(1) << 20) - 1) >> 20);
+  return (u.F + chunks - 1) / chunks;
 }
 
 void pairwise_full(Tensor& K, const Unit& u, int64_t N1, int64_t N2, int64_t O, bool sym) {
@@ -288,13 +301,17 @@ void add_unit_kernel(Tensor& K, const Unit& u, int64_t N1, int64_t N2, int64_t O
   const int64_t S = u.S, F = u.F, og = u.og;
   switch (u.strategy) {
     case Strategy::PerSample: {
-      Tensor G1 = per_sample_grads(u, 0, N1, O);
-      Tensor G2 = sym ? G1 : per_sample_grads(u, 1, N2, O);
-      if (kind == Kind::Full) add_gram(K, G1, G2, sym);
-      else if (kind == Kind::Diagonal) add_into(K, sum(G1 * G1, {1}).view({N1, O}));
-      else
-        add_into(K, sum(bmm(G1.view({N1, O, og * F}).permute({1, 0, 2}), G2.view({N2, O, og * F}).permute({1, 2, 0})),
-                        {0}));
+      const int64_t chunk = feature_chunk(u, std::max(N1, N2), O);
+      for (int64_t f0 = 0; f0 < F; f0 += chunk) {
+        const int64_t fc = std::min(chunk, F - f0), cols = og * fc;
+        Tensor G1 = per_sample_grads(u, 0, N1, O, f0, fc);
+        Tensor G2 = sym ? G1 : per_sample_grads(u, 1, N2, O, f0, fc);
+        if (kind == Kind::Full) add_gram(K, G1, G2, sym);
+        else if (kind == Kind::Diagonal) add_into(K, sum(G1 * G1, {1}).view({N1, O}));
+        else
+          add_into(K, sum(bmm(G1.view({N1, O, cols}).permute({1, 0, 2}), G2.view({N2, O, cols}).permute({1, 2, 0})),
+                          {0}));
+      }
       return;
     }
     case Strategy::Dense: {
@@ -345,7 +362,7 @@ Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, con
   info.method = NtkMethod::Structured;
   const bool cross = x2.defined(), sym = !cross;
   auto t0 = std::chrono::steady_clock::now();
-  auto phase = [&](const char* name) {
+  auto phase = [&](const std::string& name) {
     const auto t = std::chrono::steady_clock::now();
     info.phases.emplace_back(name, std::chrono::duration<double>(t - t0).count());
     t0 = t;
@@ -442,7 +459,11 @@ Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, con
       u.F = (u.with_w ? u.cg * kk : 0) + (u.with_b ? 1 : 0);
       u.S = S;
       u.strategy = choose(options.structured_form(), N1, N2, cross, O, u.og, S, u.F);
-      u.eager = u.strategy == Strategy::PerSample && u.F < S && side[0].uses[l].size() == 1;
+      // Eager: G_{., o} is built during the backward passes and D is never stored. It needs
+      // less memory when F < S, but runs O small products per sample instead of one large
+      // one, so by default only when D would be large (>= 2^20 elements).
+      u.eager = u.strategy == Strategy::PerSample && u.F < S && side[0].uses[l].size() == 1 &&
+                (options.low_memory() || N1 * O * u.og * S >= (int64_t(1) << 20));
       for (int k = 0; k < (cross ? 2 : 1); ++k) {
         const int64_t N = side[k].N;
         u.A[k] = unit_inputs(u, L, side[k].uses[l], N);
@@ -470,11 +491,12 @@ Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, con
   Tensor K = kind == Kind::Full        ? zeros({N1 * O, N2 * O}, dt)
              : kind == Kind::TracedSum ? zeros({N1, N2}, dt)
                                        : zeros({N1, O}, dt);
-  for (Unit& u : units) {
-    if (layers[u.layer].ok) add_unit_kernel(K, u, N1, N2, O, kind, sym);
-    u = Unit();
+  for (size_t i = 0; i < units.size(); ++i) {
+    const size_t l = units[i].layer;
+    if (layers[l].ok) add_unit_kernel(K, units[i], N1, N2, O, kind, sym);
+    units[i] = Unit();  // free its buffers
+    if (i + 1 == units.size() || units[i + 1].layer != l) phase("kernel:" + layers[l].name);
   }
-  phase("kernel");
   std::vector<bool> structured(ps.tensors.size(), false);
   for (const Layer& L : layers)
     if (L.ok) {

@@ -74,11 +74,16 @@ struct NtkOptions {
   /// Structured: verify each layer's structure against autograd (see above). Default on.
   NtkOptions& check_structure(bool v) { check_structure_ = v; return *this; }
   NtkOptions& structured_form(NtkStructuredForm v) { form_ = v; return *this; }
+  /// Structured: favour memory over speed (build per-sample gradients during the backward
+  /// passes whenever they are smaller than the output gradients). Default off (on
+  /// automatically for layers whose output gradients would exceed 2^22 elements).
+  NtkOptions& low_memory(bool v) { low_memory_ = v; return *this; }
   NtkMethod method() const { return method_; }
   NtkTrace trace() const { return trace_; }
   const std::vector<Tensor>& params() const { return params_; }
   bool check_structure() const { return check_structure_; }
   NtkStructuredForm structured_form() const { return form_; }
+  bool low_memory() const { return low_memory_; }
 
  private:
   NtkMethod method_ = NtkMethod::Auto;
@@ -86,6 +91,7 @@ struct NtkOptions {
   std::vector<Tensor> params_;
   bool check_structure_ = true;
   NtkStructuredForm form_ = NtkStructuredForm::Auto;
+  bool low_memory_ = false;
 };
 
 /// What a computation did (optional out-parameter).
@@ -96,8 +102,8 @@ struct NtkInfo {
   std::vector<std::string> structured;  // parameter names handled in closed form
   std::vector<std::string> fallback;    // parameter names handled by contraction
   std::vector<std::string> notes;       // why a layer fell back
-  /// Wall time of each phase in seconds (structured: "forward", "inputs", "backward",
-  /// "kernel", "fallback"), in order.
+  /// Wall time of each phase in seconds, in order (structured: "forward", "inputs",
+  /// "backward", "check", "kernel:<layer>" per layer, "fallback").
   std::vector<std::pair<std::string, double>> phases;
 };
 
