@@ -147,7 +147,7 @@ TEST_CASE("Tracker records NTK metrics through tools/ntk", "[tracker][ntk]") {
   std::string last;
   {
     tools::Tracker tracker((dir / "ntk.jsonl").string(), {.every = 5, .lr = 0.5});
-    tracker.track(tools::ntk_metrics(*s.model, s.probe, {.eigenvalues = 8}));
+    tracker.track(tools::ntk_metrics(*s.model, s.probe.x, s.probe.y, {.eigenvalues = 8}));
     train(s, tracker, 11, 0.5);
     tracker.record();
   }

@@ -85,6 +85,11 @@ class Tracker {
 
   /// Adds a metric (evaluated in the order added).
   Tracker& track(Metric metric);
+  /// Adds a metric evaluated only on multiples of `every` steps.
+  Tracker& track(Metric metric, int64_t every) {
+    metric.every = every;
+    return track(std::move(metric));
+  }
   Tracker& track(std::string name, MetricFn fn, int64_t every = 0);
   /// A scalar callback `double()` recorded under `name`.
   template <class F>
@@ -200,5 +205,8 @@ struct NtkMetricOptions {
 /// "ntk_target_alignment" (centered, vs probe.y), "ntk_label_gradient_alignment" (traced
 /// kernel and int64 labels only), and "ntk_eigenvalues" (descending, the largest few).
 Metric ntk_metrics(nn::Module& model, data::Batch probe, NtkMetricOptions options = {});
+inline Metric ntk_metrics(nn::Module& model, const Tensor& x, const Tensor& y, NtkMetricOptions options = {}) {
+  return ntk_metrics(model, data::Batch{x, y}, options);
+}
 
 }  // namespace kern::tools
