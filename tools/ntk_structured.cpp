@@ -14,8 +14,10 @@
 //                    via Q = A A^T [(N S), (N S)], U = Q_{:,m} D_m, then per-pair contractions
 // Grouped convolutions are handled one group at a time (a group is a small convolution).
 #include <algorithm>
+#include <omp.h>
+
 #include <chrono>
-#include <ctime>
+#include <exception>
 #include <typeinfo>
 
 #include "ntk_internal.hpp"
@@ -184,7 +186,10 @@ void store(Unit& u, const Layer& L, int k, const Tensor& g, int64_t o, int64_t s
 }
 
 // The O backward passes of one side (one per output, the whole batch at once: samples are
-// independent), filling D or G of every unit.
+// independent), filling D or G of every unit. The passes are independent reads of one
+// retained graph, so they run concurrently, one per thread, each with single-threaded ops
+// inside (nested regions are inactive): one parallel region for all passes instead of one
+// per op, which matters most on a loaded machine. The graph is released by the caller.
 void backprop(Side& s, const std::vector<Layer>& layers, std::vector<Unit>& units, int k, int64_t O) {
   std::vector<Tensor> inputs;
   std::vector<std::vector<size_t>> index(layers.size());
@@ -195,23 +200,45 @@ void backprop(Side& s, const std::vector<Layer>& layers, std::vector<Unit>& unit
       inputs.push_back(use.out);
     }
   }
+  std::exception_ptr error;
+  const int threads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), O));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
   for (int64_t o = 0; o < O; ++o) {
-    Tensor cot = zeros({s.N, O}, s.out.dtype());
-    cot.narrow(1, o, 1).fill_(1.0);
-    auto gs = grad({s.out}, inputs, {cot}, {.retain_graph = o + 1 < O, .allow_unused = true});
-    NoGradGuard ng;
-    for (Unit& u : units) {
-      const Layer& L = layers[u.layer];
-      if (!L.ok) continue;
-      int64_t s_off = 0;
-      for (size_t c = 0; c < s.uses[u.layer].size(); ++c) {
-        const int64_t S_use = positions(L, s.uses[u.layer][c], s.N);
-        store(u, L, k, gs[index[u.layer][c]], o, s_off, S_use, s.N, O);
-        s_off += S_use;
+    try {
+      Tensor cot = zeros({s.N, O}, s.out.dtype());
+      cot.narrow(1, o, 1).fill_(1.0);
+      auto gs = grad({s.out}, inputs, {cot}, {.retain_graph = true, .allow_unused = true});
+      NoGradGuard ng;  // grad mode is per thread
+      for (Unit& u : units) {
+        const Layer& L = layers[u.layer];
+        if (!L.ok) continue;
+        int64_t s_off = 0;
+        for (size_t c = 0; c < s.uses[u.layer].size(); ++c) {
+          const int64_t S_use = positions(L, s.uses[u.layer][c], s.N);
+          store(u, L, k, gs[index[u.layer][c]], o, s_off, S_use, s.N, O);  // disjoint slices per o
+          s_off += S_use;
+        }
       }
+    } catch (...) {
+#pragma omp critical(kern_ntk_backprop)
+      if (!error) error = std::current_exception();
     }
   }
+  if (error) std::rethrow_exception(error);
 }
+
+// Runs the calling thread's parallel regions (kern ops, oneDNN) on one thread in a scope:
+// for batches of tiny ops, where thread wake-ups cost more than the work.
+class SerialScope {
+ public:
+  SerialScope() : prev_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~SerialScope() { omp_set_num_threads(prev_); }
+  SerialScope(const SerialScope&) = delete;
+  SerialScope& operator=(const SerialScope&) = delete;
+
+ private:
+  int prev_;
+};
 
 // The structure check: on sample 0 (a forward of that sample alone), autograd's gradient
 // of sum_o f_o w.r.t. each layer's w and b must equal the layer-local sum_o G_{0,o}. A
@@ -227,6 +254,7 @@ void check_structure(nn::Module& model, const Tensor& x, std::vector<Layer>& lay
   }
   if (params.empty()) return;
   std::vector<Tensor> gs;
+  SerialScope serial;  // one sample: tiny ops
   {
     EnableGradGuard eg;
     Tensor out = flatten_output(model(x.narrow(0, 0, 1)), 1, "ntk");
