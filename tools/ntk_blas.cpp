@@ -11,7 +11,9 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <exception>
 #include <utility>
+#include <vector>
 
 #include "ntk_internal.hpp"
 
@@ -54,31 +56,48 @@ void add_block(T* K, int64_t ldk, const T* C, int64_t rows, int64_t cols, int64_
   }
 }
 
+// K += G1 G2^T by blocks of rows, all block products in ONE parallel region (dynamic
+// schedule), each a kern::mm that runs single-threaded oneDNN sgemm inside the region. With
+// `symmetric` only the lower block triangle is multiplied and mirrored. Blocks of ~80 rows:
+// measured on these machines, 10 products of 80 x 80 x K (90 GFLOP/s each) beat one
+// 320 x 320 x K product (105 GFLOP/s) by ~25% through the saved upper triangle, and give
+// the threads enough pieces to balance.
 template <typename T>
 void add_gram_t(Tensor& K, const Tensor& G1, const Tensor& G2, bool symmetric, const Tensor& Q, int64_t O) {
   const int64_t M1 = G1.size(0), M2 = G2.size(0);
   T* k = K.data_ptr<T>();
   const T* q = Q.defined() ? Q.data_ptr<T>() : nullptr;
   const int64_t ldq = Q.defined() ? Q.size(1) : 0;
-  if (!symmetric) {
-    Tensor C = mm(G1, G2.t());
-    add_block<T>(k, M2, C.data_ptr<T>(), M1, M2, 0, 0, q, ldq, O, false);
-    return;
-  }
-  // Lower block triangle of G G^T, blocks of ~160 rows (measured best for sgemm here: the
-  // 3 products of 2 blocks of 160 beat one 320 x 320 product by 20-40%).
   // With Q, blocks are whole samples (multiples of O rows).
-  const int64_t nb = std::max<int64_t>(1, (M1 + 100) / 160);
+  const int64_t nb = std::max<int64_t>(1, (M1 + 40) / 80);
   const int64_t bs = ((M1 + nb - 1) / nb + O - 1) / O * O;
+  std::vector<std::pair<int64_t, int64_t>> blocks;  // (row start, col start); col start -1: all columns
   for (int64_t i = 0; i < M1; i += bs) {
-    const int64_t ri = std::min(bs, M1 - i);
-    Tensor Gi = G1.narrow(0, i, ri);
-    for (int64_t j = 0; j <= i; j += bs) {
-      const int64_t cj = std::min(bs, M1 - j);
-      Tensor C = mm(Gi, G1.narrow(0, j, cj).t());
-      add_block<T>(k, M2, C.data_ptr<T>(), ri, cj, i, j, q, ldq, O, j != i);
+    if (!symmetric) blocks.emplace_back(i, -1);
+    else
+      for (int64_t j = 0; j <= i; j += bs) blocks.emplace_back(i, j);
+  }
+  std::exception_ptr error;
+#pragma omp parallel for schedule(dynamic, 1) if (blocks.size() > 1)
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    try {
+      NoGradGuard ng;  // grad mode is per thread
+      const auto [i, j] = blocks[b];
+      const int64_t ri = std::min(bs, M1 - i);
+      if (j < 0) {
+        Tensor C = mm(G1.narrow(0, i, ri), G2.t());
+        add_block<T>(k, M2, C.data_ptr<T>(), ri, M2, i, 0, q, ldq, O, false);
+      } else {
+        const int64_t cj = std::min(bs, M1 - j);
+        Tensor C = mm(G1.narrow(0, i, ri), G1.narrow(0, j, cj).t());
+        add_block<T>(k, M2, C.data_ptr<T>(), ri, cj, i, j, q, ldq, O, j != i);
+      }
+    } catch (...) {
+#pragma omp critical(kern_ntk_gram)
+      if (!error) error = std::current_exception();
     }
   }
+  if (error) std::rethrow_exception(error);
 }
 
 template <typename T>
@@ -122,6 +141,11 @@ ConstMap<T> cmap(const T* p, int64_t rows, int64_t cols, int64_t rs, int64_t cs)
   return ConstMap<T>(p, rows, cols, Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(rs, cs));
 }
 
+// Products of at least this many multiply-adds run as kern::mm (single-threaded oneDNN
+// sgemm inside the region: ~90-105 GFLOP/s here); smaller ones as Eigen products (~50
+// GFLOP/s, but no per-call overhead).
+constexpr int64_t kSgemmMinWork = int64_t(1) << 18;
+
 template <typename T>
 void batched_matmul_t(const Tensor& a, const Tensor& b, Tensor& out) {
   const int64_t B = a.size(0), M = a.size(1), K = a.size(2), N = b.size(2);
@@ -136,9 +160,22 @@ void batched_matmul_t(const Tensor& a, const Tensor& b, Tensor& out) {
   using ColMap = Eigen::Map<const ColMat, 0, Eigen::OuterStride<Eigen::Dynamic>>;
   const bool a_row = sa[2] == 1, a_col = !a_row && sa[1] == 1;
   const bool b_row = sb[2] == 1, b_col = !b_row && sb[1] == 1;
+  const bool sgemm = M * N * K >= kSgemmMinWork;
+  std::exception_ptr error;
 #pragma omp parallel for schedule(static) if (B > 1 && B * M * N * K > 65536)
   for (int64_t i = 0; i < B; ++i) {
     OutMap<T> C(pc + i * sc[0], M, N, Eigen::OuterStride<Eigen::Dynamic>(sc[1]));
+    if (sgemm) {
+      try {
+        NoGradGuard ng;  // grad mode is per thread
+        Tensor c = mm(a.select(0, i), b.select(0, i));
+        C = Eigen::Map<const RowMat<T>>(c.data_ptr<T>(), M, N);
+      } catch (...) {
+#pragma omp critical(kern_ntk_batched)
+        if (!error) error = std::current_exception();
+      }
+      continue;
+    }
     const T* ai = pa + i * sa[0];
     const T* bi = pb + i * sb[0];
     auto with_b = [&](const auto& A) {
@@ -150,6 +187,7 @@ void batched_matmul_t(const Tensor& a, const Tensor& b, Tensor& out) {
     else if (a_col) with_b(ColMap(ai, M, K, Eigen::OuterStride<Eigen::Dynamic>(sa[2])));
     else with_b(cmap<T>(ai, M, K, sa[1], sa[2]));
   }
+  if (error) std::rethrow_exception(error);
 }
 
 // c[o, p] = sum_r a[r, o] b[r, p] for a, b [R, O] row-major: the O x O block of one sample
