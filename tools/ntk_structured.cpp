@@ -18,6 +18,7 @@
 
 #include <chrono>
 #include <exception>
+#include <optional>
 #include <typeinfo>
 
 #include "ntk_internal.hpp"
@@ -433,7 +434,11 @@ Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, con
       info.notes.push_back(L.name + ": parameters shared with another module");
     }
 
-  // 2. Forward passes with hooks.
+  // 2. Forward passes with hooks. For small inputs the forward and the input gathering run
+  // on one thread: a few milliseconds of small ops where waking threads costs more than it
+  // saves (measured: 0.7 ms serial vs 7 ms with 2 threads on a loaded machine).
+  std::optional<SerialScope> serial;
+  if (x1.numel() + (cross ? x2.numel() : 0) <= (int64_t(1) << 20)) serial.emplace();
   Side side[2];
   capture(model, x1, layers, side[0]);
   if (cross) capture(model, x2, layers, side[1]);
@@ -503,6 +508,7 @@ Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, con
       units.push_back(std::move(u));
     }
   }
+  serial.reset();
   phase("inputs");
 
   // 4. Output gradients (O backward passes per side), then free the graphs.
