@@ -7,18 +7,21 @@
 // width grows; under SP it drifts (to smaller lrs, with Adam).
 //
 // To fit in under ~30 minutes on 2 cores the training set is SUBSAMPLED (default: the first
-// 8000 of the 60000 training images, 3 epochs). Output: loss-vs-lr JSON lines and a PNG
+// 8000 of the 60000 training images, 3 epochs of batch 128 = 189 Adam steps per run, 11 lrs,
+// one thread: these small steps lose to OpenMP barriers on a busy 2-core machine). Output: loss-vs-lr JSON lines and a PNG
 // (tools/plot_coord_check.py) in --out, and the optimal lr per width for each parameterization.
 //
-//   mup_transfer [--widths 128,256,512,1024,2048] [--lr-min -14 --lr-max -5] [--epochs 3]
-//                [--subsample 8000] [--optimizer adam|sgd] [--out run/mup_transfer]
+//   mup_transfer [--widths 128,256,512,1024,2048] [--lr-min -14 --lr-max -4] [--epochs 3]
+//                [--subsample 8000] [--threads 1] [--optimizer adam|sgd] [--out run/mup_transfer]
 #include <CLI/CLI.hpp>
 #include <kern/kern.hpp>
 #include <kern/optim/optim.hpp>
 #include <kern/optim/param_groups.hpp>
 #include <kern/param/param.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -97,7 +100,7 @@ int main(int argc, char** argv) {
   CLI::App app{"muP learning-rate transfer on Fashion-MNIST (SP vs muP)"};
   std::string widths_s = "128,256,512,1024,2048", out_dir = "run/mup_transfer", data_dir,
               optimizer = "adam";
-  int lr_min = -14, lr_max = -5, epochs = 3, threads = 2;
+  int lr_min = -14, lr_max = -4, epochs = 3, threads = 1;
   int64_t subsample = 8000, batch_size = 128, base_width = 128;
   uint64_t seed = 0;
   app.add_option("--widths", widths_s, "comma-separated widths");
@@ -156,27 +159,41 @@ int main(int argc, char** argv) {
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
           fmt::print("{:>4} width {:>5} lr 2^{:<4} loss {:.4f}   [{:.0f} s]\n", p, w,
                      static_cast<int>(std::lround(std::log2(lr))), loss, s);
+          std::fflush(stdout);  // progress shows up in logs too
         }
       }
     }
 
-    fmt::print("\noptimal learning rate (log2) per width:\n{:>6}", "width");
+    // Optimum per width: the grid argmin, and the vertex of the parabola through the argmin
+    // and its two neighbours in log2(lr) (a sub-grid estimate; the argmin itself when it sits
+    // on the edge of the grid or a neighbour diverged).
+    fmt::print("\noptimal learning rate (log2) per width:\n{:>12}", "width");
     for (int64_t w : widths) fmt::print(" {:>7}", w);
     fmt::print("   spread (grid steps)\n");
     for (const std::string p : {"SP", "muP"}) {
-      fmt::print("{:>6}", p);
-      int lo = 1 << 30, hi = -(1 << 30);
+      std::vector<int> arg;
+      std::vector<double> vertex;
       for (int64_t w : widths) {
         const auto& v = losses[{p, w}];
         size_t best = 0;
         for (size_t i = 1; i < v.size(); ++i)
           if (std::isfinite(v[i]) && (!std::isfinite(v[best]) || v[i] < v[best])) best = i;
-        const int k = lr_min + static_cast<int>(best);
-        lo = std::min(lo, k);
-        hi = std::max(hi, k);
-        fmt::print(" {:>7}", fmt::format("2^{}", k));
+        double x = static_cast<double>(best);
+        if (best > 0 && best + 1 < v.size() && std::isfinite(v[best - 1]) && std::isfinite(v[best + 1])) {
+          const double a = v[best - 1], b = v[best], c = v[best + 1];
+          const double den = a - 2 * b + c;
+          if (den > 0) x += 0.5 * (a - c) / den;
+        }
+        arg.push_back(lr_min + static_cast<int>(best));
+        vertex.push_back(lr_min + x);
       }
-      fmt::print("   {}\n", hi - lo);
+      fmt::print("{:>12}", p + " argmin");
+      for (int k : arg) fmt::print(" {:>7}", fmt::format("2^{}", k));
+      fmt::print("   {}\n", *std::max_element(arg.begin(), arg.end()) - *std::min_element(arg.begin(), arg.end()));
+      fmt::print("{:>12}", p + " vertex");
+      for (double k : vertex) fmt::print(" {:>7.2f}", k);
+      fmt::print("   {:.2f}\n", *std::max_element(vertex.begin(), vertex.end()) -
+                                   *std::min_element(vertex.begin(), vertex.end()));
     }
     f.close();
     const std::string script =

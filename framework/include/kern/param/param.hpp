@@ -25,6 +25,8 @@
 //     output weight  sigma/sqrt(base_fan_in)   output_mult / m_in     m_in           1
 //     bias           sigma/sqrt(base_fan_in)   1                      m_out          1
 //     gain           (kept)                    1                      m_out          1
+//   (an input weight is computed with the hidden rules: its fan_in is finite, m_in = 1, as
+//   in the mup library, which classifies weights by which of their dims scale.)
 //   MuPTable3 (TP5 Table 3 with base shapes; the same functions and updates as MuP):
 //     output weight  sigma/sqrt(base_fan_in)/m_in, multiplier output_mult, SGD lr 1/m_in,
 //     Adam lr 1/m_in; every other role as in MuP.
