@@ -101,25 +101,6 @@ void add_gram_t(Tensor& K, const Tensor& G1, const Tensor& G2, bool symmetric, c
 }
 
 template <typename T>
-void add_pair_blocks_t(Tensor& K, const Tensor& blk, int64_t n0, int64_t m, int64_t O, bool mirror) {
-  const int64_t M2 = K.size(1), count = blk.size(0);
-  T* k = K.data_ptr<T>();
-  Tensor b = blk.contiguous();
-  const T* src = b.data_ptr<T>();
-#pragma omp parallel for schedule(static) if (count * O * O > 32768)
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t n = n0 + i;
-    const T* bi = src + i * O * O;
-    for (int64_t o = 0; o < O; ++o)
-      for (int64_t p = 0; p < O; ++p) {
-        const T v = bi[o * O + p];
-        k[(n * O + o) * M2 + m * O + p] += v;
-        if (mirror && n != m) k[(m * O + p) * M2 + n * O + o] += v;
-      }
-  }
-}
-
-template <typename T>
 void add_into_t(Tensor& K, const Tensor& part) {
   Tensor p = part.contiguous();
   T* k = K.data_ptr<T>();
@@ -278,12 +259,6 @@ void add_gram(Tensor& K, const Tensor& G1, const Tensor& G2, bool symmetric, con
   Tensor q = Q.defined() ? Q.contiguous() : Q;
   if (K.dtype() == DType::Float64) add_gram_t<double>(K, G1, G2, symmetric, q, O);
   else add_gram_t<float>(K, G1, G2, symmetric, q, O);
-}
-
-void add_pair_blocks(Tensor& K, const Tensor& blk, int64_t n0, int64_t m, int64_t O, bool mirror) {
-  NoGradGuard ng;
-  if (K.dtype() == DType::Float64) add_pair_blocks_t<double>(K, blk, n0, m, O, mirror);
-  else add_pair_blocks_t<float>(K, blk, n0, m, O, mirror);
 }
 
 void add_into(Tensor& K, const Tensor& part) {

@@ -51,9 +51,6 @@ Tensor diagonal_outputs(const Tensor& K, int64_t num_outputs);
 /// symmetric: G2 is G1 and only the lower block triangle is multiplied (then mirrored).
 void add_gram(Tensor& K, const Tensor& G1, const Tensor& G2, bool symmetric, const Tensor& Q = {},
               int64_t O = 1);
-/// K[(n,o),(m,p)] += blk[n - n0, o, p] for n in [n0, n0 + blk.size(0)); with `mirror` also
-/// K[(m,p),(n,o)] for n != m. blk: [count, O, O].
-void add_pair_blocks(Tensor& K, const Tensor& blk, int64_t n0, int64_t m, int64_t O, bool mirror);
 /// K += part.
 void add_into(Tensor& K, const Tensor& part);
 /// out[b] = a[b] b[b] for every b: a [B, M, K], b [B, K, N] (any strides), out [B, M, N]

@@ -17,20 +17,26 @@
 //     product costs two backward passes and no [N*O]^2 or N*O*P memory. NtkOperator exposes
 //     it for iterative eigensolvers; the dense kernel is built column by column.
 //   - Structured: per-layer closed forms that never materialize the Jacobian. For a layer
-//     y = W a + b applied at S positions (S = 1 for Linear on [N, in]; S = H_out*W_out for
-//     Conv2d, `a` = the input patch at each position), with A_n [S, F] (inputs/patches, plus
-//     a ones column for the bias) and D_{n,o} = d f_o(x_n) / d y_n [S, out]:
+//     y = m_w W a + m_b b applied at S positions (S = 1 for Linear on [N, in]; S = H_out*W_out
+//     for Conv2d, `a` = the input patch at each position; a module called several times
+//     contributes all its calls as more positions; m_w, m_b are kern::param forward
+//     multipliers, 1 by default), with A_n [S, F] (inputs/patches scaled by m_w, plus a
+//     column m_b for the bias) and D_{n,o} = d f_o(x_n) / d y_n [S, out]:
 //         K_layer[(n,o),(m,p)] = sum_{s,t} <D_{n,o,s}, D_{m,p,t}> <A_{n,s}, A_{m,t}>
 //     which for S = 1 is the dense-layer term (A A^T) (x) (D D^T) (Hadamard product over
 //     sample pairs). A is captured by forward hooks, D by one backward per output o for
-//     the whole batch (samples are independent). Per layer, the cheaper (by flop count) of
-//     two evaluations is used: per-sample weight gradients G_{n,o} = D_{n,o}^T A_n (one
-//     layer at a time, then G1 G2^T) or the position-pair form above. Parameters of other
-//     modules (norm gains, custom layers, subclasses of Linear/Conv2d, modules called
+//     the whole batch (samples are independent; the O passes run concurrently on the
+//     retained graph, so custom backward functions must be safe to call concurrently, as
+//     kern's are). Per layer, the cheaper (by flop count) of two evaluations is used:
+//     per-sample weight gradients G_{n,o} = D_{n,o}^T A_n (one layer, and a chunk of its
+//     features, at a time; then a symmetric blocked G1 G2^T) or the position-pair form above
+//     (NtkStructuredForm forces one). Grouped convolutions go group by group. Parameters of
+//     other modules (norm gains, custom layers, subclasses of Linear/Conv2d, modules called
 //     outside operator()) fall back to Contraction for exactly those parameters. A check
-//     (on by default) compares the structured weight gradient of output 0 with autograd's;
-//     a layer whose parameters are also used elsewhere (tied weights, multipliers) fails
-//     it and falls back too. NtkInfo reports which parameters took which path.
+//     (on by default, one extra forward/backward of sample 0) compares each layer's
+//     closed-form gradient of sum_o f_o(x_0) with autograd's; a layer whose parameters are
+//     also used elsewhere (tied weights) fails it and falls back too. NtkInfo reports which
+//     parameters took which path, and the time of each phase.
 //
 // Batch-dependent layers: a BatchNorm2d that uses batch statistics (training mode, or
 // track_running_stats off) makes one sample's output depend on the others, and an active
