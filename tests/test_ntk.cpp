@@ -277,6 +277,26 @@ TEST_CASE("NTK: structured paths (low memory, many outputs, float32) agree with 
   }
 }
 
+TEST_CASE("NTK: one output, one sample, phases", "[ntk]") {
+  manual_seed(61);
+  auto model = std::make_shared<nn::Sequential>(nn::Linear(4, 6), nn::Tanh(), nn::Linear(6, 1));
+  model->to(DType::Float64);
+  Generator gen(62);
+  Tensor x = randn({5, 4}, DType::Float64, &gen);
+  Tensor ref = ntk(*model, x, NtkOptions().method(NtkMethod::Contraction));
+  REQUIRE(ref.shape() == Shape({5, 5}));
+  NtkInfo info;
+  REQUIRE(max_abs_diff(ntk(*model, x, {}, &info), ref) < 1e-12);
+  REQUIRE(info.num_outputs == 1);
+  REQUIRE(info.phases.size() >= 4);
+  REQUIRE(info.phases.front().first == "forward");
+  REQUIRE(max_abs_diff(ntk_traced(*model, x), ref) < 1e-12);  // one output: traced == full
+  Tensor x1 = x.narrow(0, 2, 1);
+  REQUIRE(max_abs_diff(ntk(*model, x1), ref.narrow(0, 2, 1).narrow(1, 2, 1)) < 1e-12);
+  REQUIRE(max_abs_diff(ntk(*model, x1, NtkOptions().method(NtkMethod::Vector)), ref.narrow(0, 2, 1).narrow(1, 2, 1)) <
+          1e-12);
+}
+
 TEST_CASE("NTK: parameterization multipliers (NTK, muP) stay in closed form", "[ntk]") {
   Generator gen(51);
   for (int which = 0; which < 2; ++which) {
