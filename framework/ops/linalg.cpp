@@ -29,14 +29,14 @@ backend::MatRef<T> as_mat(const Tensor& m, Tensor& keep) {
   return r;
 }
 
-// out[M, N] (contiguous, offset into a batch) = a @ b
-void gemm_into(const Tensor& a, const Tensor& b, Tensor& out, int64_t out_offset_elems) {
+// out[M, N] (contiguous, offset into a batch) = a @ b + beta * out
+void gemm_into(const Tensor& a, const Tensor& b, Tensor& out, int64_t out_offset_elems, double beta = 0.0) {
   detail::dispatch_float(a.dtype(), "mm", [&]<typename T>() {
     T* c = static_cast<T*>(out.raw_data()) + out_offset_elems;
     const int64_t m = a.size(0), n = b.size(1);
     if (m == 0 || n == 0) return;
     if (a.size(1) == 0) {
-      std::fill_n(c, m * n, T(0));
+      if (beta == 0.0) std::fill_n(c, m * n, T(0));
       return;
     }
     Tensor ka, kb;
@@ -44,11 +44,11 @@ void gemm_into(const Tensor& a, const Tensor& b, Tensor& out, int64_t out_offset
     auto B = as_mat<T>(b, kb);
     if constexpr (std::is_same_v<T, float>) {
       if (backend::use_fast(DType::Float32)) {
-        backend::gemm_fast(A, B, c, n, 0.0f);
+        backend::gemm_fast(A, B, c, n, static_cast<float>(beta));
         return;
       }
     }
-    backend::gemm_reference<T>(A, B, c, n, T(0));
+    backend::gemm_reference<T>(A, B, c, n, static_cast<T>(beta));
   });
 }
 
@@ -115,15 +115,47 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   return reshape(out, out_shape);
 }
 
+// y[*, out] = x[*, in] @ W[out, in]^T + b[out], as one op rather than matmul(x, W.t()) + b:
+// the weight gradient dy^T x then comes out in W's own [out, in] layout (the composite form
+// produced a transposed view that every optimizer step had to copy), and the bias is the GEMM's
+// initial C (beta = 1), which saves a pass over y.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   KERN_CHECK(weight.dim() == 2, "linear: weight must be [out, in], got ", weight.shape());
   KERN_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "linear: input ", x.shape(), " does not match weight ",
              weight.shape(), " (in_features = ", weight.size(1), ")");
-  Tensor y = matmul(x, weight.t());
-  if (!bias.defined()) return y;
-  KERN_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "linear: bias ", bias.shape(),
-             " does not match weight ", weight.shape());
-  return y + bias;
+  detail::check_floating(x, "linear");
+  detail::check_same_dtype(x, weight, "linear");
+  if (bias.defined()) {
+    KERN_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "linear: bias ", bias.shape(),
+               " does not match weight ", weight.shape());
+    detail::check_same_dtype(x, bias, "linear");
+  }
+  const int64_t in = weight.size(1), out_features = weight.size(0);
+  Shape out_shape(x.shape().begin(), x.shape().end() - 1);
+  out_shape.push_back(out_features);
+  Tensor out = empty(out_shape, x.dtype());
+  {
+    NoGradGuard ng;
+    const Tensor x2 = reshape(x, {-1, in});  // [rows, in]
+    Tensor out2 = reshape(out, {-1, out_features});  // shares out's storage
+    double beta = 0.0;
+    if (bias.defined() && out2.size(0) > 0) {
+      out2.copy_(expand(unsqueeze(bias, 0), out2.shape()));
+      beta = 1.0;
+    }
+    gemm_into(x2, weight.t(), out2, 0, beta);
+  }
+  std::vector<Tensor> inputs{x, weight};
+  if (bias.defined()) inputs.push_back(bias);
+  return record_op("linear", out, inputs, [in, out_features](const BackwardContext& c) {
+    const Tensor& x = c.inputs[0];
+    const Tensor& w = c.inputs[1];
+    const Tensor g2 = reshape(c.grad, {-1, out_features});  // [rows, out]
+    G grads{c.needs[0] ? matmul(c.grad, w) : Tensor(),
+            c.needs[1] ? mm(g2.t(), reshape(x, {-1, in})) : Tensor()};
+    if (c.inputs.size() == 3) grads.push_back(c.needs[2] ? sum(g2, {0}) : Tensor());
+    return grads;
+  });
 }
 
 Tensor outer(const Tensor& a, const Tensor& b) {
