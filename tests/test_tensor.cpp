@@ -61,3 +61,25 @@ TEST_CASE("fmt prints tensors, shapes and dtypes", "[tensor]") {
   REQUIRE(s.find("1.5000") != std::string::npos);
   REQUIRE(s.find("float32") != std::string::npos);
 }
+
+TEST_CASE("memory: freed large buffers are cached, reused and released by empty_cache", "[tensor]") {
+  kern::memory::empty_cache();
+  REQUIRE(kern::memory::cached_bytes() == 0);
+  const int64_t n = 1 << 20;  // 4 MiB of float32: above the caching threshold
+  const void* first = nullptr;
+  {
+    kern::Tensor t = kern::zeros({n});
+    first = t.raw_data();
+  }
+  CHECK(kern::memory::cached_bytes() >= static_cast<std::size_t>(n) * 4);
+  {
+    kern::Tensor again = kern::zeros({n});  // same size: served from the cache
+    CHECK(again.raw_data() == first);
+    CHECK(kern::memory::cached_bytes() == 0);
+  }
+  kern::memory::empty_cache();
+  CHECK(kern::memory::cached_bytes() == 0);
+  kern::Tensor small = kern::ones({16});  // small buffers bypass the cache
+  small = kern::Tensor();
+  CHECK(kern::memory::cached_bytes() == 0);
+}

@@ -1,6 +1,8 @@
 // Caching host allocator (see allocator.hpp).
 #include "allocator.hpp"
 
+#include <kern/memory.hpp>
+
 #include <cstdlib>
 #include <mutex>
 #include <unordered_map>
@@ -78,3 +80,8 @@ std::size_t host_cache_bytes() {
 }
 
 }  // namespace kern::detail
+
+namespace kern::memory {
+void empty_cache() { detail::host_cache_clear(); }
+std::size_t cached_bytes() { return detail::host_cache_bytes(); }
+}  // namespace kern::memory

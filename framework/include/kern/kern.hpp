@@ -8,6 +8,7 @@
 #include <kern/generator.hpp>
 #include <kern/io/checkpoint.hpp>
 #include <kern/io/safetensors.hpp>
+#include <kern/memory.hpp>
 #include <kern/data/data.hpp>
 #include <kern/nn/nn.hpp>
 #include <kern/ops.hpp>
