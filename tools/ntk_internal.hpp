@@ -48,7 +48,9 @@ Tensor diagonal_outputs(const Tensor& K, int64_t num_outputs);
 
 // Accumulation kernels (tools/ntk_blas.cpp); K must be contiguous.
 /// K [M1, M2] += G1 G2^T, each entry scaled by Q[row / O, col / O] when Q is given.
-/// symmetric: G2 is G1 and only the lower block triangle is multiplied (then mirrored).
+/// symmetric: G2 is G1 and only the lower block triangle is multiplied (then mirrored); K
+/// must be symmetric on entry (without Q its strict upper triangle is rewritten from the
+/// lower one).
 void add_gram(Tensor& K, const Tensor& G1, const Tensor& G2, bool symmetric, const Tensor& Q = {},
               int64_t O = 1);
 /// K += part.

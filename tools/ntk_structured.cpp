@@ -165,6 +165,31 @@ Tensor unit_inputs(const Unit& u, const Layer& L, const std::vector<Use>& uses, 
   return parts.size() == 1 ? parts[0] : cat(parts, 1);
 }
 
+// D[n, s_off + s, c, o] = cm[n, c, s] for cm [N, og, S_use] (any strides), D [N, S, og, O]
+// contiguous: the transposing store of the pairwise layout as a plain loop (a strided
+// copy_ of the permuted view walks D with stride O element by element, several times
+// slower).
+template <typename T>
+void scatter_pairwise_t(const Tensor& cm, Tensor& D, int64_t o, int64_t s_off) {
+  const int64_t N = cm.size(0), og = cm.size(1), S_use = cm.size(2);
+  const int64_t S = D.size(1), O = D.size(3);
+  const int64_t sn = cm.stride(0), sc = cm.stride(1), ss = cm.stride(2);
+  const T* src = cm.data_ptr<T>();
+  T* dst = D.data_ptr<T>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t s = 0; s < S_use; ++s) {
+      const T* in = src + n * sn + s * ss;
+      T* out = dst + ((n * S + s_off + s) * og) * O + o;
+      for (int64_t c = 0; c < og; ++c) out[c * O] = in[c * sc];
+    }
+}
+
+void scatter_pairwise(const Tensor& cm, Tensor& D, int64_t o, int64_t s_off) {
+  KERN_CHECK(D.is_contiguous() && cm.dtype() == D.dtype(), "ntk: pairwise store");
+  if (D.dtype() == DType::Float64) scatter_pairwise_t<double>(cm, D, o, s_off);
+  else scatter_pairwise_t<float>(cm, D, o, s_off);
+}
+
 // Stores d f_o / d out of one call (g, shaped like the call's output) in the unit: into D, or
 // for an eager unit straight into G_{., o} = D_{., o}^T A (so D is never stored).
 void store(Unit& u, const Layer& L, int k, const Tensor& g, int64_t o, int64_t s_off, int64_t S_use, int64_t N,
@@ -182,7 +207,7 @@ void store(Unit& u, const Layer& L, int k, const Tensor& g, int64_t o, int64_t s
     Tensor dst = u.G[k].select(1, o).view({N, u.og, u.F});
     batched_matmul(cm, u.A[k], dst);
   }
-  else if (u.strategy == Strategy::Pairwise) u.D[k].select(3, o).narrow(1, s_off, S_use).copy_(cm.permute({0, 2, 1}));
+  else if (u.strategy == Strategy::Pairwise) scatter_pairwise(cm, u.D[k], o, s_off);
   else u.D[k].select(1, o).narrow(2, s_off, S_use).copy_(cm);
 }
 
@@ -385,6 +410,23 @@ Strategy choose(NtkStructuredForm form, int64_t N1, int64_t N2, bool cross, int6
   return pairwise < per_sample ? Strategy::Pairwise : Strategy::PerSample;
 }
 
+// Multiply-adds of a unit's kernel term (roughly; eager units already hold G).
+double unit_work(const Unit& u, int64_t N1, int64_t N2, int64_t O, bool cross) {
+  const double n1 = N1, n2 = N2, o = O, c = u.og, s = u.S, f = u.F;
+  switch (u.strategy) {
+    case Strategy::Dense: return n1 * n2 * (f + o * o * c);
+    case Strategy::PerSample: return (u.eager ? 0.0 : (n1 + (cross ? n2 : 0)) * o * c * s * f) + n1 * o * n2 * o * c * f;
+    case Strategy::Pairwise: return n1 * s * n2 * s * f + n2 * n1 * s * s * o * c + n1 * n2 * o * o * s * c;
+  }
+  return 0.0;
+}
+
+// Units with less work than this (multiply-adds, ~0.05 ms) assemble on one thread: each
+// parallel region costs a thread wake-up, which on a loaded machine (other processes on
+// both cores) can take milliseconds (measured: the ntk_cnn workload's Linear readout, 0.1
+// ms of work, took 10 ms as 2-thread regions).
+constexpr double kSerialUnitWork = 1 << 22;
+
 }  // namespace
 
 Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, const ParamSet& ps, Kind kind,
@@ -523,12 +565,20 @@ Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, con
 
   // 5. Assemble, one unit at a time (each unit's buffers are freed after its term).
   NoGradGuard ng;
-  Tensor K = kind == Kind::Full        ? zeros({N1 * O, N2 * O}, dt)
-             : kind == Kind::TracedSum ? zeros({N1, N2}, dt)
-                                       : zeros({N1, O}, dt);
+  Tensor K;
+  {
+    SerialScope one_thread;  // a fill of at most a few MB
+    K = kind == Kind::Full        ? zeros({N1 * O, N2 * O}, dt)
+        : kind == Kind::TracedSum ? zeros({N1, N2}, dt)
+                                  : zeros({N1, O}, dt);
+  }
   for (size_t i = 0; i < units.size(); ++i) {
     const size_t l = units[i].layer;
-    if (layers[l].ok) add_unit_kernel(K, units[i], N1, N2, O, kind, sym);
+    if (layers[l].ok) {
+      std::optional<SerialScope> small;
+      if (unit_work(units[i], N1, N2, O, cross) < kSerialUnitWork) small.emplace();
+      add_unit_kernel(K, units[i], N1, N2, O, kind, sym);
+    }
     units[i] = Unit();  // free its buffers
     if (i + 1 == units.size() || units[i + 1].layer != l) phase("kernel:" + layers[l].name);
   }
