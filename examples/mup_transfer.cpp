@@ -13,6 +13,10 @@
 //
 //   mup_transfer [--widths 128,256,512,1024,2048] [--lr-min -14 --lr-max -4] [--epochs 3]
 //                [--subsample 8000] [--threads 1] [--optimizer adam|sgd] [--out run/mup_transfer]
+//                [--seeds 1] [--params SP,muP]
+// --seeds N averages each point over N seeds (init and data order): where a curve is flat near
+// its minimum, one seed's argmin can move by a grid step. --params runs one side only (the two
+// sides can then run as two processes, one per core).
 #include <CLI/CLI.hpp>
 #include <kern/kern.hpp>
 #include <kern/optim/optim.hpp>
@@ -103,6 +107,8 @@ int main(int argc, char** argv) {
   int lr_min = -14, lr_max = -4, epochs = 3, threads = 1;
   int64_t subsample = 8000, batch_size = 128, base_width = 128;
   uint64_t seed = 0;
+  int seeds = 1;
+  std::string params_s = "SP,muP";
   app.add_option("--widths", widths_s, "comma-separated widths");
   app.add_option("--lr-min", lr_min, "smallest lr = 2^lr_min");
   app.add_option("--lr-max", lr_max, "largest lr = 2^lr_max");
@@ -117,6 +123,10 @@ int main(int argc, char** argv) {
   app.add_option("--out", out_dir, "output directory");
   app.add_option("--threads", threads, "threads")->check(CLI::Range(1, 256));
   app.add_option("--seed", seed, "seed (init and data order)");
+  app.add_option("--seeds", seeds, "runs per (width, lr) with seeds seed, seed+1, ...; the score is their mean")
+      ->check(CLI::Range(1, 100));
+  app.add_option("--params", params_s, "parameterizations: SP, muP or SP,muP")
+      ->check(CLI::IsMember({"SP", "muP", "SP,muP", "muP,SP"}));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -140,17 +150,31 @@ int main(int argc, char** argv) {
     std::ofstream f(jsonl, std::ios::trunc);
     KERN_CHECK(f.good(), "cannot write ", jsonl);
     fmt::print("Fashion-MNIST subsample: {} images, {} epochs, batch {}, {} ({} lrs 2^{}..2^{}), "
-               "widths {}, muP base width {}\n",
+               "widths {}, muP base width {}, {} seed(s) from {}\n",
                subsample, epochs, batch_size, optimizer, lrs.size(), lr_min, lr_max, widths_s,
-               base_width);
+               base_width, seeds, seed);
+
+    std::vector<std::string> params;
+    if (params_s.find("SP") != std::string::npos) params.push_back("SP");
+    if (params_s.find("muP") != std::string::npos) params.push_back("muP");
 
     const auto t0 = std::chrono::steady_clock::now();
     std::map<std::pair<std::string, int64_t>, std::vector<double>> losses;
-    for (const std::string p : {"SP", "muP"}) {
+    for (const std::string& p : params) {
       for (int64_t w : widths) {
         for (double lr : lrs) {
-          const double loss = train_one({p, w, lr}, data, epochs, batch_size, base_width,
-                                        optimizer == "adam", seed);
+          // Score: the mean over seeds (one seed's optimum is noisy where the curve is flat);
+          // NaN if any seed diverged.
+          double loss = 0.0;
+          for (int k = 0; k < seeds; ++k) {
+            const double l = train_one({p, w, lr}, data, epochs, batch_size, base_width,
+                                       optimizer == "adam", seed + static_cast<uint64_t>(k));
+            if (seeds > 1)
+              f << fmt::format(R"({{"kind":"seed","param":"{}","width":{},"lr":{},"seed":{},"loss":{}}})",
+                               p, w, lr, seed + k, std::isfinite(l) ? fmt::format("{}", l) : "NaN")
+                << std::endl;
+            loss += l / seeds;
+          }
           losses[{p, w}].push_back(loss);
           f << fmt::format(R"({{"kind":"transfer","param":"{}","width":{},"lr":{},"loss":{}}})",
                            p, w, lr, std::isfinite(loss) ? fmt::format("{}", loss) : "NaN")
@@ -170,7 +194,7 @@ int main(int argc, char** argv) {
     fmt::print("\noptimal learning rate (log2) per width:\n{:>12}", "width");
     for (int64_t w : widths) fmt::print(" {:>7}", w);
     fmt::print("   spread (grid steps)\n");
-    for (const std::string p : {"SP", "muP"}) {
+    for (const std::string& p : params) {
       std::vector<int> arg;
       std::vector<double> vertex;
       for (int64_t w : widths) {
