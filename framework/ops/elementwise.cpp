@@ -205,7 +205,19 @@ Tensor sigmoid(const Tensor& x) {
 // ---- activations
 Tensor relu(const Tensor& x) {
   return record_op("relu", unary_forward(x, "relu", backend::Eltwise::Relu, [](auto v) { return v > 0 ? v : decltype(v)(0); }),
-                   {x}, [](const BackwardContext& c) { return G{c.grad * (c.inputs[0] > 0.0)}; });
+                   {x}, [](const BackwardContext& c) { return G{relu_backward(c.grad, c.inputs[0])}; });
+}
+
+// g where x > 0, else 0: ReLU's backward in one pass (no mask tensor, no second multiply).
+// Linear in g, so its own backward is relu_backward again; its derivative in x is zero
+// almost everywhere and is returned as "no gradient".
+Tensor relu_backward(const Tensor& g, const Tensor& x) {
+  detail::check_same_dtype(g, x, "relu_backward");
+  KERN_CHECK(g.shape() == x.shape(), "relu_backward: grad ", g.shape(), " and input ", x.shape(), " differ");
+  Tensor out = binary_forward(g, x, "relu_backward", [](auto gv, auto v) { return v > 0 ? gv : decltype(gv)(0); });
+  return record_op("relu_backward", out, {g, x}, [](const BackwardContext& c) {
+    return G{c.needs[0] ? relu_backward(c.grad, c.inputs[1]) : Tensor(), Tensor()};
+  });
 }
 
 Tensor gelu(const Tensor& x, std::string_view approximate) {

@@ -30,6 +30,8 @@ Tensor erf(const Tensor& x);
 Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
 Tensor relu(const Tensor& x);
+/// g where x > 0, else 0: ReLU's backward as one fused, differentiable op.
+Tensor relu_backward(const Tensor& grad, const Tensor& x);
 /// GELU: x * Phi(x) ("none", exact erf form) or its tanh approximation ("tanh").
 Tensor gelu(const Tensor& x, std::string_view approximate = "none");
 /// g * d gelu(x) / dx (erf form): GELU's backward as one fused, differentiable op.
