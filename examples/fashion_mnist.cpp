@@ -10,6 +10,8 @@
 #include <kern/optim/optim.hpp>
 
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 
 namespace nn = kern::nn;
@@ -50,7 +52,16 @@ int main(int argc, char** argv) {
   std::string data_dir, resume, out_dir = "run/fashion_mnist";
   app.add_option("--epochs", epochs, "training epochs")->check(CLI::Range(1, 1000));
   app.add_option("--batch-size", batch_size, "batch size")->check(CLI::Range(1, 60000));
-  app.add_option("--lr", lr, "peak learning rate (cosine decay per step)")->check(CLI::PositiveNumber);
+  // CLI::PositiveNumber reports a non-number as "not in range 0 to 1.8e308"; say what is wrong.
+  const CLI::Validator positive_number(
+      [](std::string& s) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        if (s.empty() || *end != '\0' || !std::isfinite(v) || v <= 0) return "expected a positive number, got '" + s + "'";
+        return {};
+      },
+      "POSITIVE");
+  app.add_option("--lr", lr, "peak learning rate (cosine decay per step)")->check(positive_number);
   app.add_option("--threads", threads, "threads")->check(CLI::Range(1, 256));
   app.add_option("--data", data_dir, "directory with the four Fashion-MNIST .gz files (default: Debian's)");
   app.add_option("--resume", resume, "checkpoint to resume from");
