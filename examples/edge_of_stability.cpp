@@ -13,6 +13,7 @@
 //      run/eos/summary.json
 // The last lines printed give, per lr, sharpness / (2/lr) over the second half of training.
 #include <CLI/CLI.hpp>
+#include "dynamics_common.hpp"
 #include <kern/kern.hpp>
 #include <kern/tools/hessian.hpp>
 #include <kern/tools/tracker.hpp>
@@ -57,16 +58,8 @@ Tensor standardize(const Tensor& x, const std::string& how) {
   return (x - mu) / kern::maximum(sd, kern::full(sd.shape(), 1e-8, sd.dtype()));
 }
 
-// A numeric field of a tracker record (NaN when absent).
-double field(const std::string& line, const std::string& key) {
-  const std::string pat = "\"" + key + "\":";
-  const auto at = line.find(pat);
-  if (at == std::string::npos || line.compare(at + pat.size(), 4, "null") == 0) return NAN;
-  return std::stod(line.substr(at + pat.size()));
-}
-
-// JSON number or null.
-std::string jnum(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
+using examples::json_number;
+using examples::record_field;
 
 struct RunSummary {
   double lr = 0.0;
@@ -105,8 +98,8 @@ RunSummary train(const Config& cfg, double lr, const kern::data::Batch& data, ke
     loss.backward();
     // Between backward and the update: every recorded value refers to the same parameters.
     if (tracker.step(loss)) {
-      const double sh = field(tracker.last_line(), "sharpness");
-      s.max_residual = std::max(s.max_residual, field(tracker.last_line(), "sharpness_residual"));
+      const double sh = record_field(tracker.last_line(), "sharpness");
+      s.max_residual = std::max(s.max_residual, record_field(tracker.last_line(), "sharpness_residual"));
       s.sharpness.emplace_back(step, sh);
       if (step % (cfg.every * 10) == 0)
         fmt::print("lr {:<5} step {:>5}  loss {:.5f}  sharpness {:8.3f}  2/lr {:6.1f}  ({:.0f} s, tracker {:.0f} s)\n",
@@ -213,8 +206,8 @@ int main(int argc, char** argv) {
           "  {{\"lr\": {}, \"two_over_lr\": {}, \"sharpness_step0\": {}, \"ratio_min\": {}, \"ratio_max\": {}, "
           "\"ratio_mean\": {}, \"within_10pct\": {}, \"final_loss\": {}, \"final_accuracy\": {}, "
           "\"max_lanczos_residual\": {}}}{}\n",
-          s.lr, 2.0 / s.lr, jnum(s.sharpness0), jnum(s.ratio_min), jnum(s.ratio_max), jnum(s.ratio_mean), within,
-          jnum(s.final_loss), jnum(s.final_accuracy), jnum(s.max_residual), i + 1 < runs.size() ? "," : "");
+          s.lr, 2.0 / s.lr, json_number(s.sharpness0), json_number(s.ratio_min), json_number(s.ratio_max), json_number(s.ratio_mean), within,
+          json_number(s.final_loss), json_number(s.final_accuracy), json_number(s.max_residual), i + 1 < runs.size() ? "," : "");
     }
     summary << "]\n";
     fmt::print("edge of stability reached (sharpness within +-10% of 2/lr over the second half) for at least one lr: {}\n",

@@ -36,6 +36,7 @@
 // grows at small widths and saturates near 1.0 (1024 and 2048 agree; slope +0.20), mostly
 // as growth of the kernel's scale (trace x1.9; 1 - cosine to K_0 settles at 0.054 from 512 on).
 #include <CLI/CLI.hpp>
+#include "dynamics_common.hpp"
 #include <kern/kern.hpp>
 #include <kern/optim/optim.hpp>
 #include <kern/optim/param_groups.hpp>
@@ -81,18 +82,6 @@ struct Config {
   int threads = 1;
 };
 
-std::shared_ptr<nn::Sequential> mlp(int64_t w) {
-  // One statement per layer: the init stream follows the layer order.
-  auto l0 = std::make_shared<nn::Linear>(784, w);
-  auto l2 = std::make_shared<nn::Linear>(w, w);
-  auto l4 = std::make_shared<nn::Linear>(w, 10);
-  return std::make_shared<nn::Sequential>(l0, std::make_shared<nn::Tanh>(), l2, std::make_shared<nn::Tanh>(), l4);
-}
-
-param::Preset preset(const std::string& name, int64_t width, int64_t base_width) {
-  return name == "mup" ? param::Preset::mup(width, base_width) : param::Preset::ntk();
-}
-
 // A model of `width` in parameterization `name`, seeded by the width only (both
 // parameterizations start from the same random stream at a given width).
 struct Built {
@@ -102,8 +91,8 @@ struct Built {
 Built build(const std::string& name, int64_t width, const Config& cfg, double lr) {
   kern::manual_seed(cfg.seed + static_cast<uint64_t>(width));
   Built b;
-  b.model = mlp(width);
-  param::apply(*b.model, preset(name, width, cfg.base_width));
+  b.model = examples::tanh_mlp(width);
+  param::apply(*b.model, examples::width_preset(name, width, cfg.base_width));
   b.groups = optim::param_groups(*b.model, {.lr = lr, .family = optim::Family::SGD});
   return b;
 }
@@ -111,9 +100,7 @@ Built build(const std::string& name, int64_t width, const Config& cfg, double lr
 // lr = 2 / (edge_factor * lambda_max(D^1/2 H D^1/2)) at the base width (D: lr multipliers).
 double calibrate_lr(const std::string& name, const Config& cfg, const kern::data::Batch& data, double* s0) {
   Built b = build(name, cfg.base_width, cfg, 1.0);
-  tools::Hessian H(*b.model, data.x, data.y, tools::half_mean_squared_error);
-  tools::ScaledOperator S(H, tools::lr_multipliers(b.model->parameters(), b.groups).to(H.dtype()));
-  *s0 = tools::lanczos(S, {.k = 1, .max_iters = 60, .tol = 1e-6}).eigenvalues[0];
+  *s0 = examples::preconditioned_sharpness(*b.model, b.groups, data);
   return 2.0 / (cfg.edge_factor * *s0);
 }
 
@@ -176,14 +163,8 @@ tools::Metric kernel_metric(nn::Module& model, kern::data::Batch probe, KernelGr
   }};
 }
 
-double field(const std::string& line, const std::string& key) {
-  const std::string pat = "\"" + key + "\":";
-  const auto at = line.find(pat);
-  if (at == std::string::npos || line.compare(at + pat.size(), 4, "null") == 0) return NAN;
-  return std::stod(line.substr(at + pat.size()));
-}
-
-std::string jnum(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
+using examples::json_number;
+using examples::record_field;
 
 struct Run {
   std::string param;
@@ -230,15 +211,15 @@ Run train(const std::string& name, int64_t width, double lr, const Config& cfg, 
     if (tracker.step(loss)) {
       const std::string& line = tracker.last_line();
       r.final_loss = loss.item();
-      r.final_accuracy = field(line, "accuracy");
+      r.final_accuracy = record_field(line, "accuracy");
       if (step == 0) r.loss0 = r.final_loss;
       if (step % cfg.ntk_every == 0) {
-        r.rel_change = field(line, "ntk_rel_change");
-        r.rel_change_plain = field(line, "ntk_rel_change_plain");
-        r.distance = field(line, "ntk_distance");
-        r.trace = field(line, "ntk_trace");
-        r.alignment = field(line, "ntk_target_alignment");
-        r.ntk_seconds += field(line, "time.ntk");
+        r.rel_change = record_field(line, "ntk_rel_change");
+        r.rel_change_plain = record_field(line, "ntk_rel_change_plain");
+        r.distance = record_field(line, "ntk_distance");
+        r.trace = record_field(line, "ntk_trace");
+        r.alignment = record_field(line, "ntk_target_alignment");
+        r.ntk_seconds += record_field(line, "time.ntk");
         if (step == 0) r.trace0 = r.trace, r.alignment0 = r.alignment;
       }
     }
@@ -371,9 +352,9 @@ int main(int argc, char** argv) {
           "\"final_accuracy\": {}, \"ntk_rel_change\": {}, \"ntk_rel_change_plain\": {}, \"ntk_distance\": {}, "
           "\"ntk_trace0\": {}, \"ntk_trace\": {}, \"ntk_target_alignment0\": {}, \"ntk_target_alignment\": {}, "
           "\"diverged\": {}, \"seconds\": {:.1f}, \"file\": \"{}\"}}{}\n",
-          r.param, r.width, r.lr, jnum(r.loss0), jnum(r.final_loss), jnum(r.final_accuracy), jnum(r.rel_change),
-          jnum(r.rel_change_plain), jnum(r.distance), jnum(r.trace0), jnum(r.trace), jnum(r.alignment0),
-          jnum(r.alignment), r.diverged, r.seconds, fs::path(r.file).lexically_relative(cfg.out).string(),
+          r.param, r.width, r.lr, json_number(r.loss0), json_number(r.final_loss), json_number(r.final_accuracy), json_number(r.rel_change),
+          json_number(r.rel_change_plain), json_number(r.distance), json_number(r.trace0), json_number(r.trace), json_number(r.alignment0),
+          json_number(r.alignment), r.diverged, r.seconds, fs::path(r.file).lexically_relative(cfg.out).string(),
           i + 1 < runs.size() ? "," : "");
     }
     summary << "  ],\n  \"slopes\": {";
@@ -381,8 +362,8 @@ int main(int argc, char** argv) {
     for (auto& [name, f] : fits) {
       summary << fmt::format("{}\"{}\": {{\"all_widths\": {}, \"widths_ge_base\": {}, \"plain_all_widths\": {}, "
                              "\"lr\": {}, \"initial_sharpness\": {}}}",
-                             first ? "" : ", ", name, jnum(f.all), jnum(f.wide), jnum(f.plain), lrs[name].first,
-                             jnum(lrs[name].second));
+                             first ? "" : ", ", name, json_number(f.all), json_number(f.wide), json_number(f.plain), lrs[name].first,
+                             json_number(lrs[name].second));
       first = false;
     }
     summary << fmt::format("}},\n  \"seconds\": {:.1f}\n}}\n", total);

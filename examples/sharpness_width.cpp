@@ -16,6 +16,7 @@
 //   -> run/sharpness_width/{mup,ntk}/w<width>.jsonl, {mup,ntk}/sharpness.png (+ loss, NTK
 //      change), summary.json; the last lines compare the spread of sharpness across widths.
 #include <CLI/CLI.hpp>
+#include "dynamics_common.hpp"
 #include <kern/kern.hpp>
 #include <kern/optim/optim.hpp>
 #include <kern/optim/param_groups.hpp>
@@ -54,17 +55,6 @@ struct Config {
   int threads = 2;
 };
 
-std::shared_ptr<nn::Sequential> mlp(int64_t w) {
-  auto l0 = std::make_shared<nn::Linear>(784, w);
-  auto l2 = std::make_shared<nn::Linear>(w, w);
-  auto l4 = std::make_shared<nn::Linear>(w, 10);
-  return std::make_shared<nn::Sequential>(l0, std::make_shared<nn::Tanh>(), l2, std::make_shared<nn::Tanh>(), l4);
-}
-
-param::Preset preset(const std::string& name, int64_t width, int64_t base_width) {
-  return name == "mup" ? param::Preset::mup(width, base_width) : param::Preset::ntk();
-}
-
 // A model of `width` in parameterization `name` (seeded: the same draw for the same width).
 struct Built {
   std::shared_ptr<nn::Sequential> model;
@@ -74,8 +64,8 @@ struct Built {
 Built build(const std::string& name, int64_t width, const Config& cfg, double lr) {
   kern::manual_seed(cfg.seed + static_cast<uint64_t>(width));
   Built b;
-  b.model = mlp(width);
-  param::apply(*b.model, preset(name, width, cfg.base_width));
+  b.model = examples::tanh_mlp(width);
+  param::apply(*b.model, examples::width_preset(name, width, cfg.base_width));
   b.groups = optim::param_groups(*b.model, {.lr = lr, .family = optim::Family::SGD});
   b.lr_scale = tools::lr_multipliers(b.model->parameters(), b.groups);
   return b;
@@ -83,17 +73,10 @@ Built build(const std::string& name, int64_t width, const Config& cfg, double lr
 
 double initial_sharpness(const std::string& name, const Config& cfg, const kern::data::Batch& data) {
   Built b = build(name, cfg.base_width, cfg, 1.0);
-  tools::Hessian H(*b.model, data.x, data.y, tools::half_mean_squared_error);
-  tools::ScaledOperator S(H, b.lr_scale.to(H.dtype()));
-  return tools::lanczos(S, {.k = 1, .max_iters = 60, .tol = 1e-6}).eigenvalues[0];
+  return examples::preconditioned_sharpness(*b.model, b.groups, data);
 }
 
-double field(const std::string& line, const std::string& key) {
-  const std::string pat = "\"" + key + "\":";
-  const auto at = line.find(pat);
-  if (at == std::string::npos || line.compare(at + pat.size(), 4, "null") == 0) return NAN;
-  return std::stod(line.substr(at + pat.size()));
-}
+using examples::record_field;
 
 struct Run {
   std::string param;
@@ -122,8 +105,8 @@ Run train(const std::string& name, int64_t width, double lr, const Config& cfg, 
     opt.zero_grad();
     loss.backward();
     if (tracker.step(loss)) {
-      r.sharpness.emplace_back(step, field(tracker.last_line(), "sharpness"));
-      const double c = field(tracker.last_line(), "ntk_rel_change");
+      r.sharpness.emplace_back(step, record_field(tracker.last_line(), "sharpness"));
+      const double c = record_field(tracker.last_line(), "ntk_rel_change");
       if (std::isfinite(c)) r.ntk_change = c;
       r.final_loss = loss.item();
     }
