@@ -1,0 +1,3 @@
+#pragma once
+// kern::models umbrella: the registry; each family header is included here as it lands.
+#include <kern/models/registry.hpp>

@@ -1,0 +1,50 @@
+#pragma once
+// The model zoo's name registry, like timm.create_model: every zoo variant registers itself
+// under timm's name ("convnext_atto", "inception_next_tiny", ...) from its family's .cpp, so
+// adding a family touches no shared file.
+//
+//   auto model = kern::models::create_model("convnext_atto", {.num_classes = 10});
+//   for (auto& name : kern::models::list_models("convnext*")) ...
+#include <kern/nn/module.hpp>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kern::models {
+
+/// The options every zoo model understands (timm's create_model keyword arguments). A family's
+/// own options struct (ConvNeXtOptions, ...) has more; the registry maps these onto it.
+struct ModelOptions {
+  int64_t num_classes = 1000;   // 0: no classifier, forward returns pooled features
+  int64_t in_chans = 3;
+  double drop_rate = 0.0;       // dropout before the classifier
+  double drop_path_rate = 0.0;  // stochastic depth, linearly increasing over blocks
+};
+
+using ModelFactory = std::function<std::shared_ptr<nn::Module>(const ModelOptions&)>;
+
+/// Builds a registered model. Throws kern::Error naming the unknown name and the closest
+/// registered names.
+std::shared_ptr<nn::Module> create_model(const std::string& name, const ModelOptions& options = {});
+
+/// Registered names, sorted; `pattern` may contain '*' wildcards (fnmatch-style, like timm).
+std::vector<std::string> list_models(const std::string& pattern = "*");
+
+/// True if `name` is registered.
+bool has_model(const std::string& name);
+
+/// Adds a factory under `name`. Throws if the name is already taken. Returns true so it can
+/// initialize a static (see KERN_REGISTER_MODEL).
+bool register_model(const std::string& name, ModelFactory factory);
+
+}  // namespace kern::models
+
+#define KERN_MODELS_CONCAT_INNER(a, b) a##b
+#define KERN_MODELS_CONCAT(a, b) KERN_MODELS_CONCAT_INNER(a, b)
+/// At namespace scope in a family's .cpp:
+///   KERN_REGISTER_MODEL("convnext_atto", [](const ModelOptions& o) { return convnext_atto(o); });
+#define KERN_REGISTER_MODEL(name, ...)                                           \
+  [[maybe_unused]] static const bool KERN_MODELS_CONCAT(kern_model_registered_, __LINE__) = \
+      ::kern::models::register_model(name, __VA_ARGS__)
