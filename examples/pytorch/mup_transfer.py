@@ -1,12 +1,12 @@
 # PyTorch twin of examples/mup_transfer.cpp, to tell kern's behaviour from the setup's:
-# MLP 784-w-w-10 ReLU, Adam, first 8000 Fashion-MNIST images (normalized 0.286/0.353), 3 epochs
-# of batch 128, lrs 2^-14..2^-4, widths 128..2048; score = mean training loss over the last
+# MLP 784-w-w-10 ReLU, Adam, first 8000 Fashion-MNIST images (normalized 0.286/0.353), 6 epochs
+# (or argv[3]) of batch 128, lrs 2^-14..2^-4, widths 128..2048; score = mean training loss over the last
 # epoch. muP is the mup library's Table 8 form with base width 128, written out by hand (the
 # mup package is not in Debian): hidden weight Adam lr x 128/w, readout input multiplied by
 # 128/w with the readout zero-initialized, everything else as in PyTorch's defaults.
 # Data order differs from kern's DataLoader, so compare optima, not individual losses.
 #
-#   /usr/bin/python3 examples/pytorch/mup_transfer.py muP 0,1    # parameterization, seeds
+#   /usr/bin/python3 examples/pytorch/mup_transfer.py muP 0,1 [6]   # parameterization, seeds, epochs
 #   -> one line per width: grid argmin, parabola vertex (log2 lr), the mean losses
 import gzip, math, sys, numpy as np, torch
 torch.set_num_threads(1)
@@ -32,7 +32,7 @@ def run(param, w, lr, seed):
     opt = torch.optim.Adam(groups, lr=lr)
     g = torch.Generator().manual_seed(seed)
     last = float('nan')
-    for e in range(3):
+    for e in range(epochs):
         perm = torch.randperm(8000, generator=g)
         tot, n = 0.0, 0
         for s in range(0, 8000, 128):
@@ -45,6 +45,7 @@ def run(param, w, lr, seed):
         last = tot / n
     return last
 param = sys.argv[1]; seeds = [int(s) for s in sys.argv[2].split(',')]
+epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 6
 widths = [128, 256, 512, 1024, 2048]; lrs = [2.0**k for k in range(-14, -3)]
 for w in widths:
     v = []
