@@ -1,3 +1,4 @@
 #pragma once
 // kern::models umbrella: the registry; each family header is included here as it lands.
 #include <kern/models/registry.hpp>
+#include <kern/models/inception_next.hpp>
