@@ -2,3 +2,4 @@
 // kern::models umbrella: the registry; each family header is included here as it lands.
 #include <kern/models/registry.hpp>
 #include <kern/models/inception_next.hpp>
+#include <kern/models/replknet.hpp>
