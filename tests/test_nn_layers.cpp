@@ -1,10 +1,11 @@
 // nn layers that run on the conv / norm / pool / random / loss op families: Conv2d, LayerNorm,
-// LayerNorm2d, BatchNorm2d, Dropout, pooling, and a timm ConvNeXt built from nn modules that
+// LayerNorm2d, BatchNorm2d, Dropout, pooling, and the zoo's timm ConvNeXt (kern::models) that
 // loads timm's state_dict (safetensors fixture) strictly and reproduces PyTorch's outputs
 // and gradients.
 #include "gradcheck.hpp"
 
 #include <kern/io/safetensors.hpp>
+#include <kern/models/convnext.hpp>
 #include <kern/nn/nn.hpp>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 
 using namespace kern;
 namespace init = kern::nn::init;
+namespace models = kern::models;
 
 namespace {
 
@@ -30,89 +32,11 @@ double variance(const Tensor& t) {
   return s / static_cast<double>(v.size());
 }
 
-// ---- timm ConvNeXt (conv_mlp=True) with timm's module names.
-struct ConvMlp : nn::Module {
-  ConvMlp(int64_t dim, int64_t hidden) {
-    fc1 = register_module("fc1", std::make_shared<nn::Conv2d>(dim, hidden, 1));
-    act = register_module("act", std::make_shared<nn::GELU>());
-    fc2 = register_module("fc2", std::make_shared<nn::Conv2d>(hidden, dim, 1));
-  }
-  Tensor forward(const Tensor& x) override { return (*fc2)((*act)((*fc1)(x))); }
-  std::string name() const override { return "ConvMlp"; }
-  std::shared_ptr<nn::Conv2d> fc1, fc2;
-  std::shared_ptr<nn::GELU> act;
-};
-
-struct ConvNeXtBlock : nn::Module {
-  explicit ConvNeXtBlock(int64_t dim) {
-    gamma = register_parameter("gamma", full({dim}, 1e-6));
-    conv_dw = register_module(
-        "conv_dw", std::make_shared<nn::Conv2d>(nn::Conv2dOptions(dim, dim, 7).padding(3).groups(dim)));
-    norm = register_module("norm", std::make_shared<nn::LayerNorm2d>(dim));
-    mlp = register_module("mlp", std::make_shared<ConvMlp>(dim, 4 * dim));
-    drop_path = register_module("drop_path", std::make_shared<nn::DropPath>(0.0));
-  }
-  Tensor forward(const Tensor& x) override {
-    Tensor h = (*mlp)((*norm)((*conv_dw)(x)));
-    h = h * gamma.reshape({1, -1, 1, 1});
-    return (*drop_path)(h) + x;
-  }
-  std::string name() const override { return "ConvNeXtBlock"; }
-  Tensor gamma;
-  std::shared_ptr<nn::Conv2d> conv_dw;
-  std::shared_ptr<nn::LayerNorm2d> norm;
-  std::shared_ptr<ConvMlp> mlp;
-  std::shared_ptr<nn::DropPath> drop_path;
-};
-
-struct ConvNeXtStage : nn::Module {
-  ConvNeXtStage(int64_t in, int64_t out, int depth, bool has_downsample) {
-    if (has_downsample)
-      downsample = register_module(
-          "downsample", std::make_shared<nn::Sequential>(
-                            nn::LayerNorm2d(in), nn::Conv2d(nn::Conv2dOptions(in, out, 2).stride(2))));
-    else
-      downsample = register_module("downsample", std::make_shared<nn::Identity>());
-    blocks = register_module("blocks", std::make_shared<nn::Sequential>());
-    for (int i = 0; i < depth; ++i) blocks->push_back(std::make_shared<ConvNeXtBlock>(out));
-  }
-  Tensor forward(const Tensor& x) override { return (*blocks)((*downsample)(x)); }
-  std::string name() const override { return "ConvNeXtStage"; }
-  std::shared_ptr<nn::Module> downsample;
-  std::shared_ptr<nn::Sequential> blocks;
-};
-
-// timm's NormMlpClassifierHead (no hidden layer): pool, norm, flatten, fc.
-struct Head : nn::Module {
-  Head(int64_t dim, int64_t num_classes) {
-    global_pool = register_module("global_pool", std::make_shared<nn::AdaptiveAvgPool2d>(1));
-    norm = register_module("norm", std::make_shared<nn::LayerNorm2d>(dim));
-    flatten = register_module("flatten", std::make_shared<nn::Flatten>());
-    fc = register_module("fc", std::make_shared<nn::Linear>(dim, num_classes));
-  }
-  Tensor forward(const Tensor& x) override { return (*fc)((*flatten)((*norm)((*global_pool)(x)))); }
-  std::string name() const override { return "NormMlpClassifierHead"; }
-  std::shared_ptr<nn::AdaptiveAvgPool2d> global_pool;
-  std::shared_ptr<nn::LayerNorm2d> norm;
-  std::shared_ptr<nn::Flatten> flatten;
-  std::shared_ptr<nn::Linear> fc;
-};
-
-struct ConvNeXt : nn::Module {
-  ConvNeXt(std::vector<int64_t> dims, int64_t num_classes) {
-    stem = register_module("stem", std::make_shared<nn::Sequential>(
-                                       nn::Conv2d(nn::Conv2dOptions(3, dims[0], 4).stride(4)),
-                                       nn::LayerNorm2d(dims[0])));
-    stages = register_module("stages", std::make_shared<nn::Sequential>());
-    for (size_t i = 0; i < dims.size(); ++i)
-      stages->push_back(std::make_shared<ConvNeXtStage>(i ? dims[i - 1] : dims[0], dims[i], 1, i > 0));
-    head = register_module("head", std::make_shared<Head>(dims.back(), num_classes));
-  }
-  Tensor forward(const Tensor& x) override { return (*head)((*stages)((*stem)(x))); }
-  std::string name() const override { return "ConvNeXt"; }
-  std::shared_ptr<nn::Sequential> stem, stages;
-  std::shared_ptr<Head> head;
-};
+// timm ConvNeXt (conv_mlp=True) of the zoo, with depths 1 per stage, as in the fixture.
+std::shared_ptr<models::ConvNeXt> convnext_fixture_model(std::vector<int64_t> dims, int64_t num_classes) {
+  return std::make_shared<models::ConvNeXt>(
+      models::ConvNeXtOptions{.depths = {1, 1, 1, 1}, .dims = std::move(dims), .num_classes = num_classes, .conv_mlp = true});
+}
 
 }  // namespace
 
@@ -336,7 +260,7 @@ TEST_CASE("timm ConvNeXt: strict load of timm's state_dict reproduces PyTorch's 
     if (k.rfind("state.", 0) == 0) state.emplace_back(k.substr(6), t);
   REQUIRE(state.size() == 56);
 
-  auto model = std::make_shared<ConvNeXt>(std::vector<int64_t>{8, 16, 24, 32}, 10);
+  auto model = convnext_fixture_model({8, 16, 24, 32}, 10);
   // Every key matches by name and shape: strict load succeeds, and key sets agree exactly.
   auto result = model->load_state_dict(state, /*strict=*/true);
   REQUIRE(result.ok());
@@ -369,7 +293,7 @@ TEST_CASE("timm ConvNeXt: strict load of timm's state_dict reproduces PyTorch's 
   }
 
   // A model of another width fails strictly, naming every mis-shaped key with both shapes.
-  auto wrong = std::make_shared<ConvNeXt>(std::vector<int64_t>{8, 16, 24, 40}, 10);
+  auto wrong = convnext_fixture_model({8, 16, 24, 40}, 10);
   REQUIRE_THROWS_WITH(wrong->load_state_dict(state),
                       Catch::Contains("stages.3.blocks.0.conv_dw.weight: expected shape [40, 1, 7, 7], got [32, 1, 7, 7]") &&
                           Catch::Contains("head.fc.weight: expected shape [10, 40], got [10, 32]"));
