@@ -5,6 +5,7 @@
 #include <kern/ops/conv.hpp>
 #include <kern/ops/elementwise.hpp>
 #include <kern/ops/fft.hpp>
+#include <kern/ops/flip.hpp>
 #include <kern/ops/index.hpp>
 #include <kern/ops/linalg.hpp>
 #include <kern/ops/loss.hpp>

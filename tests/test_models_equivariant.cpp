@@ -1,0 +1,441 @@
+// Equivariant layers (models/equivariant.cpp) and the flip / rot90 ops they are built on:
+// flip / rot90 against index formulas, the point-group action against coordinate formulas,
+// exact (float64) equivariance of the lifting conv, group conv, group batch norm and group
+// pooling for every element of p4 and p4m, invariance of P4CNN / P4MCNN, gradient checks,
+// a loop-formula reference of the p4 group convolution, and errors.
+#include "gradcheck.hpp"
+
+#include <catch2/catch.hpp>
+#include <kern/kern.hpp>
+#include <kern/models/equivariant.hpp>
+
+#include <array>
+#include <cmath>
+#include <string>
+#include <vector>
+
+using namespace kern;
+namespace models = kern::models;
+using models::GroupConvOptions;
+using models::PlaneGroup;
+
+namespace {
+
+constexpr DType F64 = DType::Float64;
+
+// Row-major linear index of `idx` in `shape`.
+int64_t lin(const Shape& shape, const std::vector<int64_t>& idx) {
+  int64_t l = 0;
+  for (size_t d = 0; d < shape.size(); ++d) l = l * shape[d] + idx[d];
+  return l;
+}
+
+// Calls f(idx) for every multi-index of `shape`, in row-major order.
+template <class F>
+void for_each_index(const Shape& shape, F&& f) {
+  std::vector<int64_t> idx(shape.size(), 0);
+  for (int64_t e = 0; e < shape.numel(); ++e) {
+    f(idx);
+    for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
+      if (++idx[d] < shape[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+// The group element g = 4 m + r acting on centred (row, col) offsets, written out from the
+// definition in equivariant.hpp: R (a, b) = (-b, a), M (a, b) = (a, -b), g = R^r M^m.
+std::array<int64_t, 2> act(int64_t g, std::array<int64_t, 2> u) {
+  if (g >= 4) u = {u[0], -u[1]};
+  for (int64_t i = 0; i < g % 4; ++i) u = {-u[1], u[0]};
+  return u;
+}
+// g^-1 u, by brute force over the inverse's definition (act(g, v) == u).
+std::array<int64_t, 2> act_inv(int64_t g, std::array<int64_t, 2> u) {
+  // R^-1 (a, b) = (b, -a); g^-1 = M^m R^-r.
+  for (int64_t i = 0; i < g % 4; ++i) u = {u[1], -u[0]};
+  if (g >= 4) u = {u[0], -u[1]};
+  return u;
+}
+
+template <class M>
+std::shared_ptr<M> f64(std::shared_ptr<M> m) {
+  m->to(F64);
+  return m;
+}
+
+// A random bias so the bias path is part of the equivariance checks.
+void randomize_bias(Tensor b, Generator& gen) {
+  if (!b.defined()) return;
+  NoGradGuard ng;
+  b.copy_(randn(b.shape(), b.dtype(), &gen));
+}
+
+}  // namespace
+
+TEST_CASE("flip matches the index formula", "[models][equivariant]") {
+  Generator gen(1);
+  const Tensor x = randn({2, 3, 4, 5}, F64, &gen);
+  for (bool permuted : {false, true}) {
+    // A non-contiguous view with the same logical shape.
+    const Tensor xv = permuted ? randn({5, 2, 4, 3}, F64, &gen).permute({1, 3, 2, 0}) : x;
+    const Shape s = xv.shape();
+    const auto v = xv.contiguous().to_vector<double>();
+    for (const Dims& dims : std::vector<Dims>{{}, {0}, {1, 3}, {-1, 0, 2}, {0, 1, 2, 3}}) {
+      std::vector<bool> fl(4, false);
+      for (int64_t d : dims) fl[(d + 4) % 4] = true;
+      const Tensor y = flip(xv, dims);
+      REQUIRE(y.shape() == s);
+      REQUIRE(y.is_contiguous());
+      const auto out = y.to_vector<double>();
+      for_each_index(s, [&](const std::vector<int64_t>& i) {
+        std::vector<int64_t> src = i;
+        for (int d = 0; d < 4; ++d)
+          if (fl[d]) src[d] = s[d] - 1 - i[d];
+        REQUIRE(out[lin(s, i)] == v[lin(s, src)]);
+      });
+    }
+  }
+  // Integer tensors too.
+  const Tensor n = arange(6).reshape({2, 3});
+  CHECK(flip(n, {1}).to_vector<int64_t>() == std::vector<int64_t>{2, 1, 0, 5, 4, 3});
+}
+
+TEST_CASE("rot90 matches the index formula and torch's examples", "[models][equivariant]") {
+  // torch.rot90(torch.tensor([[1, 2], [3, 4]]), 1, [0, 1]) == [[2, 4], [1, 3]]
+  const Tensor a = tensor({1, 2, 3, 4}, F64).reshape({2, 2});
+  CHECK(rot90(a, 1, {0, 1}).to_vector<double>() == std::vector<double>{2, 4, 1, 3});
+  CHECK(rot90(a, -1, {0, 1}).to_vector<double>() == std::vector<double>{3, 1, 4, 2});
+  CHECK(rot90(a, 1, {1, 0}).to_vector<double>() == std::vector<double>{3, 1, 4, 2});
+
+  Generator gen(2);
+  const Tensor x = randn({2, 3, 4, 5}, F64, &gen);
+  const Shape s = x.shape();
+  const auto v = x.to_vector<double>();
+  for (const Dims& dims : std::vector<Dims>{{-2, -1}, {1, 3}, {3, 0}}) {
+    const int64_t d0 = (dims[0] + 4) % 4, d1 = (dims[1] + 4) % 4;
+    const int64_t n0 = s[d0], n1 = s[d1];
+    for (int64_t k = -5; k <= 5; ++k) {
+      const int64_t kk = ((k % 4) + 4) % 4;
+      const Tensor y = rot90(x, k, dims);
+      Shape want = s;
+      if (kk % 2) std::swap(want[d0], want[d1]);
+      REQUIRE(y.shape() == want);
+      const auto out = y.to_vector<double>();
+      for_each_index(want, [&](const std::vector<int64_t>& i) {
+        std::vector<int64_t> src = i;
+        const int64_t p = i[d0], q = i[d1];
+        // Rotating from d0 towards d1, k times (torch.rot90).
+        if (kk == 1) src[d0] = q, src[d1] = n1 - 1 - p;
+        if (kk == 2) src[d0] = n0 - 1 - p, src[d1] = n1 - 1 - q;
+        if (kk == 3) src[d0] = n0 - 1 - q, src[d1] = p;
+        REQUIRE(out[lin(want, i)] == v[lin(s, src)]);
+      });
+    }
+  }
+  // rot90 composes: four quarter turns are the identity, and -k undoes k.
+  CHECK(max_abs_diff(rot90(rot90(x, 3, {1, 3}), -3, {1, 3}), x) == 0.0);
+  CHECK(max_abs_diff(rot90(rot90(rot90(rot90(x)))), x) == 0.0);
+}
+
+TEST_CASE("flip and rot90 gradients are flips and inverse rotations", "[models][equivariant]") {
+  Generator gen(3);
+  Tensor x = randn({3, 4}, F64, &gen).requires_grad_();
+  const Tensor v = randn({4, 3}, F64, &gen);
+  auto g = grad({rot90(x, 1)}, {x}, {v});
+  CHECK(max_abs_diff(g[0], rot90(v, -1)) == 0.0);
+  const Tensor w = randn({3, 4}, F64, &gen);
+  g = grad({flip(x, {0, 1})}, {x}, {w});
+  CHECK(max_abs_diff(g[0], flip(w, {0, 1})) == 0.0);
+}
+
+TEST_CASE("flip and rot90 errors name the op and the bad dim", "[models][equivariant][errors]") {
+  CHECK_THROWS_AS(flip(zeros({2, 3}), {5}), Error);
+  CHECK_THROWS_WITH(flip(zeros({2, 3}), {-3}), Catch::Contains("flip: dim -3"));
+  CHECK_THROWS_WITH(flip(zeros({2, 3}), {0, 0}), Catch::Contains("flip: dim 0 appears more than once"));
+  CHECK_THROWS_WITH(rot90(zeros({2, 3}), 1, {0, 3}), Catch::Contains("rot90: dim 3"));
+  CHECK_THROWS_WITH(rot90(zeros({2, 3}), 1, {1, 1}), Catch::Contains("rot90: dims [1, 1]"));
+  CHECK_THROWS_WITH(rot90(zeros({2, 3}), 1, {0, 1, 0}), Catch::Contains("rot90: dims must name exactly 2"));
+  CHECK_THROWS_WITH(rot90(zeros({4}), 1, {0, 0}), Catch::Contains("rot90: input must have at least 2 dims"));
+}
+
+TEST_CASE("the point group acts on images as its coordinate formula", "[models][equivariant]") {
+  Generator gen(4);
+  const int64_t n = 5, c = 2;  // centre (2, 2)
+  const Tensor x = randn({3, n, n}, F64, &gen);
+  const auto v = x.to_vector<double>();
+  for (const char* name : {"p4", "p4m"}) {
+    const PlaneGroup G(name);
+    CHECK(G.order() == (std::string(name) == "p4" ? 4 : 8));
+    for (int64_t g = 0; g < G.order(); ++g) {
+      INFO(name << " g = " << g);
+      // (T_g x)(u) = x(g^-1 u) in centred coordinates.
+      const auto out = G.transform_image(x, g).to_vector<double>();
+      for_each_index({3, n, n}, [&](const std::vector<int64_t>& i) {
+        const auto src = act_inv(g, {i[1] - c, i[2] - c});
+        REQUIRE(out[lin({3, n, n}, i)] == v[lin({3, n, n}, {i[0], src[0] + c, src[1] + c})]);
+      });
+      // Group axioms, against the action: T_a T_b = T_(ab), g g^-1 = e.
+      CHECK(G.mul(g, G.inv(g)) == 0);
+      CHECK(G.mul(G.inv(g), g) == 0);
+      for (int64_t b = 0; b < G.order(); ++b) {
+        CHECK(max_abs_diff(G.transform_image(G.transform_image(x, b), g),
+                           G.transform_image(x, G.mul(g, b))) == 0.0);
+        const auto u = act(g, act(b, {1, 2}));
+        CHECK(u == act(G.mul(g, b), {1, 2}));
+      }
+    }
+  }
+}
+
+TEST_CASE("lifting and group convolutions are exactly equivariant", "[models][equivariant]") {
+  Generator gen(5);
+  for (const char* name : {"p4", "p4m"}) {
+    const PlaneGroup G(name);
+    for (int64_t pad : {1, 0}) {  // 'same' on 9x9, and valid (9x9 -> 7x7)
+      INFO(name << " padding " << pad);
+      auto lift = f64(std::make_shared<models::LiftingConv2d>(GroupConvOptions(3, 4, 3).group(name).padding(pad)));
+      auto gconv = f64(std::make_shared<models::GroupConv2d>(GroupConvOptions(4, 2, 3).group(name).padding(pad)));
+      randomize_bias(lift->bias, gen);
+      randomize_bias(gconv->bias, gen);
+      const Tensor x = randn({2, 3, 9, 9}, F64, &gen);
+      const Tensor f = randn({2, 4, G.order(), 9, 9}, F64, &gen);
+      const Tensor lx = (*lift)(x), gf = (*gconv)(f);
+      REQUIRE(lx.shape() == Shape{2, 4, G.order(), 9 - 2 + 2 * pad, 9 - 2 + 2 * pad});
+      REQUIRE(gf.shape() == Shape{2, 2, G.order(), 9 - 2 + 2 * pad, 9 - 2 + 2 * pad});
+      for (int64_t g = 0; g < G.order(); ++g) {
+        INFO("g = " << g);
+        CHECK(max_abs_diff((*lift)(G.transform_image(x, g)), G.transform_features(lx, g)) < 1e-10);
+        CHECK(max_abs_diff((*gconv)(G.transform_features(f, g)), G.transform_features(gf, g)) < 1e-10);
+      }
+      // Not vacuous: the output does change under the group (it is equivariant, not invariant).
+      CHECK(max_abs_diff((*gconv)(G.transform_features(f, 1)), gf) > 1e-3);
+    }
+  }
+}
+
+TEST_CASE("group batch norm and group pooling commute with the group", "[models][equivariant]") {
+  Generator gen(6);
+  for (const char* name : {"p4", "p4m"}) {
+    const PlaneGroup G(name);
+    INFO(name);
+    auto bn = f64(std::make_shared<models::GroupBatchNorm>(3, name));
+    {
+      NoGradGuard ng;
+      bn->weight.copy_(randn({3}, F64, &gen));
+      bn->bias.copy_(randn({3}, F64, &gen));
+    }
+    const Tensor f = randn({2, 3, G.order(), 5, 5}, F64, &gen) * 2.0 + 1.0;
+    const Tensor y = (*bn)(f);
+    // Statistics per channel over N, |G|, H, W (biased variance in training mode).
+    const Tensor mu = f.mean({0, 2, 3, 4}, true);
+    const Tensor var = ((f - mu) * (f - mu)).mean({0, 2, 3, 4}, true);
+    const Tensor want = (f - mu) / (var + 1e-5).sqrt() * bn->weight.detach().reshape({1, 3, 1, 1, 1}) +
+                        bn->bias.detach().reshape({1, 3, 1, 1, 1});
+    CHECK(max_abs_diff(y, want) < 1e-12);
+    for (int64_t g = 0; g < G.order(); ++g) {
+      INFO("g = " << g);
+      CHECK(max_abs_diff((*bn)(G.transform_features(f, g)), G.transform_features(y, g)) < 1e-10);
+      for (const char* mode : {"max", "mean"}) {
+        CHECK(max_abs_diff(models::group_pool(G.transform_features(f, g), mode),
+                           G.transform_image(models::group_pool(f, mode), g)) < 1e-12);
+      }
+    }
+    // Eval mode (running statistics) as well.
+    bn->eval();
+    const Tensor ye = (*bn)(f);
+    for (int64_t g = 0; g < G.order(); ++g)
+      CHECK(max_abs_diff((*bn)(G.transform_features(f, g)), G.transform_features(ye, g)) < 1e-10);
+  }
+  // group_pool semantics.
+  const Tensor f = randn({1, 2, 4, 3, 3}, F64, &gen);
+  CHECK(max_abs_diff(models::group_pool(f, "max"), max(f, 2).values) == 0.0);
+  CHECK(max_abs_diff(models::group_pool(f, "mean"), f.sum({2}) / 4.0) < 1e-15);
+}
+
+TEST_CASE("P4CNN and P4MCNN are invariant to the point group", "[models][equivariant]") {
+  Generator gen(7);
+  struct Case {
+    models::P4CNNOptions o;
+    int64_t size;
+  };
+  std::vector<Case> cases = {
+      {{.group = "p4", .in_chans = 1, .num_classes = 10}, 9},  // the default 7 x 10-channel P4CNN
+      {{.group = "p4m", .in_chans = 2, .num_classes = 5, .channels = 7}, 11},
+      // A 2x2 spatial max pool after layer 1 on an even size stays exactly equivariant.
+      {{.group = "p4", .in_chans = 1, .num_classes = 3, .channels = 4, .num_layers = 3,
+        .group_pool = "mean", .max_pool_after = 1},
+       10},
+  };
+  for (auto& [o, size] : cases) {
+    INFO(o.group << " " << size << "x" << size);
+    auto model = f64(std::make_shared<models::P4CNN>(o));
+    const PlaneGroup G(o.group);
+    const Tensor x = randn({3, o.in_chans, size, size}, F64, &gen);
+    for (bool training : {true, false}) {
+      INFO("training " << training);
+      model->train(training);
+      const Tensor y = (*model)(x);
+      REQUIRE(y.shape() == Shape{3, o.num_classes});
+      for (int64_t g = 1; g < G.order(); ++g) {
+        INFO("g = " << g);
+        CHECK(max_abs_diff((*model)(G.transform_image(x, g)), y) < 1e-10);
+      }
+      // Not vacuous: another input gives other outputs, and p4 nets are not invariant to the
+      // transpose (a diagonal mirror, in p4m but not in p4).
+      CHECK(max_abs_diff((*model)(randn(x.shape(), F64, &gen)), y) > 1e-4);
+      if (o.group == "p4") CHECK(max_abs_diff((*model)(x.transpose(2, 3)), y) > 1e-6);
+    }
+  }
+}
+
+TEST_CASE("lifting and group convolutions pass gradcheck", "[models][equivariant][gradcheck]") {
+  Generator gen(8);
+  auto lift = f64(std::make_shared<models::LiftingConv2d>(GroupConvOptions(2, 2, 3).group("p4m").padding(1)));
+  testing::Fn lf = [&](const std::vector<Tensor>& in) {
+    return nn::functional_call(*lift, nn::StateDict{{"weight", in[1]}, {"bias", in[2]}}, in[0]);
+  };
+  KERN_GRADCHECK(lf, (std::vector<Tensor>{randn({1, 2, 4, 4}, F64, &gen), randn({2, 2, 3, 3}, F64, &gen),
+                                         randn({2}, F64, &gen)}));
+
+  auto gconv = f64(std::make_shared<models::GroupConv2d>(GroupConvOptions(2, 2, 3).group("p4").padding(1)));
+  testing::Fn gf = [&](const std::vector<Tensor>& in) {
+    return nn::functional_call(*gconv, nn::StateDict{{"weight", in[1]}, {"bias", in[2]}}, in[0]);
+  };
+  const std::vector<Tensor> gin{randn({1, 2, 4, 4, 4}, F64, &gen), randn({2, 2, 4, 3, 3}, F64, &gen),
+                                randn({2}, F64, &gen)};
+  KERN_GRADCHECK(gf, gin);
+  // Second order (what Hessian tools reach): exact through flip / rot90 / index_select.
+  KERN_GRADGRADCHECK(gf, gin);
+}
+
+TEST_CASE("p4 group convolution matches its loop formula", "[models][equivariant]") {
+  // out[n, o, r, i, j] = bias[o] + sum_{c, s, u} f[n, c, s, (i, j) + u] * w[o, c, s - r, R^-r u]
+  // (Cohen & Welling eq. 10 with g = (r, (i, j)): psi(g^-1 h) for h = (s, y), u = y - (i, j)),
+  // and the lifting layer: out[n, o, g, i, j] = bias[o] + sum_{c, u} x[n, c, (i, j) + u] w[o, c, g^-1 u].
+  Generator gen(9);
+  const int64_t C = 2, O = 2, H = 5, K = 3, P = 1;
+  auto gconv = f64(std::make_shared<models::GroupConv2d>(GroupConvOptions(C, O, K).group("p4").padding(P)));
+  randomize_bias(gconv->bias, gen);
+  const Tensor f = randn({1, C, 4, H, H}, F64, &gen);
+  const auto fv = f.to_vector<double>();
+  const auto wv = gconv->weight.detach().to_vector<double>();
+  const auto bv = gconv->bias.detach().to_vector<double>();
+  const auto out = (*gconv)(f).to_vector<double>();
+  const Shape fs{1, C, 4, H, H}, ws{O, C, 4, K, K}, os{1, O, 4, H, H};
+  const int64_t c0 = (K - 1) / 2;
+  double worst = 0;
+  for_each_index(os, [&](const std::vector<int64_t>& i) {
+    const int64_t o = i[1], r = i[2];
+    double want = bv[o];
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t s = 0; s < 4; ++s)
+        for (int64_t a = -c0; a <= c0; ++a)
+          for (int64_t b = -c0; b <= c0; ++b) {
+            const int64_t y0 = i[3] + a, y1 = i[4] + b;
+            if (y0 < 0 || y0 >= H || y1 < 0 || y1 >= H) continue;  // zero padding
+            const auto q = act_inv(r, {a, b});
+            want += fv[lin(fs, {0, c, s, y0, y1})] * wv[lin(ws, {o, c, ((s - r) % 4 + 4) % 4, q[0] + c0, q[1] + c0})];
+          }
+    worst = std::max(worst, std::abs(out[lin(os, i)] - want));
+  });
+  CHECK(worst < 1e-12);
+
+  // The p4m lifting layer, with mirrors.
+  auto lift = f64(std::make_shared<models::LiftingConv2d>(GroupConvOptions(C, O, K).group("p4m").padding(P)));
+  randomize_bias(lift->bias, gen);
+  const Tensor x = randn({1, C, H, H}, F64, &gen);
+  const auto xv = x.to_vector<double>();
+  const auto lw = lift->weight.detach().to_vector<double>();
+  const auto lb = lift->bias.detach().to_vector<double>();
+  const auto lout = (*lift)(x).to_vector<double>();
+  const Shape xs{1, C, H, H}, lws{O, C, K, K}, los{1, O, 8, H, H};
+  worst = 0;
+  for_each_index(los, [&](const std::vector<int64_t>& i) {
+    const int64_t o = i[1], g = i[2];
+    double want = lb[o];
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t a = -c0; a <= c0; ++a)
+        for (int64_t b = -c0; b <= c0; ++b) {
+          const int64_t y0 = i[3] + a, y1 = i[4] + b;
+          if (y0 < 0 || y0 >= H || y1 < 0 || y1 >= H) continue;
+          const auto q = act_inv(g, {a, b});
+          want += xv[lin(xs, {0, c, y0, y1})] * lw[lin(lws, {o, c, q[0] + c0, q[1] + c0})];
+        }
+    worst = std::max(worst, std::abs(lout[lin(los, i)] - want));
+  });
+  CHECK(worst < 1e-12);
+}
+
+TEST_CASE("P4CNN registry names, parameters and training step", "[models][equivariant]") {
+  REQUIRE(models::has_model("p4cnn"));
+  REQUIRE(models::has_model("p4mcnn"));
+  auto model = models::create_model("p4cnn", {.num_classes = 10, .in_chans = 1});
+  // 1 lifting conv [10, 1, 3, 3], 6 group convs [10, 10, 4, 3, 3], 7 BNs (2 x 10), head 10x10 + 10.
+  int64_t params = 0;
+  for (const Tensor& p : model->parameters()) params += p.numel();
+  CHECK(params == 90 + 6 * 3600 + 7 * 20 + 110);
+  CHECK(model->get_parameter("blocks.0.conv.weight").shape() == Shape{10, 1, 3, 3});
+  CHECK(model->get_parameter("blocks.6.conv.weight").shape() == Shape{10, 10, 4, 3, 3});
+  CHECK(model->get_buffer("blocks.3.bn.running_var").shape() == Shape{10});
+  CHECK(model->get_parameter("head.weight").shape() == Shape{10, 10});
+  auto m2 = models::create_model("p4mcnn", {.num_classes = 4, .in_chans = 3});
+  CHECK(m2->get_parameter("blocks.1.conv.weight").shape() == Shape{7, 7, 8, 3, 3});
+  CHECK(m2->get_parameter("blocks.0.conv.weight").shape() == Shape{7, 3, 3, 3});
+
+  // A few SGD steps on a tiny batch reduce the loss (gradients reach every parameter).
+  Generator gen(10);
+  const Tensor x = randn({4, 1, 9, 9}, DType::Float32, &gen);
+  const Tensor y = from_vector<int64_t>({0, 1, 2, 3}, {4});
+  auto loss_of = [&] { return cross_entropy((*model)(x), y); };
+  const double first = loss_of().item();
+  for (int step = 0; step < 5; ++step) {
+    for (auto& p : model->parameters()) p.zero_grad();
+    Tensor loss = loss_of();
+    loss.backward();
+    NoGradGuard ng;
+    for (auto& p : model->parameters()) {
+      REQUIRE(p.grad().defined());
+      p.copy_(p - p.grad() * 0.1);
+    }
+  }
+  CHECK(loss_of().item() < first);
+}
+
+TEST_CASE("equivariant layers reject bad options and inputs", "[models][equivariant][errors]") {
+  using Catch::Contains;
+  CHECK_THROWS_AS(PlaneGroup("p6"), Error);
+  CHECK_THROWS_WITH(models::GroupConv2d(GroupConvOptions(2, 2, 3).group("p6")),
+                    Contains("GroupConv2d: group: unknown group 'p6'"));
+  CHECK_THROWS_WITH(models::LiftingConv2d(GroupConvOptions(2, 2, 3).group("P4")),
+                    Contains("LiftingConv2d: group: unknown group 'P4'"));
+  CHECK_THROWS_WITH(models::GroupConv2d(GroupConvOptions(2, 2, 4).padding(nn::kSame)),
+                    Contains("padding 'same' needs an odd kernel_size"));
+  CHECK_THROWS_WITH(models::LiftingConv2d(GroupConvOptions(0, 2, 3)), Contains("in_channels"));
+
+  models::LiftingConv2d lift(GroupConvOptions(3, 2, 3).group("p4m"));
+  CHECK_THROWS_WITH(lift(zeros({1, 3, 4, 5, 5})), Contains("LiftingConv2d(p4m): input must be 4-D"));
+  CHECK_THROWS_WITH(lift(zeros({1, 2, 5, 5})), Contains("has 2 channels but in_channels = 3"));
+
+  models::GroupConv2d gconv(GroupConvOptions(3, 2, 3).group("p4"));
+  CHECK_THROWS_WITH(gconv(zeros({1, 3, 5, 5})), Contains("GroupConv2d(p4): input must be 5-D"));
+  CHECK_THROWS_WITH(gconv(zeros({1, 3, 8, 5, 5})), Contains("group axis (dim 2) of size 8 but |G| = 4"));
+  CHECK_THROWS_WITH(gconv(zeros({1, 2, 4, 5, 5})), Contains("has 2 channels but in_channels = 3"));
+
+  models::GroupBatchNorm bn(3, "p4m");
+  CHECK_THROWS_WITH(bn(zeros({2, 3, 4, 5, 5})), Contains("GroupBatchNorm(p4m): input [2, 3, 4, 5, 5] has group axis"));
+  CHECK_THROWS_WITH(bn(zeros({2, 3, 5, 5})), Contains("GroupBatchNorm(p4m): input must be 5-D"));
+  CHECK_THROWS_WITH(bn(zeros({2, 4, 8, 5, 5})), Contains("num_features = 3"));
+  CHECK_THROWS_WITH(models::GroupBatchNorm(3, "z2"), Contains("GroupBatchNorm: group: unknown group 'z2'"));
+
+  CHECK_THROWS_WITH(models::group_pool(zeros({1, 2, 4, 3, 3}), "sum"), Contains("group_pool: unknown mode 'sum'"));
+  CHECK_THROWS_WITH(models::group_pool(zeros({1, 2, 3, 3}), "max"), Contains("group_pool: input must be 5-D"));
+  CHECK_THROWS_WITH(models::GroupPool("p4")(zeros({1, 2, 8, 3, 3})), Contains("GroupPool(p4): input must be"));
+
+  CHECK_THROWS_WITH(models::P4CNN({.group = "p8"}), Contains("P4CNNOptions.group: unknown group 'p8'"));
+  CHECK_THROWS_WITH(models::P4CNN({.kernel_size = 4}), Contains("P4CNNOptions.kernel_size"));
+  CHECK_THROWS_WITH(models::P4CNN({.group_pool = "min"}), Contains("P4CNNOptions.group_pool"));
+  CHECK_THROWS_WITH(models::P4CNN({.num_layers = 2, .max_pool_after = 2}), Contains("P4CNNOptions.max_pool_after"));
+  CHECK_THROWS_WITH(models::P4CNN()(zeros({1, 3, 9, 9})), Contains("P4CNN(p4): input must be [N, in_chans = 1"));
+  CHECK_THROWS_WITH(models::create_model("p4cnn", {.drop_path_rate = 0.1}), Contains("p4cnn: drop_path_rate"));
+}
