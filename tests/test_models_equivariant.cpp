@@ -271,12 +271,12 @@ TEST_CASE("P4CNN and P4MCNN are invariant to the point group", "[models][equivar
     INFO(o.group << " " << size << "x" << size);
     auto model = f64(std::make_shared<models::P4CNN>(o));
     const PlaneGroup G(o.group);
-    const Tensor x = randn({3, o.in_chans, size, size}, F64, &gen);
+    const Tensor x = randn({2, o.in_chans, size, size}, F64, &gen);
     for (bool training : {true, false}) {
       INFO("training " << training);
       model->train(training);
       const Tensor y = (*model)(x);
-      REQUIRE(y.shape() == Shape{3, o.num_classes});
+      REQUIRE(y.shape() == Shape{2, o.num_classes});
       for (int64_t g = 1; g < G.order(); ++g) {
         INFO("g = " << g);
         CHECK(max_abs_diff((*model)(G.transform_image(x, g)), y) < 1e-10);
@@ -385,16 +385,19 @@ TEST_CASE("P4CNN registry names, parameters and training step", "[models][equiva
 
   // A few SGD steps on a tiny batch reduce the loss (gradients reach every parameter).
   Generator gen(10);
-  const Tensor x = randn({4, 1, 9, 9}, DType::Float32, &gen);
+  manual_seed(10);
+  auto small = std::make_shared<models::P4CNN>(
+      models::P4CNNOptions{.group = "p4m", .num_classes = 4, .channels = 4, .num_layers = 3});
+  const Tensor x = randn({4, 1, 7, 7}, DType::Float32, &gen);
   const Tensor y = from_vector<int64_t>({0, 1, 2, 3}, {4});
-  auto loss_of = [&] { return cross_entropy((*model)(x), y); };
+  auto loss_of = [&] { return cross_entropy((*small)(x), y); };
   const double first = loss_of().item();
-  for (int step = 0; step < 5; ++step) {
-    for (auto& p : model->parameters()) p.zero_grad();
+  for (int step = 0; step < 3; ++step) {
+    for (auto& p : small->parameters()) p.zero_grad();
     Tensor loss = loss_of();
     loss.backward();
     NoGradGuard ng;
-    for (auto& p : model->parameters()) {
+    for (auto& p : small->parameters()) {
       REQUIRE(p.grad().defined());
       p.copy_(p - p.grad() * 0.1);
     }
@@ -438,4 +441,155 @@ TEST_CASE("equivariant layers reject bad options and inputs", "[models][equivari
   CHECK_THROWS_WITH(models::P4CNN({.num_layers = 2, .max_pool_after = 2}), Contains("P4CNNOptions.max_pool_after"));
   CHECK_THROWS_WITH(models::P4CNN()(zeros({1, 3, 9, 9})), Contains("P4CNN(p4): input must be [N, in_chans = 1"));
   CHECK_THROWS_WITH(models::create_model("p4cnn", {.drop_path_rate = 0.1}), Contains("p4cnn: drop_path_rate"));
+}
+
+// ---- sampled Lie-group convolution (LieConv)
+
+namespace {
+
+// 3x3 homogeneous matrices of SE(2), row-major.
+using Mat3 = std::array<double, 9>;
+Mat3 se2(double th, double x, double y) {
+  return {std::cos(th), -std::sin(th), x, std::sin(th), std::cos(th), y, 0, 0, 1};
+}
+Mat3 mat_mul(const Mat3& a, const Mat3& b) {
+  Mat3 c{};
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j)
+      for (int k = 0; k < 3; ++k) c[i * 3 + j] += a[i * 3 + k] * b[k * 3 + j];
+  return c;
+}
+Mat3 se2_inverse(const Mat3& g) {  // (R, t)^-1 = (R^T, -R^T t)
+  const double tx = -(g[0] * g[2] + g[3] * g[5]), ty = -(g[1] * g[2] + g[4] * g[5]);
+  return {g[0], g[3], tx, g[1], g[4], ty, 0, 0, 1};
+}
+// exp of (theta, v) in se(2): rotation R(theta), translation V(theta) v.
+Mat3 se2_exp(double th, double v0, double v1) {
+  double a = 1, b = 0;
+  if (th != 0) a = std::sin(th) / th, b = (1 - std::cos(th)) / th;
+  return se2(th, a * v0 - b * v1, b * v0 + a * v1);
+}
+
+}  // namespace
+
+TEST_CASE("LieConv lifting: pairs are log(u_i^-1 u_j)", "[models][equivariant][lieconv]") {
+  Generator gen(11);
+  const int64_t N = 3, K = 4;
+  const double theta0 = 0.3;
+  const Tensor pos = randn({1, N, 2}, F64, &gen);
+  const Tensor feat = randn({1, N, 2}, F64, &gen);
+  const auto p = pos.to_vector<double>();
+
+  const auto t2 = models::lie_lift("T2", pos, feat);
+  REQUIRE(t2.pairs.shape() == Shape{1, N, N, 2});
+  const auto tv = t2.pairs.to_vector<double>();
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < N; ++j)
+      for (int c = 0; c < 2; ++c) CHECK(tv[(i * N + j) * 2 + c] == p[j * 2 + c] - p[i * 2 + c]);
+
+  const auto c = models::lie_lift("SE2", pos, feat, {}, K, theta0);
+  const int64_t M = N * K;
+  REQUIRE(c.pairs.shape() == Shape{1, M, M, 3});
+  REQUIRE(c.values.shape() == Shape{1, M, 2});
+  CHECK(max_abs_diff(c.values.reshape({N, K, 2}).select(1, 3), feat.reshape({N, 2})) == 0.0);
+  const auto a = c.pairs.to_vector<double>();
+  const double pi = 3.14159265358979323846;
+  double worst = 0;
+  for (int64_t u = 0; u < M; ++u)
+    for (int64_t v = 0; v < M; ++v) {
+      const int64_t i = u / K, k = u % K, j = v / K, l = v % K;
+      const Mat3 U = se2(theta0 + 2 * pi * k / K, p[i * 2], p[i * 2 + 1]);
+      const Mat3 V = se2(theta0 + 2 * pi * l / K, p[j * 2], p[j * 2 + 1]);
+      const Mat3 want = mat_mul(se2_inverse(U), V);
+      const double* e = &a[(u * M + v) * 3];
+      CHECK(e[0] > -pi - 1e-12);
+      CHECK(e[0] <= pi + 1e-12);
+      const Mat3 got = se2_exp(e[0], e[1], e[2]);
+      for (int q = 0; q < 9; ++q) worst = std::max(worst, std::abs(got[q] - want[q]));
+    }
+  CHECK(worst < 1e-12);
+}
+
+TEST_CASE("LieConvNet is invariant to translations and sampled rotations", "[models][equivariant][lieconv]") {
+  Generator gen(12);
+  const int64_t B = 2, N = 7, K = 4;
+  const double pi = 3.14159265358979323846;
+  Tensor pos = randn({B, N, 2}, F64, &gen);
+  const Tensor feat = randn({B, N, 3}, F64, &gen);
+  Tensor mask = ones({B, N}, F64);
+  mask.narrow(0, 1, 1).narrow(1, N - 1, 1).fill_(0.0);  // batch 1: the last point is padding
+  // A rigid motion: rotation by s quarter turns (s * 2 pi / K) about the origin, then a shift.
+  auto move = [&](const Tensor& x, int64_t s, double cx, double cy) {
+    const double ph = 2 * pi * static_cast<double>(s) / K;
+    const Tensor R = from_vector<double>({std::cos(ph), std::sin(ph), -std::sin(ph), std::cos(ph)}, {2, 2});
+    return matmul(x, R) + from_vector<double>({cx, cy}, {2});  // rows x -> R(ph) x + c
+  };
+  for (const char* group : {"SE2", "T2"}) {
+    INFO(group);
+    for (double radius : {1e300, 1.5}) {
+      INFO("radius " << radius);
+      manual_seed(13);
+      auto net = f64(std::make_shared<models::LieConvNet>(models::LieConvNetOptions{
+          .group = group, .in_chans = 3, .num_classes = 4, .channels = 8, .num_layers = 2,
+          .lift_samples = K, .kernel_hidden = 8, .radius = radius}));
+      const Tensor y = net->forward(pos, feat, mask);
+      REQUIRE(y.shape() == Shape{B, 4});
+      CHECK(max_abs_diff(net->forward(move(pos, 0, 0.7, -1.9), feat, mask), y) < 1e-10);
+      if (std::string(group) == "SE2") {
+        for (int64_t s = 1; s < K; ++s) CHECK(max_abs_diff(net->forward(move(pos, s, -0.4, 2.3), feat, mask), y) < 1e-10);
+        // Layer level: the lifted outputs shift k -> k + s.
+        auto conv = f64(std::make_shared<models::LieConv>(models::LieConvOptions(3, 5).radius(radius)));
+        const auto c0 = conv->forward(models::lie_lift("SE2", pos, feat, mask, K));
+        const auto c1 = conv->forward(models::lie_lift("SE2", move(pos, 1, 0.2, 0.1), feat, mask, K));
+        const Tensor v0 = c0.values.reshape({B, N, K, 5}), v1 = c1.values.reshape({B, N, K, 5});
+        CHECK(max_abs_diff(v1.narrow(2, 1, K - 1), v0.narrow(2, 0, K - 1)) < 1e-10);
+        CHECK(max_abs_diff(v1.select(2, 0), v0.select(2, K - 1)) < 1e-10);
+        CHECK(max_abs_diff(v1, v0) > 1e-6);  // equivariant, not invariant
+      } else {
+        // T2 is only translation-equivariant: a quarter turn changes its output.
+        CHECK(max_abs_diff(net->forward(move(pos, 1, 0.0, 0.0), feat, mask), y) > 1e-6);
+      }
+      // Padding is ignored: garbage at masked points changes nothing.
+      Tensor pos2 = pos.clone(), feat2 = feat.clone();
+      pos2.narrow(0, 1, 1).narrow(1, N - 1, 1).fill_(40.0);
+      feat2.narrow(0, 1, 1).narrow(1, N - 1, 1).fill_(-7.0);
+      CHECK(max_abs_diff(net->forward(pos2, feat2, mask), y) < 1e-12);
+    }
+  }
+}
+
+TEST_CASE("LieConv passes gradcheck in features, positions and weights", "[models][equivariant][lieconv][gradcheck]") {
+  Generator gen(14);
+  auto conv = f64(std::make_shared<models::LieConv>(models::LieConvOptions(2, 2).kernel_hidden(3)));
+  testing::Fn f = [&](const std::vector<Tensor>& in) {
+    return nn::functional_call(*conv, nn::StateDict{{"linear.weight", in[2]}, {"weightnet.0.weight", in[3]}},
+                               [&](nn::Module&) { return conv->forward(models::lie_lift("SE2", in[0], in[1], {}, 3)).values; });
+  };
+  KERN_GRADCHECK(f, (std::vector<Tensor>{randn({1, 3, 2}, F64, &gen), randn({1, 3, 2}, F64, &gen),
+                                        randn({2, 6}, F64, &gen), randn({3, 3}, F64, &gen)}));
+  // A float32 training step reaches every parameter of the net.
+  models::LieConvNet net({.in_chans = 1, .num_classes = 3, .channels = 4, .num_layers = 2, .lift_samples = 2});
+  Tensor loss = cross_entropy(net.forward(randn({2, 5, 2}, DType::Float32, &gen), randn({2, 5, 1}, DType::Float32, &gen)),
+                              from_vector<int64_t>({0, 2}, {2}));
+  loss.backward();
+  for (auto& [name, p] : net.named_parameters()) {
+    INFO(name);
+    REQUIRE(p.grad().defined());
+    CHECK(std::isfinite(p.grad().abs().sum().item()));
+  }
+}
+
+TEST_CASE("LieConv rejects bad groups and shapes", "[models][equivariant][lieconv][errors]") {
+  using Catch::Contains;
+  const Tensor pos = zeros({1, 4, 2}), feat = zeros({1, 4, 3});
+  CHECK_THROWS_WITH(models::lie_lift("SO3", pos, feat), Contains("lie_lift: group: unknown Lie group 'SO3'"));
+  CHECK_THROWS_WITH(models::lie_lift("SE2", zeros({1, 4, 3}), feat), Contains("lie_lift: positions must be [B, N, 2]"));
+  CHECK_THROWS_WITH(models::lie_lift("SE2", pos, zeros({1, 5, 3})), Contains("lie_lift: features must be [B = 1, N = 4, C]"));
+  CHECK_THROWS_WITH(models::lie_lift("SE2", pos, feat, zeros({4})), Contains("lie_lift: mask must be [B = 1, N = 4]"));
+  CHECK_THROWS_WITH(models::LieConv(models::LieConvOptions(3, 2).group("E3")), Contains("LieConvOptions.group"));
+  models::LieConv conv(models::LieConvOptions(2, 2));
+  CHECK_THROWS_WITH(conv.forward(models::lie_lift("SE2", pos, feat)), Contains("values [1, 16, 3] have 3 channels but in_channels = 2"));
+  CHECK_THROWS_WITH(conv.forward(models::lie_lift("T2", pos, zeros({1, 4, 2}))), Contains("LieConv(SE2): pairs must be [B, M, M, 3]"));
+  CHECK_THROWS_WITH(models::LieConvNet({.group = "Z2"}), Contains("LieConvNetOptions.group"));
+  CHECK_THROWS_WITH(models::LieConvNet({.in_chans = 2}).forward(pos, feat), Contains("features must be [B, N, in_chans = 2]"));
 }

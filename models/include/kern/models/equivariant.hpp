@@ -3,6 +3,8 @@
 // Convolutional Networks"): the plane groups p4 (translations and rotations by 90 degrees) and
 // p4m (also mirror reflections), lifting and group convolutions, group pooling, a group batch
 // norm, and the P4CNN / P4MCNN classifiers registered as "p4cnn" / "p4mcnn".
+// Further down: sampled Lie-group convolutions (LieConv, models/lieconv.cpp) on planar point
+// clouds for T(2) and SE(2).
 //
 // Legend: N batch, C channels, |G| the order of the point group (4 for p4, 8 for p4m), H, W
 // spatial, k the kernel size. A feature map on the group is [N, C, |G|, H, W]: channel c at
@@ -252,5 +254,148 @@ class P4CNN : public nn::Module {
 std::shared_ptr<P4CNN> p4cnn(const ModelOptions& o = {});
 /// Registered as "p4mcnn": p4m with 7 channels (7^2 * 8 ~ 10^2 * 4: about P4CNN's parameters).
 std::shared_ptr<P4CNN> p4mcnn(const ModelOptions& o = {});
+
+// ---- Sampled Lie-group convolution (LieConv: Finzi, Stanton, Izmailov & Wilson 2020)
+//
+// A point cloud (positions [B, N, 2] in the plane, features [B, N, C], mask [B, N]) is lifted
+// to group elements: "T2" (translations; point i -> the translation x_i, 1 element per point)
+// or "SE2" (rotations and translations; point i -> (theta_k, x_i) for the stabilizer samples
+// theta_k = theta0 + 2 pi k / K, k < K, so M = N K lifted elements, ordered i * K + k). A
+// LieConv layer is the Monte Carlo convolution over the lifted elements
+//     h(u_i) = 1 / |nbhd(i)| sum_{j in nbhd(i)} k_theta(log(u_i^-1 u_j)) f(u_j)
+// with k_theta an MLP on the Lie algebra (PointConv's trick: the MLP gives `kernel_hidden`
+// weights per pair, a linear layer mixes them with the input channels) and nbhd(i) the lifted
+// elements j within `radius` of i in the invariant Lie-algebra metric
+//     d^2 = |a_t|^2 + alpha a_theta^2,   a = log(u_i^-1 u_j) = (a_theta, a_t)   (SE2),  |a|^2 (T2).
+// Since log(u_i^-1 u_j) is invariant under u -> g u, the layer is exactly equivariant to
+// translations (T2, SE2) and to rotations by multiples of 2 pi / K (SE2: the lifted samples
+// shift by k -> k + s); other rotations are equivariant in distribution over theta0. This
+// implementation uses every lifted element as a query (no farthest-point subsampling).
+
+/// A lifted point cloud. pairs[b, i, j] = log(u_i^-1 u_j) (differentiable in the positions).
+///   pairs: [B, M, M, D] (D = 2 for T2: a_t; D = 3 for SE2: (a_theta, a_t)),
+///   values: [B, M, C], mask: [B, M] (1 = a point, 0 = padding; values' dtype)
+struct LieCloud {
+  Tensor pairs;
+  Tensor values;
+  Tensor mask;
+};
+
+/// The Lie algebra dimension of "T2" (2) or "SE2" (3); throws naming `field` otherwise.
+int64_t lie_algebra_dim(const std::string& group, const std::string& field = "group");
+
+/// Lifts a point cloud: positions [B, N, 2], features [B, N, C], mask [B, N] (undefined: all
+/// valid) -> LieCloud with M = N (T2) or N * lift_samples (SE2, stabilizer angles
+/// theta0 + 2 pi k / lift_samples). For SE2, with theta_u, theta_v the angles of u, v and
+/// d = x_v - x_u: u^-1 v = (theta_v - theta_u, R(-theta_u) d) and its log is
+/// (theta, V(theta)^-1 R(-theta_u) d), theta wrapped to (-pi, pi], V(theta) =
+/// [[sin t / t, -(1 - cos t) / t], [(1 - cos t) / t, sin t / t]] (V(0) = I).
+LieCloud lie_lift(const std::string& group, const Tensor& positions, const Tensor& features,
+                  const Tensor& mask = {}, int64_t lift_samples = 4, double theta0 = 0.0);
+
+/// LieConvOptions(in_channels, out_channels) with chained setters.
+struct LieConvOptions {
+  LieConvOptions(int64_t in_channels, int64_t out_channels)
+      : in_channels_(in_channels), out_channels_(out_channels) {}
+  LieConvOptions& in_channels(int64_t v) { in_channels_ = v; return *this; }
+  LieConvOptions& out_channels(int64_t v) { out_channels_ = v; return *this; }
+  /// "SE2" (default) or "T2".
+  LieConvOptions& group(std::string v) { group_ = std::move(v); return *this; }
+  /// Weights per pair from the kernel MLP (LieConv's cmco_ci), also its hidden width.
+  LieConvOptions& kernel_hidden(int64_t v) { kernel_hidden_ = v; return *this; }
+  /// Neighbourhood radius in the Lie-algebra metric (infinity: every valid element).
+  LieConvOptions& radius(double v) { radius_ = v; return *this; }
+  /// Weight of a_theta^2 in the metric (SE2).
+  LieConvOptions& alpha(double v) { alpha_ = v; return *this; }
+
+  int64_t in_channels() const { return in_channels_; }
+  int64_t out_channels() const { return out_channels_; }
+  const std::string& group() const { return group_; }
+  int64_t kernel_hidden() const { return kernel_hidden_; }
+  double radius() const { return radius_; }
+  double alpha() const { return alpha_; }
+
+ private:
+  int64_t in_channels_;
+  int64_t out_channels_;
+  std::string group_ = "SE2";
+  int64_t kernel_hidden_ = 16;
+  double radius_ = 1e300;
+  double alpha_ = 1.0;
+};
+
+/// One LieConv layer.
+///   in.pairs: [B, M, M, D], in.values: [B, M, C_in], in.mask: [B, M]
+///   -> same pairs and mask, values [B, M, C_out] (zero at padding)
+/// weightnet: Linear(D, m), SiLU, Linear(m, m), SiLU, Linear(m, m), SiLU (m = kernel_hidden);
+/// linear: Linear(m * C_in, C_out) applied to sum_j k(a_ij)[:, None] f_j[None, :] / |nbhd(i)|.
+class LieConv : public nn::Module {
+ public:
+  explicit LieConv(const LieConvOptions& options);
+  using nn::Module::forward;
+  LieCloud forward(const LieCloud& in);
+  /// The neighbourhood mask [B, M, M] (1 where j is a valid element within radius of i).
+  Tensor neighborhood(const LieCloud& in) const;
+  std::string name() const override { return "LieConv"; }
+  std::string extra_repr() const override;
+  const LieConvOptions& options() const { return options_; }
+
+  std::shared_ptr<nn::Sequential> weightnet;
+  std::shared_ptr<nn::Linear> linear;
+
+ private:
+  LieConvOptions options_;
+};
+
+struct LieConvNetOptions {
+  std::string group = "SE2";   // "SE2" or "T2"
+  int64_t in_chans = 1;        // features per point
+  int64_t num_classes = 10;    // 0: forward returns the pooled [B, channels]
+  int64_t channels = 32;
+  int64_t num_layers = 3;      // LieConv blocks; the first maps in_chans -> channels
+  int64_t lift_samples = 4;    // SE2 stabilizer samples K (T2: 1)
+  int64_t kernel_hidden = 16;
+  double radius = 1e300;       // neighbourhood radius in the Lie-algebra metric
+  double alpha = 1.0;
+};
+
+namespace equivariant {
+
+/// conv (LieConv), norm (LayerNorm over channels), act (SiLU), plus the input when the channel
+/// counts match (residual). values: [B, M, C_in] -> [B, M, C_out], zero at padding.
+class LieConvBlock : public nn::Module {
+ public:
+  explicit LieConvBlock(const LieConvOptions& options);
+  using nn::Module::forward;
+  LieCloud forward(const LieCloud& in);
+  std::string name() const override { return "LieConvBlock"; }
+
+  std::shared_ptr<LieConv> conv;
+  std::shared_ptr<nn::LayerNorm> norm;
+  std::shared_ptr<nn::SiLU> act;
+};
+
+}  // namespace equivariant
+
+/// A small LieConv classifier of point clouds: lift, LieConv blocks, masked mean over the
+/// lifted elements (invariant), linear head. Names: blocks.{i}.conv.{weightnet.{0,2,4},
+/// linear}.{weight, bias}, blocks.{i}.norm.{weight, bias}, head.{weight, bias}.
+///   positions: [B, N, 2], features: [B, N, in_chans], mask: [B, N] -> [B, num_classes]
+/// Not in the zoo registry (its input is a point cloud, not an image).
+class LieConvNet : public nn::Module {
+ public:
+  explicit LieConvNet(const LieConvNetOptions& options = {});
+  using nn::Module::forward;
+  Tensor forward(const Tensor& positions, const Tensor& features, const Tensor& mask = {},
+                 double theta0 = 0.0);
+  std::string name() const override { return "LieConvNet"; }
+  const LieConvNetOptions& options() const { return options_; }
+
+  std::shared_ptr<nn::ModuleList> blocks;
+  std::shared_ptr<nn::Module> head;  // Linear, or Identity when num_classes == 0
+
+ private:
+  LieConvNetOptions options_;
+};
 
 }  // namespace kern::models
