@@ -4,3 +4,4 @@
 #include <kern/models/registry.hpp>
 #include <kern/models/inception_next.hpp>
 #include <kern/models/replknet.hpp>
+#include <kern/models/equivariant.hpp>
