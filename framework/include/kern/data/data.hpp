@@ -4,4 +4,5 @@
 #include <kern/data/dataloader.hpp>
 #include <kern/data/dataset.hpp>
 #include <kern/data/idx.hpp>
+#include <kern/data/sequence_tasks.hpp>
 #include <kern/data/transforms.hpp>
