@@ -101,7 +101,7 @@ Tensor ParameterList::append(Tensor t) {
 // LongConvKernel
 
 LongConvKernel::LongConvKernel(int64_t H, int64_t l_max, const LongConvKernelOptions& o)
-    : ConvKernel(H, l_max), options_(o) {
+    : SequenceKernel(H, l_max), options_(o) {
   KERN_CHECK(H >= 1, "LongConvKernel: H (channels) must be >= 1, got ", H);
   KERN_CHECK(l_max >= 1, "LongConvKernel: L (l_max, the kernel length) must be >= 1, got ", l_max);
   KERN_CHECK(o.lam >= 0, "LongConvKernel: lam (squash threshold) must be >= 0, got ", o.lam);

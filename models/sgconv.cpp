@@ -43,7 +43,7 @@ Tensor upsample1d(const Tensor& x, int64_t factor, const std::string& mode) {
 }
 
 SGConvKernel::SGConvKernel(int64_t H, int64_t l_max, const SGConvKernelOptions& o)
-    : ConvKernel(H, l_max), options_(o) {
+    : SequenceKernel(H, l_max), options_(o) {
   KERN_CHECK(H >= 1, "SGConvKernel: H (channels) must be >= 1, got ", H);
   KERN_CHECK(l_max >= 1, "SGConvKernel: L (l_max, the kernel length) must be >= 1, got ", l_max);
   KERN_CHECK(o.kernel_dim >= 1, "SGConvKernel: kernel_dim must be >= 1, got ", o.kernel_dim);

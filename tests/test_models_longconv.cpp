@@ -52,12 +52,12 @@ void reseed(uint64_t seed) { default_generator().set_state(Generator(seed).state
 std::vector<double> vals(const Tensor& t) { return t.contiguous().to_vector<double>(); }
 
 // The module's kernel(L) as a function of the given parameters (by dotted name).
-Fn kernel_fn(models::ConvKernel& m, const std::vector<std::string>& names, int64_t L) {
+Fn kernel_fn(models::SequenceKernel& m, const std::vector<std::string>& names, int64_t L) {
   return [&m, names, L](const std::vector<Tensor>& ps) {
     nn::StateDict sub;
     for (size_t i = 0; i < names.size(); ++i) sub.emplace_back(names[i], ps[i]);
     return nn::functional_call(m, sub, [L](nn::Module& mod) {
-      return static_cast<models::ConvKernel&>(mod).kernel(L);
+      return static_cast<models::SequenceKernel&>(mod).kernel(L);
     });
   };
 }

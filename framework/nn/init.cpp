@@ -118,9 +118,20 @@ Tensor normal_(const Tensor& t, double mean, double std, Generator* gen) {
 Tensor trunc_normal_(const Tensor& t, double mean, double std, double a, double b, Generator* gen) {
   KERN_CHECK(std > 0 && a < b, "init::trunc_normal_: need std > 0 and a < b, got std = ", std,
              ", a = ", a, ", b = ", b);
-  // Uniform in [2l-1, 2u-1], then the inverse CDF (PyTorch's method, exact for any [a, b]).
   const double l = norm_cdf((a - mean) / std), u = norm_cdf((b - mean) / std);
   Generator& g = gen_or_default(gen);
+  // When [a, b] holds at least half the normal's mass (timm's std .02 in [-2, 2] holds all of
+  // it), rejection is exact and ~3x faster than the inverse CDF (< 2 draws per value on
+  // average, usually 1): a normal draw, kept if it lands in [a, b].
+  if (u - l >= 0.5)
+    return fill_with(t, "trunc_normal_", [&] {
+      for (;;) {
+        const double x = mean + std * g.normal();
+        if (x >= a && x <= b) return x;
+      }
+    });
+  // Otherwise: uniform in [2l-1, 2u-1], then the inverse CDF (PyTorch's method, exact for any
+  // [a, b]).
   return fill_with(t, "trunc_normal_", [&] {
     const double p = (2 * l - 1) + (2 * u - 2 * l) * g.uniform();
     const double x = mean + std * std::sqrt(2.0) * erfinv(p);

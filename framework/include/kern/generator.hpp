@@ -10,7 +10,9 @@ namespace kern {
 class Generator {
  public:
   explicit Generator(uint64_t seed = 0) : engine_(seed), seed_(seed) {}
-  void manual_seed(uint64_t seed) { engine_.seed(seed); seed_ = seed; }
+  /// Restarts the stream: also drops a cached second Box-Muller normal, so that re-seeding
+  /// after an odd number of normal() draws gives the same numbers as a fresh Generator(seed).
+  void manual_seed(uint64_t seed) { engine_.seed(seed); seed_ = seed; has_spare_ = false; }
   uint64_t initial_seed() const { return seed_; }
   uint64_t next_u64() { return engine_(); }
   /// Uniform in [0, 1) with 53 random bits.

@@ -74,9 +74,9 @@ Tensor upsample1d(const Tensor& x, int64_t factor, const std::string& mode = "li
 // Kernel parameterizations
 
 /// A module producing a convolution kernel k: [H, L] for a sequence length L.
-class ConvKernel : public nn::Module {
+class SequenceKernel : public nn::Module {
  public:
-  ConvKernel(int64_t H, int64_t l_max) : H_(H), l_max_(l_max) {}
+  SequenceKernel(int64_t H, int64_t l_max) : H_(H), l_max_(l_max) {}
   /// k: [H, L]. Lengths above l_max are zero-padded (as safari's conv, whose kernel is then
   /// shorter than the input), lengths below it use the kernel's first L taps.
   virtual Tensor kernel(int64_t L) = 0;
@@ -104,7 +104,7 @@ struct LongConvKernelOptions {
 
 /// safari's LongConvKernel (channels = 1, causal): kernel [1, H, l_max] is the convolution
 /// kernel itself; kernel(L) = dropout(squash(smooth(kernel), lam)) fitted to L.
-class LongConvKernel : public ConvKernel {
+class LongConvKernel : public SequenceKernel {
  public:
   LongConvKernel(int64_t H, int64_t l_max, const LongConvKernelOptions& options = {});
   Tensor kernel(int64_t L) override;
@@ -138,7 +138,7 @@ struct SGConvKernelOptions {
 /// d, d, 2d, 4d, ... and total d * 2^(num_scales - 1) >= l_max:
 ///   full = cat_i upsample(kernel_list[i] * m^(num_scales - 1 - i), 2^max(0, i - 1))
 ///   kernel(L) = fit(full, L) / kernel_norm,  kernel_norm = ||full|| at init (per channel).
-class SGConvKernel : public ConvKernel {
+class SGConvKernel : public SequenceKernel {
  public:
   SGConvKernel(int64_t H, int64_t l_max, const SGConvKernelOptions& options = {});
   Tensor kernel(int64_t L) override;
@@ -193,7 +193,7 @@ class LongConv : public nn::Module {
   const LongConvOptions& options() const { return options_; }
 
   Tensor D;                                  // [1, H]
-  std::shared_ptr<ConvKernel> kernel;        // LongConvKernel or SGConvKernel
+  std::shared_ptr<SequenceKernel> kernel;        // LongConvKernel or SGConvKernel
   std::shared_ptr<nn::Module> activation;
   std::shared_ptr<nn::Module> dropout;
   std::shared_ptr<nn::Module> output_linear;  // Sequential(Linear, GLU / Identity) or Identity

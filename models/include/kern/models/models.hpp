@@ -5,3 +5,4 @@
 #include <kern/models/inception_next.hpp>
 #include <kern/models/replknet.hpp>
 #include <kern/models/equivariant.hpp>
+#include <kern/models/longconv.hpp>
