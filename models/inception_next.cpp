@@ -226,12 +226,8 @@ Tensor InceptionNeXt::forward_head(const Tensor& x, bool pre_logits) {
 
 namespace {
 
-std::shared_ptr<InceptionNeXt> make(InceptionNeXtOptions o, const ModelOptions& m) {
-  o.num_classes = m.num_classes;
-  o.in_chans = m.in_chans;
-  o.drop_rate = m.drop_rate;
-  o.drop_path_rate = m.drop_path_rate;
-  return std::make_shared<InceptionNeXt>(o);
+std::shared_ptr<InceptionNeXt> make(const InceptionNeXtOptions& o, const ModelOptions& m) {
+  return std::make_shared<InceptionNeXt>(with_model_options(o, m));
 }
 
 }  // namespace

@@ -74,6 +74,15 @@ Tensor dilate_last_dim(const Tensor& w, int64_t d) {
   return spread.reshape(flat).narrow(last, 0, d * (k - 1) + 1);
 }
 
+// The module's fused kernel and bias as plain tensors (no graph): what goes into the deploy
+// conv. M: ReparamLargeKernelConv or DilatedReparamBlock, both eval-mode checked by the caller.
+template <class M>
+ConvKernel detached_kernel(const M& module) {
+  NoGradGuard ng;
+  ConvKernel k = module.equivalent_kernel_bias();
+  return {k.weight.detach(), k.bias.detach()};
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- fusion utilities
@@ -248,13 +257,7 @@ bool ReparamLargeKernelConv::reparameterize() {
   KERN_CHECK(!is_training(), "ReparamLargeKernelConv::reparameterize: the module is in training ",
              "mode; call eval() first (BatchNorm must use its running statistics, which are what ",
              "gets fused)");
-  ConvKernel k;
-  {
-    NoGradGuard ng;
-    k = equivalent_kernel_bias();
-    k.weight = k.weight.detach();
-    k.bias = k.bias.detach();
-  }
+  const ConvKernel k = detached_kernel(*this);
   lkb_reparam = register_module("lkb_reparam", make_fused_conv(lkb_origin->conv->options(), k, is_training()));
   erase_child(children_, "lkb_origin");
   erase_child(children_, "small_conv");
@@ -343,13 +346,7 @@ bool DilatedReparamBlock::reparameterize() {
   KERN_CHECK(!is_training(), "DilatedReparamBlock::reparameterize: the module is in training ",
              "mode; call eval() first (BatchNorm must use its running statistics, which are what ",
              "gets fused)");
-  ConvKernel k;
-  {
-    NoGradGuard ng;
-    k = equivalent_kernel_bias();
-    k.weight = k.weight.detach();
-    k.bias = k.bias.detach();
-  }
+  const ConvKernel k = detached_kernel(*this);
   // Registering under the same name replaces lk_origin in place (keeps its position).
   lk_origin = register_module("lk_origin", make_fused_conv(lk_origin->options(), k, is_training()));
   erase_child(children_, "origin_bn");

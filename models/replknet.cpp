@@ -199,12 +199,8 @@ Tensor RepLKNet::forward(const Tensor& x) {
 // ---------------------------------------------------------------- registered variants
 
 namespace {
-std::shared_ptr<RepLKNet> build(RepLKNetOptions opts, const ModelOptions& o) {
-  opts.in_chans = o.in_chans;
-  opts.num_classes = o.num_classes;
-  opts.drop_rate = o.drop_rate;
-  opts.drop_path_rate = o.drop_path_rate;
-  return std::make_shared<RepLKNet>(opts);
+std::shared_ptr<RepLKNet> build(const RepLKNetOptions& opts, const ModelOptions& o) {
+  return std::make_shared<RepLKNet>(with_model_options(opts, o));
 }
 }  // namespace
 

@@ -23,6 +23,17 @@ struct ModelOptions {
   double drop_path_rate = 0.0;  // stochastic depth, linearly increasing over blocks
 };
 
+/// A family options struct with ModelOptions' four fields overwritten by `m` (for families
+/// whose struct names them the same: InceptionNeXtOptions, RepLKNetOptions, ...).
+template <class FamilyOptions>
+FamilyOptions with_model_options(FamilyOptions o, const ModelOptions& m) {
+  o.num_classes = m.num_classes;
+  o.in_chans = m.in_chans;
+  o.drop_rate = m.drop_rate;
+  o.drop_path_rate = m.drop_path_rate;
+  return o;
+}
+
 using ModelFactory = std::function<std::shared_ptr<nn::Module>(const ModelOptions&)>;
 
 /// Builds a registered model. Throws kern::Error naming the unknown name and the closest
