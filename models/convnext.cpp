@@ -219,10 +219,6 @@ const std::map<std::string, Variant>& variants() {
   return table;
 }
 
-std::shared_ptr<nn::Module> create(const std::string& variant, const ModelOptions& o) {
-  return std::make_shared<ConvNeXt>(convnext_options(variant, o));
-}
-
 }  // namespace
 
 ConvNeXtOptions convnext_options(const std::string& variant, const ModelOptions& o) {
@@ -233,21 +229,16 @@ ConvNeXtOptions convnext_options(const std::string& variant, const ModelOptions&
     KERN_CHECK(false, "convnext_options: unknown variant '", variant, "'; known: ", known);
   }
   const Variant& v = it->second;
-  return ConvNeXtOptions{.depths = v.depths,
-                         .dims = v.dims,
-                         .num_classes = o.num_classes,
-                         .in_chans = o.in_chans,
-                         .conv_mlp = v.conv_mlp,
-                         .drop_rate = o.drop_rate,
-                         .drop_path_rate = o.drop_path_rate};
+  return with_model_options(ConvNeXtOptions{.depths = v.depths, .dims = v.dims, .conv_mlp = v.conv_mlp}, o);
 }
 
-KERN_REGISTER_MODEL("convnext_atto", [](const ModelOptions& o) { return create("convnext_atto", o); });
-KERN_REGISTER_MODEL("convnext_femto", [](const ModelOptions& o) { return create("convnext_femto", o); });
-KERN_REGISTER_MODEL("convnext_pico", [](const ModelOptions& o) { return create("convnext_pico", o); });
-KERN_REGISTER_MODEL("convnext_nano", [](const ModelOptions& o) { return create("convnext_nano", o); });
-KERN_REGISTER_MODEL("convnext_tiny", [](const ModelOptions& o) { return create("convnext_tiny", o); });
-KERN_REGISTER_MODEL("convnext_small", [](const ModelOptions& o) { return create("convnext_small", o); });
-KERN_REGISTER_MODEL("convnext_base", [](const ModelOptions& o) { return create("convnext_base", o); });
+// Every variant of the table, under its name.
+[[maybe_unused]] static const bool registered = [] {
+  for (const auto& [name, v] : variants())
+    register_model(name, [name](const ModelOptions& o) {
+      return std::make_shared<ConvNeXt>(convnext_options(name, o));
+    });
+  return true;
+}();
 
 }  // namespace kern::models

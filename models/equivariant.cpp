@@ -324,7 +324,7 @@ std::shared_ptr<P4CNN> p4mcnn(const ModelOptions& o) {
       from_model_options(P4CNNOptions{.group = "p4m", .channels = 7}, o, "p4mcnn"));
 }
 
-KERN_REGISTER_MODEL("p4cnn", [](const ModelOptions& o) -> std::shared_ptr<nn::Module> { return p4cnn(o); });
-KERN_REGISTER_MODEL("p4mcnn", [](const ModelOptions& o) -> std::shared_ptr<nn::Module> { return p4mcnn(o); });
+KERN_REGISTER_MODEL("p4cnn", p4cnn);
+KERN_REGISTER_MODEL("p4mcnn", p4mcnn);
 
 }  // namespace kern::models

@@ -250,17 +250,9 @@ std::shared_ptr<InceptionNeXt> inception_next_base(const ModelOptions& m) {
   return make({.depths = {3, 3, 27, 3}, .dims = {128, 256, 512, 1024}}, m);
 }
 
-KERN_REGISTER_MODEL("inception_next_atto", [](const ModelOptions& o) -> std::shared_ptr<nn::Module> {
-  return inception_next_atto(o);
-});
-KERN_REGISTER_MODEL("inception_next_tiny", [](const ModelOptions& o) -> std::shared_ptr<nn::Module> {
-  return inception_next_tiny(o);
-});
-KERN_REGISTER_MODEL("inception_next_small", [](const ModelOptions& o) -> std::shared_ptr<nn::Module> {
-  return inception_next_small(o);
-});
-KERN_REGISTER_MODEL("inception_next_base", [](const ModelOptions& o) -> std::shared_ptr<nn::Module> {
-  return inception_next_base(o);
-});
+KERN_REGISTER_MODEL("inception_next_atto", inception_next_atto);
+KERN_REGISTER_MODEL("inception_next_tiny", inception_next_tiny);
+KERN_REGISTER_MODEL("inception_next_small", inception_next_small);
+KERN_REGISTER_MODEL("inception_next_base", inception_next_base);
 
 }  // namespace kern::models

@@ -328,7 +328,7 @@ std::shared_ptr<LongConvModel> sgconv_small(const ModelOptions& o) {
   return std::make_shared<LongConvModel>(small_options(o, KernelKind::SGConv));
 }
 
-KERN_REGISTER_MODEL("longconv_small", [](const ModelOptions& o) { return longconv_small(o); });
-KERN_REGISTER_MODEL("sgconv_small", [](const ModelOptions& o) { return sgconv_small(o); });
+KERN_REGISTER_MODEL("longconv_small", longconv_small);
+KERN_REGISTER_MODEL("sgconv_small", sgconv_small);
 
 }  // namespace kern::models

@@ -179,7 +179,7 @@ ConvKernel sum_branches(const std::vector<ConvKernel>& branches) {
 
 int64_t reparameterize(nn::Module& module) {
   // Validate the whole tree first so that an error leaves the model untouched.
-  std::vector<Reparameterizable*> todo;
+  std::vector<Reparameterizable*> to_fuse;
   for (const auto& [name, m] : module.named_modules()) {
     auto* r = dynamic_cast<Reparameterizable*>(m.get());
     if (r == nullptr || r->is_reparameterized()) continue;
@@ -188,10 +188,10 @@ int64_t reparameterize(nn::Module& module) {
                  name.empty() ? sub_name : (sub_name.empty() ? name : name + "." + sub_name),
                  "' is in training mode; call eval() first (BatchNorm must use its running ",
                  "statistics, which are what gets fused)");
-    todo.push_back(r);
+    to_fuse.push_back(r);
   }
-  for (auto* r : todo) r->reparameterize();
-  return static_cast<int64_t>(todo.size());
+  for (auto* r : to_fuse) r->reparameterize();
+  return static_cast<int64_t>(to_fuse.size());
 }
 
 // ---------------------------------------------------------------- ConvBN

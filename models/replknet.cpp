@@ -220,14 +220,8 @@ std::shared_ptr<RepLKNet> replknet_xl(const ModelOptions& o) {
                o);
 }
 
-KERN_REGISTER_MODEL("replknet_31b", [](const ModelOptions& o) -> std::shared_ptr<nn::Module> {
-  return replknet_31b(o);
-});
-KERN_REGISTER_MODEL("replknet_31l", [](const ModelOptions& o) -> std::shared_ptr<nn::Module> {
-  return replknet_31l(o);
-});
-KERN_REGISTER_MODEL("replknet_xl", [](const ModelOptions& o) -> std::shared_ptr<nn::Module> {
-  return replknet_xl(o);
-});
+KERN_REGISTER_MODEL("replknet_31b", replknet_31b);
+KERN_REGISTER_MODEL("replknet_31l", replknet_31l);
+KERN_REGISTER_MODEL("replknet_xl", replknet_xl);
 
 }  // namespace kern::models

@@ -55,7 +55,7 @@ bool register_model(const std::string& name, ModelFactory factory);
 #define KERN_MODELS_CONCAT_INNER(a, b) a##b
 #define KERN_MODELS_CONCAT(a, b) KERN_MODELS_CONCAT_INNER(a, b)
 /// At namespace scope in a family's .cpp:
-///   KERN_REGISTER_MODEL("convnext_atto", [](const ModelOptions& o) { return convnext_atto(o); });
+///   KERN_REGISTER_MODEL("inception_next_atto", inception_next_atto);  // any callable ModelOptions -> shared_ptr<Module-derived>
 #define KERN_REGISTER_MODEL(name, ...)                                           \
   [[maybe_unused]] static const bool KERN_MODELS_CONCAT(kern_model_registered_, __LINE__) = \
       ::kern::models::register_model(name, __VA_ARGS__)
