@@ -18,7 +18,7 @@ class ConvNeXtBlock : public nn::Module {
   }
   Tensor forward(const Tensor& x) override {
     Tensor h = (*conv_dw)(x).permute({0, 2, 3, 1});    // [N, H, W, C]
-    h = (*fc2)(gelu((*fc1)((*norm)(h)))) * gamma;      // [N, H, W, C]
+    h = (*fc2)(gelu((*fc1)((*norm)(h)))) * gamma();    // [N, H, W, C]
     return h.permute({0, 3, 1, 2}) + x;
   }
   std::string name() const override { return "ConvNeXtBlock"; }
@@ -26,7 +26,7 @@ class ConvNeXtBlock : public nn::Module {
   std::shared_ptr<nn::LayerNorm> norm;
   std::shared_ptr<nn::Module> mlp;
   std::shared_ptr<nn::Linear> fc1, fc2;
-  Tensor gamma;
+  nn::Param gamma;
 };
 
 /// timm InceptionDWConv2d: channels split (C - 3gc, gc, gc, gc), identity on the first part,
@@ -64,14 +64,14 @@ class MetaNeXtBlock : public nn::Module {
   }
   Tensor forward(const Tensor& x) override {
     Tensor h = (*fc2)(gelu((*fc1)((*norm)((*token_mixer)(x)))));
-    return h * gamma.reshape({1, -1, 1, 1}) + x;
+    return h * gamma().reshape({1, -1, 1, 1}) + x;
   }
   std::string name() const override { return "MetaNeXtBlock"; }
   std::shared_ptr<InceptionDWConv2d> token_mixer;
   std::shared_ptr<nn::BatchNorm2d> norm;
   std::shared_ptr<nn::Module> mlp;
   std::shared_ptr<nn::Conv2d> fc1, fc2;
-  Tensor gamma;
+  nn::Param gamma;
 };
 
 }  // namespace kern::bench

@@ -93,7 +93,7 @@ Tensor ConvNeXtBlock::forward(const Tensor& x) {
   } else {
     h = (*mlp)((*norm)(h.permute({0, 2, 3, 1}))).permute({0, 3, 1, 2});  // via [N, H, W, C]
   }
-  if (gamma.defined()) h = h * gamma.reshape({1, -1, 1, 1});
+  if (gamma.defined()) h = h * gamma().reshape({1, -1, 1, 1});
   return (*drop_path)(h) + x;
 }
 
@@ -168,9 +168,9 @@ void ConvNeXt::init_weights() {
     Tensor w, b;
     bool classifier = false;
     if (auto conv = std::dynamic_pointer_cast<nn::Conv2d>(m)) {
-      w = conv->weight, b = conv->bias;
+      w = conv->weight.tensor(), b = conv->bias.tensor();
     } else if (auto lin = std::dynamic_pointer_cast<nn::Linear>(m)) {
-      w = lin->weight, b = lin->bias;
+      w = lin->weight.tensor(), b = lin->bias.tensor();
       classifier = name.rfind("head.", 0) == 0;  // timm scales the head's Linear only
     } else {
       continue;

@@ -34,7 +34,7 @@ Tensor expand_bias(const Tensor& bias, int64_t order) {
 }
 
 // The PyTorch Conv2d default init over the weight's own shape (fan_in = prod(shape[1:])).
-void init_conv(Tensor& weight, Tensor& bias, Generator* gen) {
+void init_conv(const Tensor& weight, const Tensor& bias, Generator* gen) {
   nn::init::kaiming_uniform_(weight, std::sqrt(5.0), "fan_in", "leaky_relu", gen);
   if (bias.defined()) {
     const double bound = 1.0 / std::sqrt(static_cast<double>(weight.numel() / weight.size(0)));
@@ -105,11 +105,14 @@ LiftingConv2d::LiftingConv2d(const GroupConvOptions& options)
   reset_parameters();
 }
 
-void LiftingConv2d::reset_parameters(Generator* gen) { init_conv(weight, bias, gen); }
+void LiftingConv2d::reset_parameters(Generator* gen) {
+  init_conv(weight.tensor(), bias.tensor(), gen);
+}
 
 Tensor LiftingConv2d::filter_bank() const {
   std::vector<Tensor> ws;
-  for (int64_t g = 0; g < group_.order(); ++g) ws.push_back(group_.transform_image(weight, g));
+  const Tensor w = weight();  // through the slot: parameterization multiplier included
+  for (int64_t g = 0; g < group_.order(); ++g) ws.push_back(group_.transform_image(w, g));
   const int64_t k = options_.kernel_size();
   // [C_out, |G|, C_in, k, k] -> [C_out * |G|, C_in, k, k]
   return stack(ws, 1).reshape({options_.out_channels() * group_.order(), options_.in_channels(), k, k});
@@ -123,7 +126,7 @@ Tensor LiftingConv2d::forward(const Tensor& x) {
              " has ", x.size(1), " channels but in_channels = ", o.in_channels());
   Conv2dParams p;
   p.padding = {o.padding(), o.padding()};
-  Tensor y = conv2d(x, filter_bank(), expand_bias(bias, group_.order()), p);
+  Tensor y = conv2d(x, filter_bank(), expand_bias(bias(), group_.order()), p);
   return y.reshape({y.size(0), o.out_channels(), group_.order(), y.size(2), y.size(3)});
 }
 
@@ -141,13 +144,16 @@ GroupConv2d::GroupConv2d(const GroupConvOptions& options)
   reset_parameters();
 }
 
-void GroupConv2d::reset_parameters(Generator* gen) { init_conv(weight, bias, gen); }
+void GroupConv2d::reset_parameters(Generator* gen) {
+  init_conv(weight.tensor(), bias.tensor(), gen);
+}
 
 Tensor GroupConv2d::filter_bank() const {
   const int64_t n = group_.order();
+  const Tensor w = weight();  // through the slot: parameterization multiplier included
   std::vector<Tensor> ws;
   for (int64_t g = 0; g < n; ++g)  // [C_out, C_in, |G|, k, k]: axis h holds weight[.., g^-1 h]
-    ws.push_back(group_.transform_image(index_select(weight, 2, group_.left_inverse_index(g)), g));
+    ws.push_back(group_.transform_image(index_select(w, 2, group_.left_inverse_index(g)), g));
   const int64_t k = options_.kernel_size();
   // [C_out, |G|, C_in, |G|, k, k] -> [C_out * |G|, C_in * |G|, k, k]
   return stack(ws, 1).reshape({options_.out_channels() * n, options_.in_channels() * n, k, k});
@@ -166,7 +172,7 @@ Tensor GroupConv2d::forward(const Tensor& x) {
   Conv2dParams p;
   p.padding = {o.padding(), o.padding()};
   Tensor xs = x.reshape({x.size(0), o.in_channels() * n, x.size(3), x.size(4)});
-  Tensor y = conv2d(xs, filter_bank(), expand_bias(bias, n), p);
+  Tensor y = conv2d(xs, filter_bank(), expand_bias(bias(), n), p);
   return y.reshape({y.size(0), o.out_channels(), n, y.size(2), y.size(3)});
 }
 

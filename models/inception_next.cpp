@@ -83,7 +83,7 @@ MetaNeXtBlock::MetaNeXtBlock(int64_t dim, const InceptionNeXtOptions& o, double 
 
 Tensor MetaNeXtBlock::forward(const Tensor& x) {
   Tensor h = (*mlp)((*norm)((*token_mixer)(x)));  // [N, C, H, W]
-  if (gamma.defined()) h = h * gamma.reshape({1, -1, 1, 1});
+  if (gamma.defined()) h = h * gamma().reshape({1, -1, 1, 1});
   return (*drop_path)(h) + x;
 }
 
@@ -203,8 +203,8 @@ InceptionNeXt::InceptionNeXt(const InceptionNeXtOptions& options) : options_(opt
   // normal_ draws it ~3x faster than trunc_normal_'s inverse CDF (86M weights of the base).
   apply([](nn::Module& m) {
     Tensor weight, bias;
-    if (auto* conv = dynamic_cast<nn::Conv2d*>(&m)) weight = conv->weight, bias = conv->bias;
-    else if (auto* lin = dynamic_cast<nn::Linear*>(&m)) weight = lin->weight, bias = lin->bias;
+    if (auto* conv = dynamic_cast<nn::Conv2d*>(&m)) weight = conv->weight.tensor(), bias = conv->bias.tensor();
+    else if (auto* lin = dynamic_cast<nn::Linear*>(&m)) weight = lin->weight.tensor(), bias = lin->bias.tensor();
     else return;
     nn::init::normal_(weight, 0.0, 0.02);
     if (bias.defined()) nn::init::zeros_(bias);

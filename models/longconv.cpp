@@ -76,22 +76,22 @@ Embedding::Embedding(int64_t num_embeddings, int64_t dim) {
   KERN_CHECK(num_embeddings >= 1 && dim >= 1, "Embedding: num_embeddings (", num_embeddings, ") and dim (", dim,
              ") must be >= 1");
   weight = register_parameter("weight", empty({num_embeddings, dim}));
-  nn::init::normal_(weight, 0.0, 1.0);
+  nn::init::normal_(weight.tensor(), 0.0, 1.0);
 }
 
 Tensor Embedding::forward(const Tensor& ids) {
   KERN_CHECK(ids.dtype() == DType::Int64, "Embedding: ids must be int64 token indices, got ", ids.dtype(),
              " of shape ", ids.shape());
   Shape out = ids.shape();
-  out.push_back(weight.size(1));
-  return index_select(weight, 0, ids.reshape({-1})).reshape(out);
+  out.push_back(weight.shape()[1]);
+  return index_select(weight(), 0, ids.reshape({-1})).reshape(out);
 }
 
-std::string Embedding::extra_repr() const { return fmt::format("{}, {}", weight.size(0), weight.size(1)); }
+std::string Embedding::extra_repr() const { return fmt::format("{}, {}", weight.shape()[0], weight.shape()[1]); }
 
-Tensor ParameterList::append(Tensor t) {
-  Tensor p = register_parameter(std::to_string(tensors_.size()), std::move(t));
-  tensors_.push_back(p);
+nn::Param ParameterList::append(Tensor t) {
+  nn::Param p = register_parameter(std::to_string(params_.size()), std::move(t));
+  entries_.push_back(p);
   return p;
 }
 
@@ -133,7 +133,7 @@ LongConvKernel::LongConvKernel(int64_t H, int64_t l_max, const LongConvKernelOpt
 
 Tensor LongConvKernel::kernel(int64_t L) {
   KERN_CHECK(L >= 1, "LongConvKernel::kernel: sequence length L must be >= 1, got ", L);
-  Tensor k = weight.reshape({H_, l_max_});  // [H, l_max]
+  Tensor k = weight().reshape({H_, l_max_});  // [H, l_max]
   if (options_.ma_window_len > 1) k = moving_average(k, options_.ma_window_len);
   k = squash(k, options_.lam);
   if (options_.kernel_dropout > 0) k = dropout(k, options_.kernel_dropout, is_training());
@@ -170,7 +170,7 @@ LongConv::LongConv(const LongConvOptions& o) : options_(o) {
   const int64_t H = o.d_model;
   // Registration order = safari's: D, kernel, activation, dropout, output_linear.
   D = register_parameter("D", empty({1, H}));
-  nn::init::normal_(D, 0.0, 1.0);
+  nn::init::normal_(D.tensor(), 0.0, 1.0);
   if (o.kernel == KernelKind::LongConv)
     kernel = register_module("kernel", std::make_shared<LongConvKernel>(H, o.l_max, o.long_conv));
   else
@@ -204,7 +204,7 @@ Tensor LongConv::forward(const Tensor& x) {
              layout, ", got ", x.shape(), ")");
   const int64_t L = u.size(2);
   KERN_CHECK(L >= 1, "LongConv: sequence length L must be >= 1, got shape ", x.shape());
-  Tensor y = fft_conv(u, kernel->kernel(L), D.reshape({H}));  // [B, H, L]
+  Tensor y = fft_conv(u, kernel->kernel(L), D().reshape({H}));  // [B, H, L]
   y = (*dropout)((*activation)(y));
   y = y.transpose(1, 2);  // [B, L, H]: the output linear mixes channels
   y = (*output_linear)(y);

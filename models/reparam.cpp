@@ -34,9 +34,9 @@ std::shared_ptr<nn::Conv2d> make_fused_conv(nn::Conv2dOptions options, const Con
   conv->to(kernel.weight.dtype());
   {
     NoGradGuard ng;
-    conv->weight.copy_(kernel.weight);
-    if (kernel.bias.defined()) conv->bias.copy_(kernel.bias);
-    else conv->bias.fill_(0.0);
+    Tensor(conv->weight.tensor()).copy_(kernel.weight);
+    if (kernel.bias.defined()) Tensor(conv->bias.tensor()).copy_(kernel.bias);
+    else Tensor(conv->bias.tensor()).fill_(0.0);
   }
   conv->train(training);
   return conv;
@@ -106,24 +106,17 @@ ConvKernel fuse_conv_bn(const Tensor& weight, const Tensor& bias, const nn::Batc
              "], got ", bias.shape());
   const DType dt = weight.dtype();
   // t = gamma / sqrt(var + eps): [C_out]
-  Tensor t = rsqrt(bn.running_var.to(dt) + o.eps());
-  if (o.affine()) t = t * bn.weight.to(dt);
-  const Tensor mean = bn.running_mean.to(dt);
+  Tensor t = rsqrt(bn.running_var().to(dt) + o.eps());
+  if (o.affine()) t = t * bn.weight().to(dt);
+  const Tensor mean = bn.running_mean().to(dt);
   Tensor b = (bias.defined() ? bias.to(dt) - mean : -mean) * t;
-  if (o.affine()) b = b + bn.bias.to(dt);
+  if (o.affine()) b = b + bn.bias().to(dt);
   return {weight * t.reshape({c, 1, 1, 1}), b};
 }
 
 ConvKernel fuse_conv_bn(const nn::Conv2d& conv, const nn::BatchNorm2d& bn) {
-  // Conv2d computes m_w * conv(x, W) + m_b * b (multipliers from kern::param records).
-  const double mw = conv.param_multiplier("weight");
-  Tensor w = mw == 1.0 ? conv.weight : conv.weight * mw;
-  Tensor b = conv.bias;
-  if (b.defined()) {
-    const double mb = conv.param_multiplier("bias");
-    if (mb != 1.0) b = b * mb;
-  }
-  return fuse_conv_bn(w, b, bn);
+  // The slots' reads include the parameterization multipliers (kern::param records).
+  return fuse_conv_bn(conv.weight(), conv.bias(), bn);
 }
 
 Tensor pad_kernel_to(const Tensor& kernel, std::array<int64_t, 2> size) {
@@ -246,7 +239,7 @@ Tensor ReparamLargeKernelConv::forward(const Tensor& x) {
 }
 
 ConvKernel ReparamLargeKernelConv::equivalent_kernel_bias() const {
-  if (lkb_reparam) return {lkb_reparam->weight, lkb_reparam->bias};
+  if (lkb_reparam) return {lkb_reparam->weight(), lkb_reparam->bias()};
   std::vector<ConvKernel> branches{fuse_conv_bn(*lkb_origin->conv, *lkb_origin->bn)};
   if (small_conv) branches.push_back(fuse_conv_bn(*small_conv->conv, *small_conv->bn));
   return sum_branches(branches);
@@ -331,7 +324,7 @@ Tensor DilatedReparamBlock::forward(const Tensor& x) {
 }
 
 ConvKernel DilatedReparamBlock::equivalent_kernel_bias() const {
-  if (!origin_bn) return {lk_origin->weight, lk_origin->bias};
+  if (!origin_bn) return {lk_origin->weight(), lk_origin->bias()};
   std::vector<ConvKernel> branches{fuse_conv_bn(*lk_origin, *origin_bn)};
   for (size_t i = 0; i < dil_convs.size(); ++i) {
     ConvKernel b = fuse_conv_bn(*dil_convs[i], *dil_bns[i]);

@@ -76,13 +76,13 @@ SGConvKernel::SGConvKernel(int64_t H, int64_t l_max, const SGConvKernelOptions& 
 }
 
 Tensor SGConvKernel::full_kernel() {
-  const auto& subs = static_cast<const longconv::ParameterList&>(*kernel_list).tensors();
+  const auto& subs = static_cast<const longconv::ParameterList&>(*kernel_list).entries();
   std::vector<Tensor> pieces;
   for (int64_t i = 0; i < num_scales_; ++i) {
     // Sub-kernel i weighted by m^(num_scales - 1 - i): the coarser (later) scales are smaller.
-    Tensor piece = subs[static_cast<size_t>(i)];
+    Tensor piece = subs[static_cast<size_t>(i)]();
     const double e = static_cast<double>(num_scales_ - 1 - i);
-    if (e != 0) piece = piece * pow(multiplier, e);
+    if (e != 0) piece = piece * pow(multiplier(), e);
     pieces.push_back(upsample1d(piece, scale_factor(i), options_.interpolate));
   }
   return cat(pieces, -1).reshape({H_, -1});  // [H, kernel_dim * 2^(num_scales - 1)]
@@ -90,13 +90,13 @@ Tensor SGConvKernel::full_kernel() {
 
 Tensor SGConvKernel::kernel(int64_t L) {
   KERN_CHECK(L >= 1, "SGConvKernel::kernel: sequence length L must be >= 1, got ", L);
-  return longconv::fit_length(full_kernel(), L) / kernel_norm.reshape({H_, 1});  // [H, L]
+  return longconv::fit_length(full_kernel(), L) / kernel_norm().reshape({H_, 1});  // [H, L]
 }
 
 void SGConvKernel::reset_kernel_norm() {
   NoGradGuard ng;
   // SGConv measures the norm over the whole concatenation (also past l_max), once.
-  kernel_norm.copy_(norm(full_kernel(), 2.0, {-1}, true).reshape({1, H_, 1}));
+  Tensor(kernel_norm.tensor()).copy_(norm(full_kernel(), 2.0, {-1}, true).reshape({1, H_, 1}));
 }
 
 std::string SGConvKernel::extra_repr() const {

@@ -415,7 +415,7 @@ TEST_CASE("functional_call: tied tensors are replaced under every name", "[nn][f
     Tied() {
       enc = register_module("enc", std::make_shared<nn::Linear>(nn::LinearOptions(3, 3).bias(false)));
       dec = register_module("dec", std::make_shared<nn::Linear>(nn::LinearOptions(3, 3).bias(false)));
-      dec->weight = dec->register_parameter("weight", enc->weight);  // tied
+      dec->weight = dec->register_parameter("weight", enc->weight.tensor());  // tied
     }
     Tensor forward(const Tensor& x) override { return (*dec)((*enc)(x)); }
     std::shared_ptr<nn::Linear> enc, dec;

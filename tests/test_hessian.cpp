@@ -335,7 +335,7 @@ TEST_CASE("Hessian of a module: explicit eval/train mode with BatchNorm", "[hess
     (*model)(randn({10, 4}, DType::Float64, &gen) * 2.0 + 1.0);
   }
   auto bn = model->at<nn::BatchNorm2d>(2);
-  Tensor rm = bn->running_mean.clone(), rv = bn->running_var.clone();
+  Tensor rm = bn->running_mean.tensor().clone(), rv = bn->running_var.tensor().clone();
   model->train();
 
   tools::Hessian He(*model, x, labels, tools::mean_cross_entropy, {.mode = tools::Mode::Eval});
@@ -343,8 +343,8 @@ TEST_CASE("Hessian of a module: explicit eval/train mode with BatchNorm", "[hess
   // The model is as it was: training flag and running statistics untouched.
   CHECK(model->is_training());
   CHECK(bn->is_training());
-  CHECK(max_abs_diff(bn->running_mean, rm) == 0.0);
-  CHECK(max_abs_diff(bn->running_var, rv) == 0.0);
+  CHECK(max_abs_diff(bn->running_mean.tensor(), rm) == 0.0);
+  CHECK(max_abs_diff(bn->running_var.tensor(), rv) == 0.0);
 
   // The same functions written out by hand with functional batch_norm.
   auto params = model->parameters();

@@ -196,8 +196,8 @@ TEST_CASE("lifting and group convolutions are exactly equivariant", "[models][eq
       INFO(name << " padding " << pad);
       auto lift = f64(std::make_shared<models::LiftingConv2d>(GroupConvOptions(3, 4, 3).group(name).padding(pad)));
       auto gconv = f64(std::make_shared<models::GroupConv2d>(GroupConvOptions(4, 2, 3).group(name).padding(pad)));
-      randomize_bias(lift->bias, gen);
-      randomize_bias(gconv->bias, gen);
+      randomize_bias(lift->bias.tensor(), gen);
+      randomize_bias(gconv->bias.tensor(), gen);
       const Tensor x = randn({2, 3, 9, 9}, F64, &gen);
       const Tensor f = randn({2, 4, G.order(), 9, 9}, F64, &gen);
       const Tensor lx = (*lift)(x), gf = (*gconv)(f);
@@ -222,16 +222,16 @@ TEST_CASE("group batch norm and group pooling commute with the group", "[models]
     auto bn = f64(std::make_shared<models::GroupBatchNorm>(3, name));
     {
       NoGradGuard ng;
-      bn->weight.copy_(randn({3}, F64, &gen));
-      bn->bias.copy_(randn({3}, F64, &gen));
+      bn->weight.tensor().copy_(randn({3}, F64, &gen));
+      bn->bias.tensor().copy_(randn({3}, F64, &gen));
     }
     const Tensor f = randn({2, 3, G.order(), 5, 5}, F64, &gen) * 2.0 + 1.0;
     const Tensor y = (*bn)(f);
     // Statistics per channel over N, |G|, H, W (biased variance in training mode).
     const Tensor mu = f.mean({0, 2, 3, 4}, true);
     const Tensor var = ((f - mu) * (f - mu)).mean({0, 2, 3, 4}, true);
-    const Tensor want = (f - mu) / (var + 1e-5).sqrt() * bn->weight.detach().reshape({1, 3, 1, 1, 1}) +
-                        bn->bias.detach().reshape({1, 3, 1, 1, 1});
+    const Tensor want = (f - mu) / (var + 1e-5).sqrt() * bn->weight.tensor().detach().reshape({1, 3, 1, 1, 1}) +
+                        bn->bias.tensor().detach().reshape({1, 3, 1, 1, 1});
     CHECK(max_abs_diff(y, want) < 1e-12);
     for (int64_t g = 0; g < G.order(); ++g) {
       INFO("g = " << g);
@@ -316,11 +316,11 @@ TEST_CASE("p4 group convolution matches its loop formula", "[models][equivariant
   Generator gen(9);
   const int64_t C = 2, O = 2, H = 5, K = 3, P = 1;
   auto gconv = f64(std::make_shared<models::GroupConv2d>(GroupConvOptions(C, O, K).group("p4").padding(P)));
-  randomize_bias(gconv->bias, gen);
+  randomize_bias(gconv->bias.tensor(), gen);
   const Tensor f = randn({1, C, 4, H, H}, F64, &gen);
   const auto fv = f.to_vector<double>();
-  const auto wv = gconv->weight.detach().to_vector<double>();
-  const auto bv = gconv->bias.detach().to_vector<double>();
+  const auto wv = gconv->weight.tensor().detach().to_vector<double>();
+  const auto bv = gconv->bias.tensor().detach().to_vector<double>();
   const auto out = (*gconv)(f).to_vector<double>();
   const Shape fs{1, C, 4, H, H}, ws{O, C, 4, K, K}, os{1, O, 4, H, H};
   const int64_t c0 = (K - 1) / 2;
@@ -343,11 +343,11 @@ TEST_CASE("p4 group convolution matches its loop formula", "[models][equivariant
 
   // The p4m lifting layer, with mirrors.
   auto lift = f64(std::make_shared<models::LiftingConv2d>(GroupConvOptions(C, O, K).group("p4m").padding(P)));
-  randomize_bias(lift->bias, gen);
+  randomize_bias(lift->bias.tensor(), gen);
   const Tensor x = randn({1, C, H, H}, F64, &gen);
   const auto xv = x.to_vector<double>();
-  const auto lw = lift->weight.detach().to_vector<double>();
-  const auto lb = lift->bias.detach().to_vector<double>();
+  const auto lw = lift->weight.tensor().detach().to_vector<double>();
+  const auto lb = lift->bias.tensor().detach().to_vector<double>();
   const auto lout = (*lift)(x).to_vector<double>();
   const Shape xs{1, C, H, H}, lws{O, C, K, K}, los{1, O, 8, H, H};
   worst = 0;

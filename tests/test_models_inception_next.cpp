@@ -183,11 +183,11 @@ TEST_CASE("inception_next_atto forward: shapes, finiteness, BatchNorm train vs e
   {
     auto& h = *m->head;
     REQUIRE(h.norm->options().eps() == 1e-6);
-    Tensor z = gelu(linear(feats.mean({2, 3}), h.fc1->weight, h.fc1->bias));
-    z = layer_norm(z, {960}, h.norm->weight, h.norm->bias, 1e-6);
+    Tensor z = gelu(linear(feats.mean({2, 3}), h.fc1->weight.tensor(), h.fc1->bias.tensor()));
+    z = layer_norm(z, {960}, h.norm->weight.tensor(), h.norm->bias.tensor(), 1e-6);
     auto fc2 = std::dynamic_pointer_cast<nn::Linear>(h.fc2);
     REQUIRE(fc2 != nullptr);
-    CHECK(max_abs_diff(y_eval, linear(z, fc2->weight, fc2->bias)) <= 1e-5);
+    CHECK(max_abs_diff(y_eval, linear(z, fc2->weight.tensor(), fc2->bias.tensor())) <= 1e-5);
   }
   Tensor stem_mean = m->get_buffer("stem.1.running_mean");  // eval leaves the statistics alone
   REQUIRE(stem_mean.to_vector<double>() == std::vector<double>(40, 0.0));
@@ -249,7 +249,7 @@ TEST_CASE("inception_next: token mixer = identity part + depthwise convs of its 
   REQUIRE(got.shape() == x.shape());
 
   auto dw = [](const Tensor& xs, const nn::Conv2d& c, std::array<int64_t, 2> pad) {
-    return conv2d(xs, c.weight, c.bias, {.padding = pad, .groups = 5});
+    return conv2d(xs, c.weight.tensor(), c.bias.tensor(), {.padding = pad, .groups = 5});
   };
   Tensor want = cat({x.narrow(1, 0, 7),                                  // identity
                      dw(x.narrow(1, 7, 5), *mixer.dwconv_hw, {1, 1}),    // 3 x 3

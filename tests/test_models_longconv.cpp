@@ -133,7 +133,7 @@ TEST_CASE("squash zeroes values within lambda and shrinks the rest by lambda", "
   }
   // Through the module: kernel(L) is the squashed parameter, fitted to L.
   models::LongConvKernel m(3, 16, {.lam = 0.002});
-  Tensor w = m.weight.detach().reshape({3, 16});
+  Tensor w = m.weight.tensor().detach().reshape({3, 16});
   Tensor k16 = m.kernel(16);
   REQUIRE(k16.shape() == Shape{3, 16});
   auto wv = vals(w), kv = vals(k16);
@@ -156,7 +156,7 @@ TEST_CASE("squash zeroes values within lambda and shrinks the rest by lambda", "
 TEST_CASE("LongConvKernel: smoothing, kernel dropout and the double_exp init", "[models][longconv]") {
   reseed(3);
   models::LongConvKernel sm(2, 9, {.lam = 0.0, .ma_window_len = 3});
-  auto w = vals(sm.weight.detach().reshape({2, 9}).to(DType::Float64));
+  auto w = vals(sm.weight.tensor().detach().reshape({2, 9}).to(DType::Float64));
   auto k = vals(sm.kernel(9).to(DType::Float64));
   for (int64_t h = 0; h < 2; ++h)
     for (int64_t t = 0; t < 9; ++t) {
@@ -172,11 +172,11 @@ TEST_CASE("LongConvKernel: smoothing, kernel dropout and the double_exp init", "
   CHECK(zero_frac > 0.3);
   CHECK(zero_frac < 0.7);
   dr.eval();
-  CHECK(max_abs_diff(dr.kernel(64), dr.weight.detach().reshape({4, 64})) == 0.0);
+  CHECK(max_abs_diff(dr.kernel(64), dr.weight.tensor().detach().reshape({4, 64})) == 0.0);
 
   // double_exp: channel i's envelope exp(-(j / L) * floor(H/2)^(i/H)) shrinks later taps.
   models::LongConvKernel de(8, 512, {.lam = 0.0, .weight_init = "double_exp"});
-  Tensor a = abs(de.weight.detach().reshape({8, 512}));
+  Tensor a = abs(de.weight.tensor().detach().reshape({8, 512}));
   const double head = a.narrow(1, 0, 64).mean().item(), tail = a.narrow(1, 448, 64).mean().item();
   CHECK(tail < head);
   CHECK(head < 0.02 * std::sqrt(2 / M_PI) * 1.2);  // E|N(0, 0.02^2)| = 0.016, times envelopes <= 1
@@ -239,7 +239,7 @@ TEST_CASE("SGConv kernel has length exactly L and the derived number of scales",
   }
   // At init each channel's full concatenation has unit norm.
   models::SGConvKernel m(5, 200, {.kernel_dim = 8});
-  Tensor norms = norm(m.full_kernel() / m.kernel_norm.reshape({5, 1}), 2.0, {1});
+  Tensor norms = norm(m.full_kernel() / m.kernel_norm.tensor().reshape({5, 1}), 2.0, {1});
   CHECK(max_abs_diff(norms, ones({5})) < 1e-5);
 }
 
@@ -294,7 +294,7 @@ TEST_CASE("SGConv kernel matches a hand-computed small case", "[models][longconv
   double n2 = 0;
   for (double v : full) n2 += v * v;
   const double nrm = std::sqrt(n2);
-  CHECK(m.kernel_norm.item() == Approx(nrm).epsilon(1e-14));
+  CHECK(m.kernel_norm.tensor().item() == Approx(nrm).epsilon(1e-14));
   for (int64_t L : {12, 6, 20}) {
     INFO("L = " << L);
     auto k = vals(m.kernel(L));
@@ -337,9 +337,9 @@ TEST_CASE("LongConv layer: both layouts, the conv inside, gradients", "[models][
     REQUIRE(y.shape() == Shape{2, 16, 3});
     // By hand: conv + D skip, GELU, then the linear over channels.
     Tensor u = x.transpose(1, 2);
-    Tensor z = gelu(models::fft_conv(u, layer.kernel->kernel(16), layer.D.reshape({3}))).transpose(1, 2);
+    Tensor z = gelu(models::fft_conv(u, layer.kernel->kernel(16), layer.D.tensor().reshape({3}))).transpose(1, 2);
     auto lin = std::static_pointer_cast<nn::Sequential>(layer.output_linear)->at<nn::Linear>(0);
-    CHECK(max_abs_diff(y, linear(z, lin->weight, lin->bias)) < 1e-12);
+    CHECK(max_abs_diff(y, linear(z, lin->weight.tensor(), lin->bias.tensor())) < 1e-12);
     // A shorter input than l_max uses the first taps.
     CHECK(layer(x.narrow(1, 0, 9)).shape() == Shape{2, 9, 3});
     CHECK(max_abs_diff(layer(x.narrow(1, 0, 9)), y.narrow(1, 0, 9)) < 1e-12);

@@ -28,11 +28,11 @@ void randomize_bn(nn::BatchNorm2d& bn, Generator& gen) {
   const Shape s{bn.options().num_features()};
   const DType dt = bn.running_mean.dtype();
   if (bn.options().affine()) {
-    bn.weight.copy_(rand(s, dt, &gen, 0.5, 1.5));
-    bn.bias.copy_(randn(s, dt, &gen) * 0.2);
+    bn.weight.tensor().copy_(rand(s, dt, &gen, 0.5, 1.5));
+    bn.bias.tensor().copy_(randn(s, dt, &gen) * 0.2);
   }
-  bn.running_mean.copy_(randn(s, dt, &gen) * 0.2);
-  bn.running_var.copy_(rand(s, dt, &gen, 0.5, 2.0));
+  bn.running_mean.tensor().copy_(randn(s, dt, &gen) * 0.2);
+  bn.running_var.tensor().copy_(rand(s, dt, &gen, 0.5, 2.0));
 }
 
 void randomize_all_bn(nn::Module& m, Generator& gen) {
@@ -193,9 +193,9 @@ TEST_CASE("ReparamLargeKernelConv: trained, then fused into lkb_reparam with ide
     const int64_t per = c.in / c.groups;
     REQUIRE(num_params(*m) == c.out * per * c.k * c.k + 2 * c.out + (c.small ? c.out * per * c.small * c.small + 2 * c.out : 0));
 
-    Tensor w_before = m->lkb_origin->conv->weight.clone();
+    Tensor w_before = m->lkb_origin->conv->weight.tensor().clone();
     train_steps(*m, x, 3);
-    REQUIRE(max_abs_diff(m->lkb_origin->conv->weight, w_before) > 1e-6);  // training moved the weights
+    REQUIRE(max_abs_diff(m->lkb_origin->conv->weight.tensor(), w_before) > 1e-6);  // training moved the weights
     m->eval();
     Tensor y0 = (*m)(x);
     REQUIRE(y0.shape() == Shape{2, c.out, (11 - 1) / c.stride + 1, (11 - 1) / c.stride + 1});

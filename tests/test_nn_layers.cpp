@@ -46,28 +46,28 @@ TEST_CASE("Conv2d: OIHW layout, PyTorch default init bounds, forward equals conv
   REQUIRE(conv.weight.shape() == Shape{64, 32, 3, 3});
   REQUIRE(conv.bias.shape() == Shape{64});
   double bound = 1.0 / std::sqrt(32.0 * 9);  // fan_in = C_in * kH * kW
-  for (const Tensor& t : {conv.weight, conv.bias}) {
+  for (const Tensor& t : {conv.weight.tensor(), conv.bias.tensor()}) {
     REQUIRE(max(t).item() <= bound);
     REQUIRE(min(t).item() >= -bound);
   }
-  REQUIRE(max(conv.weight).item() > 0.99 * bound);
-  REQUIRE(variance(conv.weight) == Approx(bound * bound / 3).epsilon(0.03));
+  REQUIRE(max(conv.weight.tensor()).item() > 0.99 * bound);
+  REQUIRE(variance(conv.weight.tensor()) == Approx(bound * bound / 3).epsilon(0.03));
 
   // Depthwise: fan_in = C_in/groups * kH * kW = 49.
   nn::Conv2d dw(nn::Conv2dOptions(64, 64, 7).padding(3).groups(64));
   REQUIRE(dw.weight.shape() == Shape{64, 1, 7, 7});
   bound = 1.0 / 7.0;
-  REQUIRE(max(dw.weight).item() <= bound);
-  REQUIRE(min(dw.weight).item() >= -bound);
-  REQUIRE(max(dw.bias).item() <= bound);
-  REQUIRE(variance(dw.weight) == Approx(bound * bound / 3).epsilon(0.05));
+  REQUIRE(max(dw.weight.tensor()).item() <= bound);
+  REQUIRE(min(dw.weight.tensor()).item() >= -bound);
+  REQUIRE(max(dw.bias.tensor()).item() <= bound);
+  REQUIRE(variance(dw.weight.tensor()) == Approx(bound * bound / 3).epsilon(0.05));
   REQUIRE(dw.extra_repr() == "64, 64, kernel_size=(7, 7), stride=(1, 1), padding=(3, 3), groups=64");
 
   Tensor x = randn({2, 32, 9, 8});
-  REQUIRE(max_abs_diff(conv(x), conv2d(x, conv.weight, conv.bias, {.padding = {1, 1}})) == 0.0);
+  REQUIRE(max_abs_diff(conv(x), conv2d(x, conv.weight.tensor(), conv.bias.tensor(), {.padding = {1, 1}})) == 0.0);
   nn::Conv2d strided(nn::Conv2dOptions(32, 8, {3, 5}).stride({2, 1}).padding({0, 2}).dilation(2).bias(false));
   REQUIRE(keys(strided.named_parameters()) == std::vector<std::string>{"weight"});
-  REQUIRE(max_abs_diff(strided(x), conv2d(x, strided.weight, {},
+  REQUIRE(max_abs_diff(strided(x), conv2d(x, strided.weight.tensor(), {},
                                           {.stride = {2, 1}, .padding = {0, 2}, .dilation = {2, 2}})) == 0.0);
   REQUIRE(strided.extra_repr() ==
           "32, 8, kernel_size=(3, 5), stride=(2, 1), padding=(0, 2), dilation=(2, 2), bias=False");
@@ -81,20 +81,20 @@ TEST_CASE("Conv2d padding same: odd kernels pad symmetrically, even kernels pad 
   REQUIRE(odd.options().padding_same());
   Tensor y = odd(x);
   REQUIRE(y.shape() == Shape{1, 4, 7, 6});
-  REQUIRE(max_abs_diff(y, conv2d(x, odd.weight, odd.bias, {.padding = {2, 2}})) == 0.0);
+  REQUIRE(max_abs_diff(y, conv2d(x, odd.weight.tensor(), odd.bias.tensor(), {.padding = {2, 2}})) == 0.0);
   // Even kernel 4: total padding 3 = 1 before + 2 after (PyTorch's split).
   nn::Conv2d even(nn::Conv2dOptions(3, 4, 4).padding(nn::kSame));
   y = even(x);
   REQUIRE(y.shape() == Shape{1, 4, 7, 6});
-  REQUIRE(max_abs_diff(y, conv2d(pad(x, {1, 2, 1, 2}), even.weight, even.bias)) < 1e-6);
+  REQUIRE(max_abs_diff(y, conv2d(pad(x, {1, 2, 1, 2}), even.weight.tensor(), even.bias.tensor())) < 1e-6);
   // A 1x4 band with dilation 1 in H and 2 in W: H total 0, W total 6 -> symmetric 3.
   nn::Conv2d band(nn::Conv2dOptions(3, 2, {1, 4}).dilation({1, 2}).padding(nn::kSame));
   y = band(x);
   REQUIRE(y.shape() == Shape{1, 2, 7, 6});
-  REQUIRE(max_abs_diff(y, conv2d(x, band.weight, band.bias, {.padding = {0, 3}, .dilation = {1, 2}})) == 0.0);
+  REQUIRE(max_abs_diff(y, conv2d(x, band.weight.tensor(), band.bias.tensor(), {.padding = {0, 3}, .dilation = {1, 2}})) == 0.0);
   // 2x1 kernel: H total 1 = 0 before + 1 after.
   nn::Conv2d tall(nn::Conv2dOptions(3, 2, {2, 1}).padding(nn::kSame));
-  REQUIRE(max_abs_diff(tall(x), conv2d(pad(x, {0, 0, 0, 1}), tall.weight, tall.bias)) < 1e-6);
+  REQUIRE(max_abs_diff(tall(x), conv2d(pad(x, {0, 0, 0, 1}), tall.weight.tensor(), tall.bias.tensor())) < 1e-6);
   REQUIRE(tall.extra_repr() == "3, 2, kernel_size=(2, 1), stride=(1, 1), padding=same");
   // kValid is no padding.
   nn::Conv2d valid(nn::Conv2dOptions(3, 2, 3).padding(nn::kValid));
@@ -119,14 +119,14 @@ TEST_CASE("LayerNorm normalizes the last dims; LayerNorm2d the channels of NCHW"
   nn::LayerNorm ln(nn::LayerNormOptions({3, 4}).eps(1e-5));
   REQUIRE(keys(ln.named_parameters()) == std::vector<std::string>{"weight", "bias"});
   REQUIRE(ln.weight.shape() == Shape{3, 4});
-  REQUIRE(ln.weight.sum().item() == 12.0);  // ones
-  REQUIRE(ln.bias.abs().sum().item() == 0.0);  // zeros
-  init::normal_(ln.weight);
-  init::normal_(ln.bias);
+  REQUIRE(ln.weight.tensor().sum().item() == 12.0);  // ones
+  REQUIRE(ln.bias.tensor().abs().sum().item() == 0.0);  // zeros
+  init::normal_(ln.weight.tensor());
+  init::normal_(ln.bias.tensor());
   Tensor x = randn({2, 5, 3, 4});
   Tensor mu = mean(x, {-2, -1}, true);
   Tensor var_ = var(x, {-2, -1}, 0, true);
-  Tensor ref = (x - mu) / sqrt(var_ + 1e-5) * ln.weight + ln.bias;
+  Tensor ref = (x - mu) / sqrt(var_ + 1e-5) * ln.weight.tensor() + ln.bias.tensor();
   REQUIRE(max_abs_diff(ln(x), ref) < 1e-5);
   REQUIRE_THROWS_WITH(ln(randn({2, 4, 3})), Catch::Contains("must end in [3, 4]"));
   REQUIRE(nn::LayerNorm(nn::LayerNormOptions(8).elementwise_affine(false)).named_parameters().empty());
@@ -134,12 +134,12 @@ TEST_CASE("LayerNorm normalizes the last dims; LayerNorm2d the channels of NCHW"
 
   nn::LayerNorm2d ln2(6);
   REQUIRE(ln2.options().eps() == 1e-6);  // timm's default
-  init::normal_(ln2.weight);
-  init::normal_(ln2.bias);
+  init::normal_(ln2.weight.tensor());
+  init::normal_(ln2.bias.tensor());
   Tensor z = randn({2, 6, 3, 5});
   Tensor m2 = mean(z, {1}, true);
   Tensor v2 = var(z, {1}, 0, true);
-  Tensor ref2 = (z - m2) / sqrt(v2 + 1e-6) * ln2.weight.reshape({1, 6, 1, 1}) + ln2.bias.reshape({1, 6, 1, 1});
+  Tensor ref2 = (z - m2) / sqrt(v2 + 1e-6) * ln2.weight.tensor().reshape({1, 6, 1, 1}) + ln2.bias.tensor().reshape({1, 6, 1, 1});
   Tensor out2 = ln2(z);
   REQUIRE(out2.shape() == Shape{2, 6, 3, 5});
   REQUIRE(max_abs_diff(out2, ref2) < 1e-5);
@@ -153,7 +153,7 @@ TEST_CASE("BatchNorm2d updates running stats only in training mode", "[nn][norm]
                                                             "running_var", "num_batches_tracked"});
   REQUIRE(keys(bn.named_buffers()).size() == 3);
   REQUIRE(bn.num_batches_tracked.dtype() == DType::Int64);
-  REQUIRE(bn.num_batches_tracked.dim() == 0);
+  REQUIRE(bn.num_batches_tracked.tensor().dim() == 0);
 
   Tensor x = randn({4, 3, 2, 5}) * 2.0 + 1.0;
   Tensor bmean = mean(x, {0, 2, 3});
@@ -162,26 +162,26 @@ TEST_CASE("BatchNorm2d updates running stats only in training mode", "[nn][norm]
   Tensor y = bn(x);
   Tensor ref = (x - bmean.reshape({1, 3, 1, 1})) / sqrt(bvar_biased.reshape({1, 3, 1, 1}) + 1e-5);
   REQUIRE(max_abs_diff(y, ref) < 1e-5);
-  REQUIRE(max_abs_diff(bn.running_mean, bmean * 0.1) < 1e-6);
-  REQUIRE(max_abs_diff(bn.running_var, bvar_unbiased * 0.1 + 0.9) < 1e-6);
-  REQUIRE(bn.num_batches_tracked.item() == 1);
+  REQUIRE(max_abs_diff(bn.running_mean.tensor(), bmean * 0.1) < 1e-6);
+  REQUIRE(max_abs_diff(bn.running_var.tensor(), bvar_unbiased * 0.1 + 0.9) < 1e-6);
+  REQUIRE(bn.num_batches_tracked.tensor().item() == 1);
 
   // Eval: the running statistics normalize, and nothing is updated.
   bn.eval();
-  const Tensor rm = bn.running_mean.clone().detach(), rv = bn.running_var.clone().detach();
+  const Tensor rm = bn.running_mean.tensor().clone().detach(), rv = bn.running_var.tensor().clone().detach();
   Tensor ye = bn(x);
   REQUIRE(max_abs_diff(ye, (x - rm.reshape({1, 3, 1, 1})) / sqrt(rv.reshape({1, 3, 1, 1}) + 1e-5)) < 1e-5);
-  REQUIRE(max_abs_diff(bn.running_mean, rm) == 0.0);
-  REQUIRE(max_abs_diff(bn.running_var, rv) == 0.0);
-  REQUIRE(bn.num_batches_tracked.item() == 1);
+  REQUIRE(max_abs_diff(bn.running_mean.tensor(), rm) == 0.0);
+  REQUIRE(max_abs_diff(bn.running_var.tensor(), rv) == 0.0);
+  REQUIRE(bn.num_batches_tracked.tensor().item() == 1);
 
   // momentum = None: a cumulative average of the batch statistics.
   nn::BatchNorm2d cum(nn::BatchNorm2dOptions(3).momentum(std::nullopt));
   Tensor x2 = randn({4, 3, 2, 5});
   cum(x);
   cum(x2);
-  REQUIRE(max_abs_diff(cum.running_mean, (bmean + mean(x2, {0, 2, 3})) * 0.5) < 1e-6);
-  REQUIRE(cum.num_batches_tracked.item() == 2);
+  REQUIRE(max_abs_diff(cum.running_mean.tensor(), (bmean + mean(x2, {0, 2, 3})) * 0.5) < 1e-6);
+  REQUIRE(cum.num_batches_tracked.tensor().item() == 2);
   REQUIRE(cum.extra_repr() == "3, eps=1e-05, momentum=None, affine=True, track_running_stats=True");
 
   // Without running stats: no buffers, batch statistics in eval mode too.
@@ -216,21 +216,21 @@ TEST_CASE("train/eval recurse: Dropout is the identity and BatchNorm frozen in e
   REQUIRE(zeros_count > 400);
   REQUIRE(zeros_count < 600);
   (*model)(x);
-  REQUIRE(bn->num_batches_tracked.item() == 1);
+  REQUIRE(bn->num_batches_tracked.tensor().item() == 1);
 
   model->eval();
   for (auto& m : model->modules()) REQUIRE_FALSE(m->is_training());
   REQUIRE(max_abs_diff((*drop)(x), x) == 0.0);
-  const Tensor rm = bn->running_mean.clone().detach();
+  const Tensor rm = bn->running_mean.tensor().clone().detach();
   Tensor a = (*model)(x), b = (*model)(x);
   REQUIRE(max_abs_diff(a, b) == 0.0);  // deterministic in eval
-  REQUIRE(bn->num_batches_tracked.item() == 1);
-  REQUIRE(max_abs_diff(bn->running_mean, rm) == 0.0);
+  REQUIRE(bn->num_batches_tracked.tensor().item() == 1);
+  REQUIRE(max_abs_diff(bn->running_mean.tensor(), rm) == 0.0);
 
   model->train();
   (*model)(x);
-  REQUIRE(bn->num_batches_tracked.item() == 2);
-  REQUIRE(max_abs_diff(bn->running_mean, rm) > 0.0);
+  REQUIRE(bn->num_batches_tracked.tensor().item() == 2);
+  REQUIRE(max_abs_diff(bn->running_mean.tensor(), rm) > 0.0);
   REQUIRE_THROWS_WITH(nn::Dropout(1.5), Catch::Contains("p must be in [0, 1]"));
 }
 

@@ -3,6 +3,7 @@
 // does not depend on the conv/norm/pool/random/loss families (those are in test_nn_layers.cpp).
 #include "gradcheck.hpp"
 
+#include <kern/nn/functional_call.hpp>
 #include <kern/nn/nn.hpp>
 
 #include <algorithm>
@@ -22,10 +23,10 @@ struct Block : nn::Module {
     gamma = register_parameter("gamma", full({dim}, 0.5));
     register_buffer("steps", zeros({}, DType::Int64));
   }
-  Tensor forward(const Tensor& x) override { return x + (*conv_dw)(x) * gamma; }
+  Tensor forward(const Tensor& x) override { return x + (*conv_dw)(x) * gamma(); }
   std::string name() const override { return "Block"; }
   std::shared_ptr<nn::Linear> conv_dw;
-  Tensor gamma;
+  nn::Param gamma;
 };
 
 struct Stage : nn::Module {
@@ -118,7 +119,7 @@ TEST_CASE("named_parameters gives dotted names in registration order", "[nn]") {
   auto blk = std::dynamic_pointer_cast<Block>(net->get_submodule("stages.0.blocks.1"));
   REQUIRE(blk != nullptr);
   REQUIRE(net->get_parameter("stages.0.blocks.1.conv_dw.weight").impl_ptr() ==
-          blk->conv_dw->weight.impl_ptr());
+          blk->conv_dw->weight.tensor().impl_ptr());
   REQUIRE(net->get_buffer("scale").numel() == 1);
   REQUIRE_THROWS_WITH(net->get_submodule("stages.2"), Catch::Contains("no child '2'"));
   REQUIRE_THROWS_WITH(net->get_parameter("stem.gamma"), Catch::Contains("no parameter 'gamma'"));
@@ -132,7 +133,7 @@ TEST_CASE("tied parameters appear once in named_parameters, under every name in 
           "[nn]") {
   auto a = std::make_shared<nn::Linear>(4, 4);
   auto b = std::make_shared<nn::Linear>(4, 4);
-  b->weight = b->register_parameter("weight", a->weight);  // tie
+  b->weight = b->register_parameter("weight", a->weight.tensor());  // tie
   nn::Sequential seq(a, b);
   REQUIRE(keys(seq.named_parameters()) ==
           std::vector<std::string>{"0.weight", "0.bias", "1.bias"});
@@ -157,7 +158,7 @@ TEST_CASE("registration rejects bad names and clashes", "[nn][errors]") {
   REQUIRE(m.get_parameter("w").shape() == Shape{5});
   // A non-leaf is detached into a leaf.
   Tensor base = randn({2}).requires_grad_();
-  Tensor p = m.register_parameter("derived", base * 2.0);
+  Tensor p = m.register_parameter("derived", base * 2.0).tensor();
   REQUIRE(p.is_leaf());
   REQUIRE(p.requires_grad());
   REQUIRE_THROWS_WITH(m(zeros({1})), Catch::Contains("forward() is not implemented"));
@@ -169,15 +170,15 @@ TEST_CASE("state_dict round trip copies values in place", "[nn]") {
   manual_seed(2);
   auto b = std::make_shared<Net>();
   a->get_buffer("stages.1.blocks.0.steps").fill_(7);
-  Tensor b_stem = b->stem->weight;
-  REQUIRE(max_abs_diff(a->stem->weight, b->stem->weight) > 0);
+  Tensor b_stem = b->stem->weight.tensor();
+  REQUIRE(max_abs_diff(a->stem->weight.tensor(), b->stem->weight.tensor()) > 0);
 
   auto sd = a->state_dict();
   // Own parameters and buffers first (Net has the buffer "scale"), then each child's.
   REQUIRE(sd[0].first == "scale");
   REQUIRE(sd[1].first == "stem.weight");
   REQUIRE_FALSE(sd[1].second.requires_grad());  // detached views
-  REQUIRE(sd[1].second.shares_storage(a->stem->weight));
+  REQUIRE(sd[1].second.shares_storage(a->stem->weight.tensor()));
   auto result = b->load_state_dict(sd);
   REQUIRE(result.ok());
   auto sa = a->state_dict(), sb = b->state_dict();
@@ -188,9 +189,9 @@ TEST_CASE("state_dict round trip copies values in place", "[nn]") {
     REQUIRE(max_abs_diff(sa[i].second, sb[i].second) == 0.0);
   }
   // In place: b's tensors keep their identity and requires_grad; storage is not shared with a.
-  REQUIRE(b->stem->weight.impl_ptr() == b_stem.impl_ptr());
-  REQUIRE(b->stem->weight.requires_grad());
-  REQUIRE_FALSE(b->stem->weight.shares_storage(a->stem->weight));
+  REQUIRE(b->stem->weight.tensor().impl_ptr() == b_stem.impl_ptr());
+  REQUIRE(b->stem->weight.tensor().requires_grad());
+  REQUIRE_FALSE(b->stem->weight.tensor().shares_storage(a->stem->weight.tensor()));
   REQUIRE(b->get_buffer("stages.1.blocks.0.steps").item() == 7);
 
   // Outputs agree.
@@ -206,7 +207,7 @@ TEST_CASE("strict load_state_dict reports every missing, unexpected and mis-shap
           "[nn][errors]") {
   manual_seed(3);
   auto net = std::make_shared<Net>();
-  const Tensor before = net->stem->weight.clone().detach();
+  const Tensor before = net->stem->weight.tensor().clone().detach();
   nn::StateDict sd;
   for (auto& [k, t] : net->state_dict()) {
     if (k == "stages.0.blocks.1.gamma") continue;                         // missing
@@ -227,7 +228,7 @@ TEST_CASE("strict load_state_dict reports every missing, unexpected and mis-shap
     REQUIRE_THAT(msg, Catch::Contains("head.weight: expected shape [2, 4], got [3, 4]"));
   }
   // Nothing was copied (validation happens first).
-  REQUIRE(max_abs_diff(net->stem->weight, before) == 0.0);
+  REQUIRE(max_abs_diff(net->stem->weight.tensor(), before) == 0.0);
 
   // Non-strict: missing/unexpected are returned; a shape mismatch still throws.
   REQUIRE_THROWS_WITH(net->load_state_dict(sd, false),
@@ -238,7 +239,7 @@ TEST_CASE("strict load_state_dict reports every missing, unexpected and mis-shap
   auto r = net->load_state_dict(sd, false);
   REQUIRE(r.missing_keys == std::vector<std::string>{"stages.0.blocks.1.gamma"});
   REQUIRE(r.unexpected_keys == std::vector<std::string>{"stages.0.blocks.1.extra"});
-  REQUIRE(net->stem->weight.abs().sum().item() == 0.0);  // the valid keys loaded
+  REQUIRE(net->stem->weight.tensor().abs().sum().item() == 0.0);  // the valid keys loaded
 
   // Duplicate keys are an error in both modes.
   nn::StateDict dup = net->state_dict();
@@ -270,7 +271,7 @@ TEST_CASE("forward hooks fire in order, may replace values and can be removed", 
   Tensor y = (*seq)(x);
   REQUIRE(log == std::vector<std::string>{"pre1:Sequential", "pre2", "child:Linear", "post1", "post2:[1, 2]"});
   // tanh(fc(0)) + 1 = tanh(bias) + 1.
-  REQUIRE(max_abs_diff(y, tanh(fc->bias).reshape({1, 2}) + 1.0) < 1e-6);
+  REQUIRE(max_abs_diff(y, tanh(fc->bias.tensor()).reshape({1, 2}) + 1.0) < 1e-6);
 
   // forward() bypasses this module's hooks (children called via operator() still fire).
   log.clear();
@@ -379,7 +380,7 @@ TEST_CASE("repr prints the module tree like PyTorch", "[nn]") {
 TEST_CASE("to(dtype) converts parameters and buffers in place; apply and zero_grad", "[nn]") {
   manual_seed(5);
   auto net = std::make_shared<Net>();
-  Tensor w = net->stem->weight;  // a handle held elsewhere (e.g. by an optimizer)
+  Tensor w = net->stem->weight.tensor();  // a handle held elsewhere (e.g. by an optimizer)
   const Tensor w32 = w.clone().detach();
   (*net)(randn({2, 3})).sum().backward();
   REQUIRE(w.grad().defined());
@@ -408,9 +409,9 @@ TEST_CASE("to(dtype) converts parameters and buffers in place; apply and zero_gr
                                             "Stage", "Linear", "Block", "Sequential", "Stage",
                                             "ModuleList"});
   net->apply([](nn::Module& m) {
-    if (auto* lin = dynamic_cast<nn::Linear*>(&m)) init::zeros_(lin->weight);
+    if (auto* lin = dynamic_cast<nn::Linear*>(&m)) init::zeros_(lin->weight.tensor());
   });
-  REQUIRE(net->head->weight.abs().sum().item() == 0.0);
+  REQUIRE(net->head->weight.tensor().abs().sum().item() == 0.0);
 }
 
 TEST_CASE("gradcheck of a Sequential MLP with respect to its parameters", "[nn][gradcheck]") {
@@ -423,22 +424,17 @@ TEST_CASE("gradcheck of a Sequential MLP with respect to its parameters", "[nn][
   const Tensor x = randn({4, 3}, DType::Float64);
   std::vector<Tensor> inputs = {x};
   for (auto& l : lins) {
-    inputs.push_back(l->weight);
-    inputs.push_back(l->bias);
+    inputs.push_back(l->weight.tensor());
+    inputs.push_back(l->bias.tensor());
   }
-  // Substitute the gradcheck's tensors for the layers' weights (the members forward reads).
+  // The gradcheck's tensors go into the layers' slots for each call (functional_call).
+  const std::vector<std::string> names = {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"};
   testing::Fn f = [&](const std::vector<Tensor>& ps) {
-    for (size_t i = 0; i < lins.size(); ++i) {
-      lins[i]->weight = ps[1 + 2 * i];
-      lins[i]->bias = ps[2 + 2 * i];
-    }
-    return (*mlp)(ps[0]);
+    nn::StateDict sub;
+    for (size_t i = 0; i < names.size(); ++i) sub.emplace_back(names[i], ps[1 + i]);
+    return nn::functional_call(*mlp, sub, ps[0]);
   };
   KERN_GRADCHECK(f, inputs);
-  for (size_t i = 0; i < lins.size(); ++i) {  // restore the registered parameters
-    lins[i]->weight = inputs[1 + 2 * i];
-    lins[i]->bias = inputs[2 + 2 * i];
-  }
 
   // The registered parameters themselves: backward fills .grad matching central differences.
   Generator gen(7);
@@ -470,17 +466,17 @@ TEST_CASE("Linear: layout, default init bounds, forward and options", "[nn]") {
   REQUIRE(lin.weight.shape() == Shape{300, 400});
   REQUIRE(lin.bias.shape() == Shape{300});
   const double bound = 1.0 / std::sqrt(400.0);  // kaiming_uniform(a = sqrt 5) on fan_in 400
-  for (const Tensor& t : {lin.weight, lin.bias}) {
+  for (const Tensor& t : {lin.weight.tensor(), lin.bias.tensor()}) {
     REQUIRE(max(t).item() <= bound);
     REQUIRE(min(t).item() >= -bound);
   }
-  REQUIRE(max(lin.weight).item() > 0.99 * bound);
-  REQUIRE(min(lin.weight).item() < -0.99 * bound);
-  REQUIRE(variance(lin.weight) == Approx(bound * bound / 3).epsilon(0.02));
-  REQUIRE(variance(lin.bias) == Approx(bound * bound / 3).epsilon(0.25));
+  REQUIRE(max(lin.weight.tensor()).item() > 0.99 * bound);
+  REQUIRE(min(lin.weight.tensor()).item() < -0.99 * bound);
+  REQUIRE(variance(lin.weight.tensor()) == Approx(bound * bound / 3).epsilon(0.02));
+  REQUIRE(variance(lin.bias.tensor()) == Approx(bound * bound / 3).epsilon(0.25));
 
   Tensor x = randn({2, 7, 400});
-  REQUIRE(max_abs_diff(lin(x), matmul(x, lin.weight.t()) + lin.bias) < 1e-5);
+  REQUIRE(max_abs_diff(lin(x), matmul(x, lin.weight.tensor().t()) + lin.bias.tensor()) < 1e-5);
   REQUIRE_THROWS_WITH(lin(randn({2, 399})), Catch::Contains("Linear(400 -> 300)") && Catch::Contains("[2, 399]"));
 
   nn::Linear nobias(nn::LinearOptions(4, 3).bias(false));
@@ -493,10 +489,10 @@ TEST_CASE("Linear: layout, default init bounds, forward and options", "[nn]") {
   nn::Linear l1(5, 6);
   manual_seed(9);
   nn::Linear l2(5, 6);
-  REQUIRE(max_abs_diff(l1.weight, l2.weight) == 0.0);
+  REQUIRE(max_abs_diff(l1.weight.tensor(), l2.weight.tensor()) == 0.0);
   Generator g(10);
   l2.reset_parameters(&g);
-  REQUIRE(max_abs_diff(l1.weight, l2.weight) > 0.0);
+  REQUIRE(max_abs_diff(l1.weight.tensor(), l2.weight.tensor()) > 0.0);
 }
 
 TEST_CASE("init: kaiming, xavier, normal and trunc_normal statistics", "[nn]") {

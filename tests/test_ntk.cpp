@@ -85,7 +85,7 @@ struct Tied : nn::Module {
     fc = register_module("fc", std::make_shared<nn::Linear>(4, 4));
     mid = register_module("mid", std::make_shared<nn::Linear>(4, 4));
   }
-  Tensor forward(const Tensor& x) override { return matmul(tanh((*mid)(tanh((*fc)(x)))), fc->weight); }
+  Tensor forward(const Tensor& x) override { return matmul(tanh((*mid)(tanh((*fc)(x)))), fc->weight.tensor()); }
   std::shared_ptr<nn::Linear> fc, mid;
 };
 
@@ -166,9 +166,9 @@ TEST_CASE("NTK: the matrix-free operator gives K v without the kernel", "[ntk]")
   Tensor h = tanh((*(*f.model)[2])(tanh((*(*f.model)[0])(x)))).detach();
   Tensor expected = kron_eye(matmul(h, h.t()) + 1.0, 3);
   for (NtkMethod m : kMethods)
-    REQUIRE(max_abs_diff(ntk(*f.model, x, NtkOptions().method(m).params({last->weight, last->bias})), expected) <
+    REQUIRE(max_abs_diff(ntk(*f.model, x, NtkOptions().method(m).params({last->weight.tensor(), last->bias.tensor()})), expected) <
             1e-12);
-  NtkOperator sub(*f.model, x, {last->weight, last->bias});
+  NtkOperator sub(*f.model, x, {last->weight.tensor(), last->bias.tensor()});
   REQUIRE(max_abs_diff(sub.dense(), expected) < 1e-12);
 }
 
@@ -193,10 +193,10 @@ TEST_CASE("NTK: a dense layer's structured kernel equals its closed form (x x^T 
   nn::Linear fc(5, 3);
   fc.to(DType::Float64);
   NtkInfo info;
-  REQUIRE(max_abs_diff(ntk(fc, x, NtkOptions().params({fc.bias}), &info), kron_eye(ones({7, 7}, DType::Float64), 3)) <
+  REQUIRE(max_abs_diff(ntk(fc, x, NtkOptions().params({fc.bias.tensor()}), &info), kron_eye(ones({7, 7}, DType::Float64), 3)) <
           1e-12);
   REQUIRE(info.structured == std::vector<std::string>{"bias"});
-  REQUIRE(max_abs_diff(ntk(fc, x, NtkOptions().params({fc.weight})), kron_eye(matmul(x, x.t()), 3)) < 1e-12);
+  REQUIRE(max_abs_diff(ntk(fc, x, NtkOptions().params({fc.weight.tensor()})), kron_eye(matmul(x, x.t()), 3)) < 1e-12);
   // On a sequence [N, L, in] the layer sees L positions per sample: sum over them.
   Tensor xs = randn({3, 4, 5}, DType::Float64, &gen);
   nn::Linear seq(5, 2);
@@ -418,7 +418,7 @@ TEST_CASE("NTK: bad arguments throw kern::Error", "[ntk][errors]") {
   nn::Linear other(3, 2);
   Tensor x = zeros({4, 3}, DType::Float64);
   REQUIRE_THROWS_WITH(ntk(fc, zeros({4, 3})), Catch::Contains("float32") && Catch::Contains("float64"));
-  REQUIRE_THROWS_WITH(ntk(fc, x, NtkOptions().params({other.weight})), Catch::Contains("not a parameter"));
+  REQUIRE_THROWS_WITH(ntk(fc, x, NtkOptions().params({other.weight.tensor()})), Catch::Contains("not a parameter"));
   REQUIRE_THROWS_WITH(ntk(fc, x, zeros({2, 4}, DType::Float64)), Catch::Contains("differ beyond the batch"));
   REQUIRE_THROWS_AS(ntk(fc, zeros({0, 3}, DType::Float64)), Error);
   REQUIRE_THROWS_WITH(kernel_eigenvalues(zeros({2, 3})), Catch::Contains("square"));

@@ -243,7 +243,7 @@ TEST_CASE("param: depth-muP branch multiplier and Adam depth rule", "[param]") {
   Tensor x = kern::randn({4, 1024});
   auto fc2 = m.blocks->at<Block>(0)->fc2;
   Tensor got = (*fc2)(x);
-  Tensor want = kern::linear(x, fc2->weight, fc2->bias) * 0.5;
+  Tensor want = kern::linear(x, fc2->weight.tensor(), fc2->bias.tensor()) * 0.5;
   CHECK(kern::max(kern::abs(got - want)).item<double>() < 1e-5);
 
   CHECK_THROWS_AS(param::compute_records(
@@ -259,21 +259,21 @@ TEST_CASE("param: apply re-initializes, stores records and multiplies in forward
   REQUIRE(stored.size() == 6);
   CHECK(rec(stored, "4.weight").multiplier == Approx(0.25));
   // Empirical init statistics match the record (uniform: std = bound / sqrt(3)).
-  CHECK(tensor_std(m->at<nn::Linear>(2)->weight) == Approx(sd(1024)).epsilon(0.02));
-  CHECK(tensor_std(m->at<nn::Linear>(0)->weight) == Approx(sd(kIn)).epsilon(0.03));
-  CHECK(tensor_std(m->at<nn::Linear>(2)->bias) == Approx(sd(kBase)).epsilon(0.1));
-  CHECK(kern::max(kern::abs(m->at<nn::Linear>(4)->weight)).item<double>() == 0.0);
-  CHECK(kern::max(kern::abs(m->at<nn::Linear>(4)->bias)).item<double>() == 0.0);
+  CHECK(tensor_std(m->at<nn::Linear>(2)->weight.tensor()) == Approx(sd(1024)).epsilon(0.02));
+  CHECK(tensor_std(m->at<nn::Linear>(0)->weight.tensor()) == Approx(sd(kIn)).epsilon(0.03));
+  CHECK(tensor_std(m->at<nn::Linear>(2)->bias.tensor()) == Approx(sd(kBase)).epsilon(0.1));
+  CHECK(kern::max(kern::abs(m->at<nn::Linear>(4)->weight.tensor())).item<double>() == 0.0);
+  CHECK(kern::max(kern::abs(m->at<nn::Linear>(4)->bias.tensor())).item<double>() == 0.0);
 
   // Readout: y = (h W^T) / 4 + b (the bias is not multiplied).
   auto out = m->at<nn::Linear>(4);
   {
     kern::NoGradGuard ng;
-    nn::init::normal_(out->weight, 0.0, 1.0);
-    nn::init::normal_(out->bias, 0.0, 1.0);
+    nn::init::normal_(out->weight.tensor(), 0.0, 1.0);
+    nn::init::normal_(out->bias.tensor(), 0.0, 1.0);
   }
   Tensor h = kern::randn({3, 1024});
-  Tensor want = kern::linear(h, out->weight) * 0.25 + out->bias;
+  Tensor want = kern::linear(h, out->weight.tensor()) * 0.25 + out->bias.tensor();
   CHECK(kern::max(kern::abs((*out)(h) - want)).item<double>() < 1e-5);
 
   // Conv2d multiplies the same way.
@@ -282,14 +282,14 @@ TEST_CASE("param: apply re-initializes, stores records and multiplies in forward
   r.multiplier = 0.5;
   conv.set_param_record("weight", r);
   Tensor x = kern::randn({2, 4, 5, 5});
-  Tensor cw = kern::conv2d(x, conv.weight, Tensor(), conv.params()) * 0.5 +
-              conv.bias.reshape({6, 1, 1});
+  Tensor cw = kern::conv2d(x, conv.weight.tensor(), Tensor(), conv.params()) * 0.5 +
+              conv.bias.tensor().reshape({6, 1, 1});
   CHECK(kern::max(kern::abs(conv(x) - cw)).item<double>() < 1e-5);
 
   // clear() returns to the plain forward.
   param::clear(*m);
   CHECK(param::records(*m).empty());
-  CHECK(kern::max(kern::abs((*out)(h) - kern::linear(h, out->weight, out->bias))).item<double>() == 0.0);
+  CHECK(kern::max(kern::abs((*out)(h) - kern::linear(h, out->weight.tensor(), out->bias.tensor()))).item<double>() == 0.0);
 }
 
 TEST_CASE("param: standard preset reproduces PyTorch's default init stream", "[param]") {
@@ -323,7 +323,7 @@ TEST_CASE("param: param_groups carry the records' lr and weight-decay multiplier
     CHECK(*g.lr == 0.01);
     for (size_t j = 0; j < g.params.size(); ++j) {
       total += 1;
-      const bool hidden = g.params[j].impl_ptr() == m->at<nn::Linear>(2)->weight.impl_ptr();
+      const bool hidden = g.params[j].impl_ptr() == m->at<nn::Linear>(2)->weight.tensor().impl_ptr();
       CHECK(g.lr_mult[j] == Approx(hidden ? 0.25 : 1.0));
       CHECK(*g.weight_decay == Approx(hidden ? 0.4 : 0.1));
     }

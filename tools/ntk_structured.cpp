@@ -28,15 +28,6 @@ namespace {
 
 enum class Strategy { Dense, PerSample, Pairwise };
 
-// The forward multiplier of a module's parameter (kern/param: y = m_w (x W^T) + m_b b), or 1
-// on a build whose Module has no parameterization records. A template so that the
-// requires-expression is checked on substitution.
-template <class M>
-double multiplier(const M& m, std::string_view name) {
-  if constexpr (requires { m.param_multiplier(name); }) return m.param_multiplier(name);
-  else return 1.0;
-}
-
 struct Layer {
   std::string name;
   nn::Module* module = nullptr;
@@ -450,17 +441,18 @@ Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, con
     L.module = m.get();
     if (typeid(*m) == typeid(nn::Linear)) {
       L.linear = static_cast<const nn::Linear*>(m.get());
-      L.w = L.linear->weight;
-      L.b = L.linear->bias;
+      L.w = L.linear->weight.tensor();
+      L.b = L.linear->bias.tensor();
     } else if (typeid(*m) == typeid(nn::Conv2d)) {
       L.conv = static_cast<const nn::Conv2d*>(m.get());
-      L.w = L.conv->weight;
-      L.b = L.conv->bias;
+      L.w = L.conv->weight.tensor();
+      L.b = L.conv->bias.tensor();
     } else {
       continue;
     }
-    L.mw = multiplier(*m, "weight");
-    L.mb = L.b.defined() ? multiplier(*m, "bias") : 1.0;
+    // The slots' forward multipliers (kern/param): y = m_w (x W^T) + m_b b.
+    L.mw = L.linear ? L.linear->weight.multiplier() : L.conv->weight.multiplier();
+    L.mb = L.linear ? L.linear->bias.multiplier() : L.conv->bias.multiplier();
     const int64_t wi = ps.find(L.w), bi = ps.find(L.b);
     if (wi < 0) L.w = Tensor();
     if (bi < 0) L.b = Tensor();

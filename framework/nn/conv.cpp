@@ -40,11 +40,11 @@ Conv2d::Conv2d(const Conv2dOptions& o) : options_(o) {
 }
 
 void Conv2d::reset_parameters(Generator* gen) {
-  init::kaiming_uniform_(weight, std::sqrt(5.0), "fan_in", "leaky_relu", gen);
+  init::kaiming_uniform_(weight.tensor(), std::sqrt(5.0), "fan_in", "leaky_relu", gen);
   if (bias.defined()) {
-    const int64_t fan_in = init::calculate_fan_in_and_fan_out(weight).fan_in;
+    const int64_t fan_in = init::calculate_fan_in_and_fan_out(weight.tensor()).fan_in;
     const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
-    init::uniform_(bias, -bound, bound, gen);
+    init::uniform_(bias.tensor(), -bound, bound, gen);
   }
 }
 
@@ -68,15 +68,7 @@ Tensor Conv2d::forward(const Tensor& x) {
     // after (bottom/right) by an explicit pad. pad order: W before/after, H before/after.
     in = pad(x, {0, pad_after_[1] - pad_before_[1], 0, pad_after_[0] - pad_before_[0]});
   }
-  // Parameterization multipliers (kern/param), as in Linear: m_w * conv(x, W) + m_b * b.
-  const double mw = param_multiplier("weight");
-  const double mb = bias.defined() ? param_multiplier("bias") : 1.0;
-  if (mw == 1.0 && mb == 1.0) return conv2d(in, weight, bias, params());
-  Tensor y = conv2d(in, weight, Tensor(), params());
-  if (mw != 1.0) y = y * mw;
-  if (bias.defined())
-    y = y + (mb == 1.0 ? bias : bias * mb).reshape({options_.out_channels(), 1, 1});
-  return y;
+  return conv2d(in, weight(), bias(), params());
 }
 
 std::string Conv2d::extra_repr() const {

@@ -1,7 +1,6 @@
-// nn::functional_call: validate the substitutes, swap them into the module's TensorImpls for
-// the call (RAII), redirect the graph recorded during the call to the substitutes, restore.
+// nn::functional_call: validate the substitutes, put them into the module's slots for the
+// call (RAII), restore the slots afterwards.
 #include <kern/nn/functional_call.hpp>
-#include <kern/ops.hpp>
 
 #include <unordered_map>
 #include <unordered_set>
@@ -18,28 +17,27 @@ std::string join(const std::vector<std::string>& items, const char* sep) {
 
 std::string describe(const Tensor& t) { return fmt::format("{} {}", t.dtype(), t.shape()); }
 
-// Every parameter and buffer under every dotted name, in state_dict() order (tied tensors
-// under each of their names; a module reachable twice is walked once, as state_dict does).
+// Every slot under every dotted name, in state_dict() order (tied tensors under each of their
+// names; a module reachable twice is walked once, as state_dict does).
 struct Target {
   std::string name;
-  Tensor tensor;  // the module's own handle (shares the TensorImpl the layer reads)
+  Slot* slot;
 };
-std::vector<Target> targets_of(const Module& module) {
+std::vector<Target> targets_of(Module& module) {
   std::vector<Target> out;
-  for (auto& [prefix, m] : module.named_modules()) {
-    auto dotted = [&](const std::string& n) { return prefix.empty() ? n : prefix + "." + n; };
-    for (auto& [n, t] : m->named_parameters(false)) out.push_back({dotted(n), t});
-    for (auto& [n, t] : m->named_buffers(false)) out.push_back({dotted(n), t});
-  }
+  for (auto& [prefix, m] : module.named_modules())
+    for (Slot* s : m->slots()) out.push_back({prefix.empty() ? s->name : prefix + "." + s->name, s});
   return out;
 }
 
-// Checks the substitutes against the module; returns module TensorImpl -> substitute (one
-// entry per distinct module tensor, so tied names share one substitute). Throws one Error
-// listing every problem.
-std::unordered_map<const TensorImpl*, Tensor> plan(const Module& module, const StateDict& given,
-                                                   bool strict) {
-  const std::vector<Target> targets = targets_of(module);
+// The identity of a slot's tensor: slots holding the same TensorImpl are tied.
+const TensorImpl* key_of(const Slot* s) { return s->current().impl_ptr().get(); }
+
+// Checks the substitutes against the module; returns tied-tensor key -> substitute. Throws one
+// Error listing every problem.
+std::unordered_map<const TensorImpl*, Tensor> plan(const Module& module,
+                                                   const std::vector<Target>& targets,
+                                                   const StateDict& given, bool strict) {
   std::unordered_map<std::string, const Target*> by_name;
   for (auto& t : targets) by_name.emplace(t.name, &t);
 
@@ -57,7 +55,7 @@ std::unordered_map<const TensorImpl*, Tensor> plan(const Module& module, const S
       unknown.push_back(name);
       continue;
     }
-    const Tensor& own = it->second->tensor;
+    const Tensor& own = it->second->slot->current();
     if (!t.defined()) {
       mismatches.push_back(fmt::format("{}: expected {}, got an undefined tensor", name, describe(own)));
       continue;
@@ -66,7 +64,7 @@ std::unordered_map<const TensorImpl*, Tensor> plan(const Module& module, const S
       mismatches.push_back(fmt::format("{}: expected {}, got {}", name, describe(own), describe(t)));
       continue;
     }
-    const TensorImpl* key = own.impl_ptr().get();
+    const TensorImpl* key = key_of(it->second->slot);
     auto [pos, inserted] = subs.emplace(key, t);
     if (inserted) {
       sub_name.emplace(key, name);
@@ -77,7 +75,7 @@ std::unordered_map<const TensorImpl*, Tensor> plan(const Module& module, const S
   }
   if (strict) {
     for (auto& t : targets)
-      if (!subs.count(t.tensor.impl_ptr().get())) missing.push_back(t.name);
+      if (!subs.count(key_of(t.slot))) missing.push_back(t.name);
   }
   if (!unknown.empty() || !duplicates.empty() || !mismatches.empty() || !conflicts.empty() ||
       !missing.empty()) {
@@ -97,111 +95,48 @@ std::unordered_map<const TensorImpl*, Tensor> plan(const Module& module, const S
       msg += fmt::format("\n  duplicate names ({}): {}", duplicates.size(), join(duplicates, ", "));
     throw Error(msg);
   }
-  // A module tensor given as itself needs no swap.
-  for (auto it = subs.begin(); it != subs.end();) {
-    if (it->second.impl_ptr().get() == it->first) it = subs.erase(it);
-    else ++it;
-  }
   return subs;
 }
 
-// Puts each substitute's fields into the module's TensorImpl and restores the saved fields
-// on destruction (normal return or exception), in reverse order.
+// Puts each substitute into every slot holding the replaced tensor, and restores the slots'
+// previous substitutes on destruction (normal return or exception), so calls nest.
 class Substitution {
  public:
-  explicit Substitution(const std::unordered_map<const TensorImpl*, Tensor>& subs,
-                        const std::vector<Target>& targets) {
-    // Copy every substitute's fields first: a substitute may itself be another module tensor
-    // that is being replaced (give 'b.weight' as 'a.weight'), and must be read unreplaced.
-    std::vector<TensorImpl> values;
-    std::vector<std::shared_ptr<TensorImpl>> impls;
-    std::unordered_set<const TensorImpl*> done;
+  Substitution(const std::unordered_map<const TensorImpl*, Tensor>& subs,
+               const std::vector<Target>& targets) {
+    // Decide every slot's substitute before setting any: a substitute may be another slot's
+    // current tensor (give 'b.weight' as 'a.weight'), and the keys must be read unreplaced.
+    std::unordered_set<Slot*> done;
+    std::vector<std::pair<Slot*, Tensor>> plan;
     for (auto& t : targets) {
-      const std::shared_ptr<TensorImpl>& impl = t.tensor.impl_ptr();
-      auto it = subs.find(impl.get());
-      if (it == subs.end() || !done.insert(impl.get()).second) continue;
-      impls.push_back(impl);
-      values.push_back(it->second.impl());
+      auto it = subs.find(key_of(t.slot));
+      if (it != subs.end() && done.insert(t.slot).second) plan.emplace_back(t.slot, it->second);
     }
-    slots_.reserve(impls.size());
-    for (size_t i = 0; i < impls.size(); ++i) {
-      slots_.push_back({impls[i], *impls[i]});  // saved before it is overwritten: always restorable
-      *impls[i] = std::move(values[i]);
+    saved_.reserve(plan.size());
+    for (auto& [slot, sub] : plan) {
+      saved_.emplace_back(slot, slot->substitute);
+      slot->substitute = sub;
     }
   }
   ~Substitution() {
-    for (auto it = slots_.rbegin(); it != slots_.rend(); ++it) *it->impl = std::move(it->saved);
+    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) it->first->substitute = it->second;
   }
   Substitution(const Substitution&) = delete;
   Substitution& operator=(const Substitution&) = delete;
 
  private:
-  struct Slot {
-    std::shared_ptr<TensorImpl> impl;
-    TensorImpl saved;
-  };
-  std::vector<Slot> slots_;
+  std::vector<std::pair<Slot*, Tensor>> saved_;  // slot, its previous substitute
 };
-
-// The sequence number of a node recorded now: nodes recorded later have larger ones, so this
-// marks where the call's graph begins.
-uint64_t current_sequence_nr() {
-  EnableGradGuard eg;
-  Tensor leaf = zeros({});
-  leaf.requires_grad_(true);
-  Tensor mark = record_op("functional_call", zeros({}), {leaf},
-                          [](const BackwardContext&) { return std::vector<Tensor>{Tensor()}; });
-  return mark.grad_fn()->sequence_nr();
-}
-
-// Redirects every input of every node recorded after `start` (and reachable from `out`) that
-// is a replaced module TensorImpl to its substitute. The substitutes' own graphs are older
-// than the call and are not walked (they may legitimately use the module's own tensors).
-void redirect(Tensor& out, const std::unordered_map<const TensorImpl*, Tensor>& subs, uint64_t start) {
-  if (auto it = subs.find(out.impl_ptr().get()); it != subs.end()) {
-    out = it->second;  // forward returned a replaced tensor itself
-    return;
-  }
-  std::vector<Node*> stack;
-  std::unordered_set<const Node*> seen;
-  auto push = [&](const std::shared_ptr<Node>& n) {
-    if (n && n->sequence_nr() > start && seen.insert(n.get()).second) stack.push_back(n.get());
-  };
-  push(out.grad_fn());
-  while (!stack.empty()) {
-    Node* n = stack.back();
-    stack.pop_back();
-    // Node exposes its inputs read-only; the node itself is a mutable heap object (made by
-    // record_op), so writing through the reference is well defined. Rebinding an input to the
-    // substitute changes neither its value nor its metadata: during the call the module's
-    // TensorImpl was a field-for-field copy of the substitute's.
-    auto& inputs = const_cast<std::vector<Tensor>&>(n->inputs());
-    for (Tensor& in : inputs) {
-      if (!in.defined()) continue;
-      if (auto it = subs.find(in.impl_ptr().get()); it != subs.end()) {
-        in = it->second;
-        continue;
-      }
-      push(in.grad_fn());
-    }
-  }
-}
 
 }  // namespace
 
 Tensor functional_call(Module& module, const StateDict& tensors, const std::function<Tensor(Module&)>& fn,
                        FunctionalCallOptions options) {
   KERN_CHECK(static_cast<bool>(fn), "functional_call: empty function for ", module.name());
-  const auto subs = plan(module, tensors, options.strict);
-  if (subs.empty()) return fn(module);
-  const uint64_t start = current_sequence_nr();
-  Tensor out;
-  {
-    Substitution swap(subs, targets_of(module));
-    out = fn(module);
-    if (out.defined()) redirect(out, subs, start);
-  }  // restored here, and on an exception from fn
-  return out;
+  const std::vector<Target> targets = targets_of(module);
+  const auto subs = plan(module, targets, tensors, options.strict);
+  Substitution swap(subs, targets);  // restored when this returns or fn throws
+  return fn(module);
 }
 
 Tensor functional_call(Module& module, const StateDict& tensors, const Tensor& input,

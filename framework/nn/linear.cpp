@@ -19,11 +19,11 @@ Linear::Linear(const LinearOptions& options) : options_(options) {
 
 void Linear::reset_parameters(Generator* gen) {
   // torch.nn.Linear.reset_parameters: weight first, then bias (the order fixes the stream).
-  init::kaiming_uniform_(weight, std::sqrt(5.0), "fan_in", "leaky_relu", gen);
+  init::kaiming_uniform_(weight.tensor(), std::sqrt(5.0), "fan_in", "leaky_relu", gen);
   if (bias.defined()) {
     const int64_t fan_in = options_.in_features();
     const double bound = fan_in > 0 ? 1.0 / std::sqrt(static_cast<double>(fan_in)) : 0.0;
-    init::uniform_(bias, -bound, bound, gen);
+    init::uniform_(bias.tensor(), -bound, bound, gen);
   }
 }
 
@@ -31,15 +31,7 @@ Tensor Linear::forward(const Tensor& x) {
   KERN_CHECK(x.dim() >= 1 && x.size(-1) == options_.in_features(), "Linear(",
              options_.in_features(), " -> ", options_.out_features(), "): input ", x.shape(),
              " must end in ", options_.in_features(), " features");
-  // Parameterization multipliers (kern/param): y = m_w * (x W^T) + m_b * b. Both are 1
-  // unless a preset set them, and then this is exactly linear(x, weight, bias).
-  const double mw = param_multiplier("weight");
-  const double mb = bias.defined() ? param_multiplier("bias") : 1.0;
-  if (mw == 1.0 && mb == 1.0) return linear(x, weight, bias);
-  Tensor y = linear(x, weight);
-  if (mw != 1.0) y = y * mw;
-  if (bias.defined()) y = y + (mb == 1.0 ? bias : bias * mb);
-  return y;
+  return linear(x, weight(), bias());
 }
 
 std::string Linear::extra_repr() const {

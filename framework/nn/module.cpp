@@ -42,7 +42,29 @@ std::string dotted(const std::string& prefix, const std::string& name) {
   return prefix.empty() ? name : prefix + "." + name;
 }
 
+const std::string& entry_name(const std::unique_ptr<Slot>& s) { return s->name; }
+template <class T>
+const std::string& entry_name(const std::pair<std::string, T>& e) { return e.first; }
+
+// (name, current tensor) of each slot.
+std::vector<std::pair<std::string, Tensor>> named_current(
+    const std::vector<std::unique_ptr<Slot>>& slots) {
+  std::vector<std::pair<std::string, Tensor>> out;
+  out.reserve(slots.size());
+  for (auto& s : slots) out.emplace_back(s->name, s->current());
+  return out;
+}
+
 }  // namespace
+
+// ---- Param
+
+Tensor Param::scaled() const { return slot_->current() * slot_->multiplier; }
+
+const Tensor& Param::slot_current() const {
+  KERN_CHECK(slot_ != nullptr, "nn::Param: use of an unregistered (undefined) parameter handle");
+  return slot_->current();
+}
 
 // ---- calling
 
@@ -97,7 +119,7 @@ void Module::check_new_name(const std::string& name, const char* kind) const {
              name, "' must not contain '.' (dots separate module paths)");
   auto has = [&](const auto& v) {
     for (auto& e : v)
-      if (e.first == name) return true;
+      if (entry_name(e) == name) return true;
     return false;
   };
   const std::string k = kind;
@@ -119,22 +141,35 @@ static void insert_or_replace(V& v, const std::string& name, T value) {
   v.emplace_back(name, std::move(value));
 }
 
-Tensor Module::register_parameter(const std::string& name, Tensor t, bool requires_grad) {
+Slot* Module::register_slot(std::vector<std::unique_ptr<Slot>>& slots, const std::string& name,
+                            Tensor t, bool is_buffer) {
+  for (auto& s : slots)
+    if (s->name == name) {
+      s->value = std::move(t);  // same slot: existing handles see the new tensor
+      return s.get();
+    }
+  auto slot = std::make_unique<Slot>();
+  slot->name = name;
+  slot->is_buffer = is_buffer;
+  slot->value = std::move(t);
+  slots.push_back(std::move(slot));
+  return slots.back().get();
+}
+
+Param Module::register_parameter(const std::string& name, Tensor t, bool requires_grad) {
   check_new_name(name, "parameter");
   KERN_CHECK(t.defined(), this->name(), ": register_parameter: '", name, "' is undefined");
   KERN_CHECK(is_floating(t.dtype()), this->name(), ": register_parameter: '", name,
              "' must be floating point, got ", t.dtype(), " ", t.shape());
   if (!t.is_leaf()) t = t.detach();
   t.requires_grad_(requires_grad);
-  insert_or_replace(params_, name, t);
-  return t;
+  return Param(register_slot(params_, name, std::move(t), /*is_buffer=*/false));
 }
 
-Tensor Module::register_buffer(const std::string& name, Tensor t) {
+Buffer Module::register_buffer(const std::string& name, Tensor t) {
   check_new_name(name, "buffer");
   KERN_CHECK(t.defined(), this->name(), ": register_buffer: '", name, "' is undefined");
-  insert_or_replace(buffers_, name, t);
-  return t;
+  return Buffer(register_slot(buffers_, name, std::move(t), /*is_buffer=*/true));
 }
 
 void Module::register_module_impl(const std::string& name, std::shared_ptr<Module> module) {
@@ -148,13 +183,14 @@ void Module::register_module_impl(const std::string& name, std::shared_ptr<Modul
 // ---- traversal
 
 std::vector<std::pair<std::string, Tensor>> Module::named_parameters(bool recurse) const {
-  if (!recurse) return params_;
+  if (!recurse) return named_current(params_);
   std::vector<std::pair<std::string, Tensor>> out;
   std::unordered_set<const TensorImpl*> seen_tensors;
   std::unordered_set<const Module*> seen;
   walk(*this, "", seen, [&](const std::string& prefix, const Module& m) {
-    for (auto& [n, t] : m.params_)
-      if (seen_tensors.insert(t.impl_ptr().get()).second) out.emplace_back(dotted(prefix, n), t);
+    for (auto& s : m.params_)
+      if (seen_tensors.insert(s->current().impl_ptr().get()).second)
+        out.emplace_back(dotted(prefix, s->name), s->current());
   });
   return out;
 }
@@ -166,13 +202,14 @@ std::vector<Tensor> Module::parameters(bool recurse) const {
 }
 
 std::vector<std::pair<std::string, Tensor>> Module::named_buffers(bool recurse) const {
-  if (!recurse) return buffers_;
+  if (!recurse) return named_current(buffers_);
   std::vector<std::pair<std::string, Tensor>> out;
   std::unordered_set<const TensorImpl*> seen_tensors;
   std::unordered_set<const Module*> seen;
   walk(*this, "", seen, [&](const std::string& prefix, const Module& m) {
-    for (auto& [n, t] : m.buffers_)
-      if (seen_tensors.insert(t.impl_ptr().get()).second) out.emplace_back(dotted(prefix, n), t);
+    for (auto& s : m.buffers_)
+      if (seen_tensors.insert(s->current().impl_ptr().get()).second)
+        out.emplace_back(dotted(prefix, s->name), s->current());
   });
   return out;
 }
@@ -261,8 +298,8 @@ std::pair<std::string, std::string> split_leaf(const std::string& path) {
 Tensor Module::get_parameter(const std::string& path) const {
   auto [mod, leaf] = split_leaf(path);
   auto m = get_submodule(mod);
-  for (auto& [n, t] : m->params_)
-    if (n == leaf) return t;
+  for (auto& s : m->params_)
+    if (s->name == leaf) return s->current();
   KERN_CHECK(false, name(), ": get_parameter('", path, "'): ", m->name(), " has no parameter '",
              leaf, "'");
   return {};
@@ -271,8 +308,8 @@ Tensor Module::get_parameter(const std::string& path) const {
 Tensor Module::get_buffer(const std::string& path) const {
   auto [mod, leaf] = split_leaf(path);
   auto m = get_submodule(mod);
-  for (auto& [n, t] : m->buffers_)
-    if (n == leaf) return t;
+  for (auto& s : m->buffers_)
+    if (s->name == leaf) return s->current();
   KERN_CHECK(false, name(), ": get_buffer('", path, "'): ", m->name(), " has no buffer '", leaf,
              "'");
   return {};
@@ -291,8 +328,8 @@ StateDict Module::state_dict() const {
   StateDict out;
   std::unordered_set<const Module*> seen;
   walk(*this, "", seen, [&](const std::string& prefix, const Module& m) {
-    for (auto& [n, t] : m.params_) out.emplace_back(dotted(prefix, n), t.detach());
-    for (auto& [n, t] : m.buffers_) out.emplace_back(dotted(prefix, n), t.detach());
+    for (auto& s : m.params_) out.emplace_back(dotted(prefix, s->name), s->current().detach());
+    for (auto& s : m.buffers_) out.emplace_back(dotted(prefix, s->name), s->current().detach());
   });
   return out;
 }
@@ -303,8 +340,8 @@ LoadStateDictResult Module::load_state_dict(const StateDict& state, bool strict)
   {
     std::unordered_set<const Module*> seen;
     walk(*this, "", seen, [&](const std::string& prefix, const Module& m) {
-      for (auto& [n, t] : m.params_) targets.emplace_back(dotted(prefix, n), t);
-      for (auto& [n, t] : m.buffers_) targets.emplace_back(dotted(prefix, n), t);
+      for (auto& s : m.params_) targets.emplace_back(dotted(prefix, s->name), s->current());
+      for (auto& s : m.buffers_) targets.emplace_back(dotted(prefix, s->name), s->current());
     });
   }
   std::unordered_map<std::string, size_t> given;  // key -> index in `state`
@@ -428,8 +465,8 @@ void Module::to(DType dtype) {
              "): modules convert to floating dtypes only");
   std::unordered_set<const TensorImpl*> done;
   apply([&](Module& m) {
-    for (auto& [n, t] : m.params_) convert_in_place(t, dtype, done);
-    for (auto& [n, t] : m.buffers_) convert_in_place(t, dtype, done);
+    for (auto& s : m.params_) convert_in_place(s->value, dtype, done);
+    for (auto& s : m.buffers_) convert_in_place(s->value, dtype, done);
   });
 }
 
@@ -437,19 +474,50 @@ void Module::zero_grad() {
   for (auto& p : parameters()) p.zero_grad();
 }
 
-// ---- parameterization records
+// ---- slots and parameterization records
 
-const param::ParamRecord* Module::param_record(std::string_view name) const {
-  for (auto& [n, r] : param_records_)
-    if (n == name) return &r;
+std::vector<Slot*> Module::slots() {
+  std::vector<Slot*> out;
+  for (auto& s : params_) out.push_back(s.get());
+  for (auto& s : buffers_) out.push_back(s.get());
+  return out;
+}
+
+std::vector<const Slot*> Module::slots() const {
+  std::vector<const Slot*> out;
+  for (auto& s : params_) out.push_back(s.get());
+  for (auto& s : buffers_) out.push_back(s.get());
+  return out;
+}
+
+Slot* Module::find_param_slot(std::string_view name) const {
+  for (auto& s : params_)
+    if (s->name == name) return s.get();
   return nullptr;
 }
 
+const param::ParamRecord* Module::param_record(std::string_view name) const {
+  const Slot* s = find_param_slot(name);
+  return s && s->record ? &*s->record : nullptr;
+}
+
 void Module::set_param_record(const std::string& name, const param::ParamRecord& record) {
-  bool found = false;
-  for (auto& [n, t] : params_) found = found || n == name;
-  KERN_CHECK(found, this->name(), ": set_param_record: no parameter '", name, "'");
-  insert_or_replace(param_records_, name, record);
+  Slot* s = find_param_slot(name);
+  KERN_CHECK(s != nullptr, this->name(), ": set_param_record: no parameter '", name, "'");
+  s->record = record;
+  s->multiplier = record.forward_multiplier();
+}
+
+void Module::clear_param_records() {
+  for (auto& s : params_) {
+    s->record.reset();
+    s->multiplier = 1.0;
+  }
+}
+
+double Module::param_multiplier(std::string_view name) const {
+  const Slot* s = find_param_slot(name);
+  return s ? s->multiplier : 1.0;
 }
 
 }  // namespace kern::nn

@@ -24,8 +24,8 @@ LayerNorm::LayerNorm(const LayerNormOptions& o) : options_(o) {
 }
 
 void LayerNorm::reset_parameters() {
-  if (weight.defined()) init::ones_(weight);
-  if (bias.defined()) init::zeros_(bias);
+  if (weight.defined()) init::ones_(weight.tensor());
+  if (bias.defined()) init::zeros_(bias.tensor());
 }
 
 Tensor LayerNorm::forward(const Tensor& x) {
@@ -33,7 +33,7 @@ Tensor LayerNorm::forward(const Tensor& x) {
   bool ok = x.dim() >= ns.ndim();
   for (int64_t i = 0; ok && i < ns.ndim(); ++i) ok = x.size(x.dim() - ns.ndim() + i) == ns[i];
   KERN_CHECK(ok, "LayerNorm(", ns, "): input ", x.shape(), " must end in ", ns);
-  return layer_norm(x, ns, weight, bias, options_.eps());
+  return layer_norm(x, ns, weight(), bias(), options_.eps());
 }
 
 std::string LayerNorm::extra_repr() const {
@@ -58,8 +58,8 @@ LayerNorm2d::LayerNorm2d(const LayerNorm2dOptions& o) : options_(o) {
 }
 
 void LayerNorm2d::reset_parameters() {
-  if (weight.defined()) init::ones_(weight);
-  if (bias.defined()) init::zeros_(bias);
+  if (weight.defined()) init::ones_(weight.tensor());
+  if (bias.defined()) init::zeros_(bias.tensor());
 }
 
 Tensor LayerNorm2d::forward(const Tensor& x) {
@@ -67,7 +67,7 @@ Tensor LayerNorm2d::forward(const Tensor& x) {
              options_.num_channels(), "): expected input [N, ", options_.num_channels(),
              ", H, W], got ", x.shape());
   // [N, C, H, W] -> [N, H, W, C] -> normalize C -> [N, C, H, W]
-  Tensor y = layer_norm(x.permute({0, 2, 3, 1}), {options_.num_channels()}, weight, bias,
+  Tensor y = layer_norm(x.permute({0, 2, 3, 1}), {options_.num_channels()}, weight(), bias(),
                         options_.eps());
   return y.permute({0, 3, 1, 2});
 }
@@ -97,15 +97,16 @@ BatchNorm2d::BatchNorm2d(const BatchNorm2dOptions& o) : options_(o) {
 
 void BatchNorm2d::reset_running_stats() {
   if (!options_.track_running_stats()) return;
-  init::zeros_(running_mean);
-  init::ones_(running_var);
-  num_batches_tracked.fill_(0);
+  init::zeros_(running_mean.tensor());
+  init::ones_(running_var.tensor());
+  NoGradGuard no_grad;
+  Tensor(num_batches_tracked.tensor()).fill_(0);
 }
 
 void BatchNorm2d::reset_parameters() {
   reset_running_stats();
-  if (weight.defined()) init::ones_(weight);
-  if (bias.defined()) init::zeros_(bias);
+  if (weight.defined()) init::ones_(weight.tensor());
+  if (bias.defined()) init::zeros_(bias.tensor());
 }
 
 Tensor BatchNorm2d::forward(const Tensor& x) {
@@ -115,17 +116,19 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
   // torch.nn.modules.batchnorm._BatchNorm.forward.
   double factor = options_.momentum().value_or(0.0);
   if (is_training() && options_.track_running_stats()) {
-    const double seen = num_batches_tracked.item() + 1;
-    num_batches_tracked.fill_(seen);
+    Tensor count = num_batches_tracked();  // functional_call's substitute during a call
+    const double seen = count.item() + 1;
+    NoGradGuard no_grad;
+    count.fill_(seen);
     if (!options_.momentum()) factor = 1.0 / seen;
   }
   // Batch statistics in training mode, and in eval mode when no running stats are kept.
   const bool use_batch_stats = is_training() || !options_.track_running_stats();
   // Running stats are updated in training mode and read in eval mode.
   const bool pass_running = !is_training() || options_.track_running_stats();
-  return batch_norm(x, pass_running ? running_mean : Tensor(),
-                    pass_running ? running_var : Tensor(), weight, bias, use_batch_stats, factor,
-                    options_.eps());
+  return batch_norm(x, pass_running ? running_mean() : Tensor(),
+                    pass_running ? running_var() : Tensor(), weight(), bias(), use_batch_stats,
+                    factor, options_.eps());
 }
 
 std::string BatchNorm2d::extra_repr() const {

@@ -77,8 +77,8 @@ class Conv2d : public Module {
   /// The op parameters forward passes to kern::conv2d (with kSame: the symmetric part).
   Conv2dParams params() const;
 
-  Tensor weight;  // [C_out, C_in/groups, kH, kW]
-  Tensor bias;    // [C_out], undefined when options.bias(false)
+  Param weight;  // [C_out, C_in/groups, kH, kW]
+  Param bias;    // [C_out], undefined when options.bias(false)
 
  private:
   Conv2dOptions options_;

@@ -21,9 +21,12 @@
 //     hvp, create_graph to any order) flow to them, and to whatever they were computed from.
 //     The module's own parameters get no gradient from the call (except those not replaced).
 //   - The module is called through operator(), so forward pre-hooks and hooks run, and they
-//     (and forward) see the substitutes wherever they read the module's tensors: the layer's
-//     members (Linear::weight), named_parameters(), get_parameter(). Parameterization
-//     multipliers (kern/param) belong to the module, by name, and keep applying.
+//     (and forward) see the substitutes wherever they read the module's tensors: through the
+//     layers' slot handles (Linear::weight()), named_parameters(), state_dict(),
+//     get_parameter(). Parameterization multipliers (kern/param) belong to the slots and keep
+//     applying to the substitutes.
+//   - backward() inside the call accumulates into the substitutes' .grad (when they are
+//     leaves), never into the module's own parameters.
 //   - Buffers updated in forward (BatchNorm2d's running statistics and num_batches_tracked in
 //     training mode) are written into the given buffer tensors, in place, as PyTorch does; the
 //     module's own buffers change only when they were not replaced.
@@ -33,21 +36,14 @@
 //     (strict) missing names are all listed together in ONE kern::Error before anything runs,
 //     each with the expected and given dtype and shape.
 //
-// How it works (why this is safe for autograd): a layer reads its parameters through its own
-// Tensor members, which share one TensorImpl with the module's registry. For the call, each
-// replaced TensorImpl takes on the substitute's fields (storage, shape, strides, dtype,
-// requires_grad, grad_fn), so forward computes with the substitute's data and records it in
-// the graph. Afterwards every graph node recorded during the call is redirected from the
-// module's TensorImpl to the substitute's, and the module's TensorImpl is restored. Graph
-// nodes recorded before the call (e.g. a substitute computed from the module's own weight) are
-// left alone.
+// How it works: a module reads its parameters and buffers through slots (kern/nn/module.hpp).
+// For the call, each replaced slot holds the given tensor as its substitute, so forward
+// computes with it and the graph records it directly; afterwards (also on an exception) the
+// slots' previous substitutes are restored, so calls nest. Nothing about the module's own
+// tensors or any recorded graph is touched.
 //
-// Limits: the module is modified while the call runs, so it must not be used concurrently
-// from another thread (as in PyTorch). Inside the call, every handle to a replaced tensor
-// (also one the caller holds) means the substitute. Graph nodes recorded during the call are
-// redirected when the returned output depends on them; a tensor that forward or a hook
-// stashes elsewhere and that the output does not depend on keeps pointing at the module's
-// own tensor.
+// Limits: the slots are modified while the call runs, so the module must not be used
+// concurrently from another thread (as in PyTorch).
 #include <kern/nn/module.hpp>
 
 #include <concepts>

@@ -34,8 +34,8 @@ class Linear : public Module {
   std::string extra_repr() const override;
   const LinearOptions& options() const { return options_; }
 
-  Tensor weight;  // [out, in]
-  Tensor bias;    // [out], undefined when options.bias(false)
+  Param weight;  // [out, in]
+  Param bias;    // [out], undefined when options.bias(false)
 
  private:
   LinearOptions options_;

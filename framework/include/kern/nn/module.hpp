@@ -13,17 +13,25 @@
 //     `forward(x)`, then the forward hooks. Containers call their children this way.
 //   - `module.forward(x)` runs forward only; hooks do NOT fire.
 //
-// Writing a module:
+// Writing a module: parameters and buffers live in slots owned by the module;
+// register_parameter / register_buffer return a handle (nn::Param / nn::Buffer) and forward
+// reads the tensor through it, `scale()`:
 //   struct Block : nn::Module {
 //     Block() {
 //       fc = register_module("fc", std::make_shared<nn::Linear>(8, 8));
 //       scale = register_parameter("scale", ones({8}));
 //     }
-//     Tensor forward(const Tensor& x) override { return (*fc)(x) * scale; }
+//     Tensor forward(const Tensor& x) override { return (*fc)(x) * scale(); }
 //     std::string name() const override { return "Block"; }
 //     std::shared_ptr<nn::Linear> fc;
-//     Tensor scale;
+//     nn::Param scale;
 //   };
+// Reading through the slot is what makes every parameterization (kern/param) and
+// functional_call work for every module, including user-written ones, with no per-layer code:
+// `scale()` is the slot's current tensor (functional_call's substitute during a call, else
+// the module's own) times the parameterization's forward multiplier (no op without one).
+// `scale.tensor()` is the current tensor itself, without the multiplier (for init code,
+// inspection and re-parameterization).
 //
 // Modules are neither copyable nor meant to be shared by value: create them with
 // std::make_shared (a module on the stack works too; named_modules() then returns
@@ -36,6 +44,7 @@
 #include <concepts>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -72,6 +81,61 @@ using ForwardPreHook = std::function<Tensor(Module& module, const Tensor& input)
 using ForwardHook =
     std::function<Tensor(Module& module, const Tensor& input, const Tensor& output)>;
 
+/// One registered parameter or buffer. Owned by its module (a stable address for the
+/// module's lifetime, also across a move of the module); handles (Param) point at it.
+struct Slot {
+  std::string name;          // the name inside the owning module ("weight")
+  bool is_buffer = false;
+  Tensor value;              // the module's own tensor
+  Tensor substitute;         // functional_call's tensor during a call; undefined otherwise
+  std::optional<param::ParamRecord> record;  // parameters only; set by param::apply
+  double multiplier = 1.0;   // record->forward_multiplier(), cached; 1 without a record
+
+  /// The tensor the module computes with now (the substitute during functional_call).
+  const Tensor& current() const { return substitute.defined() ? substitute : value; }
+};
+
+/// A handle to a parameter or buffer slot: what register_parameter / register_buffer return
+/// and what layers keep as members (like libtorch's registered `Tensor&`, but indirect).
+/// A default-constructed handle (an optional parameter that was not registered, e.g. a bias
+/// with bias(false)) is undefined: `p()` and `p.tensor()` give an undefined Tensor.
+class Param {
+ public:
+  Param() = default;
+  /// The tensor forward uses: the slot's current tensor times its forward multiplier. With
+  /// no parameterization record the multiplier is 1 and this is the tensor itself (a handle
+  /// copy, no op recorded).
+  Tensor operator()() const {
+    if (slot_ == nullptr) return {};
+    if (slot_->multiplier == 1.0) return slot_->current();
+    return scaled();
+  }
+  /// The slot's current tensor, without the multiplier (a handle: in-place writes such as
+  /// copy_ reach the parameter).
+  Tensor tensor() const { return slot_ ? slot_->current() : Tensor(); }
+  bool defined() const { return slot_ != nullptr && slot_->current().defined(); }
+  explicit operator bool() const { return defined(); }
+  /// The forward multiplier (1 without a parameterization record).
+  double multiplier() const { return slot_ ? slot_->multiplier : 1.0; }
+  /// The parameterization record, or nullptr.
+  const param::ParamRecord* record() const {
+    return slot_ && slot_->record ? &*slot_->record : nullptr;
+  }
+  /// Shortcuts for tensor().shape() / dtype().
+  const Shape& shape() const { return slot_current().shape(); }
+  DType dtype() const { return slot_current().dtype(); }
+
+ private:
+  friend class Module;
+  explicit Param(Slot* slot) : slot_(slot) {}
+  Tensor scaled() const;
+  const Tensor& slot_current() const;  // throws on an undefined handle
+  Slot* slot_ = nullptr;
+};
+
+/// Buffers are read the same way (`running_mean()`; never multiplied).
+using Buffer = Param;
+
 class Module : public std::enable_shared_from_this<Module> {
  public:
   Module() = default;
@@ -101,12 +165,13 @@ class Module : public std::enable_shared_from_this<Module> {
   std::string repr() const;
 
   // ---- registration (names: non-empty, no '.'; a name is unique across parameters,
-  // buffers and children; registering an existing name of the same kind replaces it in place)
+  // buffers and children; registering an existing name of the same kind replaces the slot's
+  // tensor in place, so handles to it stay valid)
   /// Registers a parameter: a floating leaf (a non-leaf is detached first) with
-  /// requires_grad set to `requires_grad`. Returns the registered tensor.
-  Tensor register_parameter(const std::string& name, Tensor t, bool requires_grad = true);
+  /// requires_grad set to `requires_grad`. Returns the handle forward reads it through.
+  Param register_parameter(const std::string& name, Tensor t, bool requires_grad = true);
   /// Registers a buffer (any dtype; not trained, but saved in state_dict and converted by to()).
-  Tensor register_buffer(const std::string& name, Tensor t);
+  Buffer register_buffer(const std::string& name, Tensor t);
   /// Registers a child module and returns it (typed as given).
   template <class M>
     requires std::derived_from<M, Module>
@@ -116,7 +181,8 @@ class Module : public std::enable_shared_from_this<Module> {
   }
 
   // ---- traversal (registration order; recursion is pre-order: own entries first, then
-  // each child's under "<child>.")
+  // each child's under "<child>."). Parameters and buffers are the slots' current tensors:
+  // inside functional_call, the substitutes.
   /// Parameters under dotted names. A tensor registered under several names (tied weights)
   /// appears once, under its first name.
   std::vector<std::pair<std::string, Tensor>> named_parameters(bool recurse = true) const;
@@ -207,30 +273,35 @@ class Module : public std::enable_shared_from_this<Module> {
   /// Clears every parameter's .grad (set to none, like PyTorch's default).
   void zero_grad();
 
-  // ---- parameterization records (set by kern::param::apply; see kern/param/record.hpp)
+  // ---- slots and parameterization records (set by kern::param::apply; see
+  // kern/param/record.hpp)
+  /// This module's own slots: parameters in registration order, then buffers. The low-level
+  /// access functional_call and param::apply use.
+  std::vector<Slot*> slots();
+  std::vector<const Slot*> slots() const;
   /// The record of this module's own parameter `name`, or nullptr when none was set.
   const param::ParamRecord* param_record(std::string_view name) const;
-  /// Sets the record of own parameter `name` (throws if there is no such parameter).
+  /// Sets the record of own parameter `name` (throws if there is no such parameter); the
+  /// slot's forward multiplier follows it.
   void set_param_record(const std::string& name, const param::ParamRecord& record);
   /// Removes this module's records (not its children's).
-  void clear_param_records() { param_records_.clear(); }
-  /// The forward multiplier of own parameter `name`: 1 without a record. Layers read it in
-  /// forward and skip the multiply when it is exactly 1 (the default path is unchanged).
-  double param_multiplier(std::string_view name) const {
-    if (param_records_.empty()) return 1.0;
-    const param::ParamRecord* r = param_record(name);
-    return r ? r->forward_multiplier() : 1.0;
-  }
+  void clear_param_records();
+  /// The forward multiplier of own parameter `name`: 1 without a record.
+  double param_multiplier(std::string_view name) const;
 
  protected:
-  // Per-module registries, in registration order.
-  std::vector<std::pair<std::string, Tensor>> params_;
-  std::vector<std::pair<std::string, Tensor>> buffers_;
+  // Per-module registries, in registration order. Slots are heap-allocated so that handles
+  // stay valid when the vectors grow or the module is moved.
+  std::vector<std::unique_ptr<Slot>> params_;
+  std::vector<std::unique_ptr<Slot>> buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
 
  private:
   void register_module_impl(const std::string& name, std::shared_ptr<Module> module);
   void check_new_name(const std::string& name, const char* kind) const;
+  Slot* register_slot(std::vector<std::unique_ptr<Slot>>& slots, const std::string& name,
+                      Tensor t, bool is_buffer);
+  Slot* find_param_slot(std::string_view name) const;
   HookId add_forward_pre_hook(ForwardPreHook hook);
   HookId add_forward_hook(ForwardHook hook);
   std::shared_ptr<Module> self_ptr() const;
@@ -238,7 +309,6 @@ class Module : public std::enable_shared_from_this<Module> {
   bool training_ = true;
   std::vector<std::pair<HookId, ForwardPreHook>> pre_hooks_;
   std::vector<std::pair<HookId, ForwardHook>> post_hooks_;
-  std::vector<std::pair<std::string, param::ParamRecord>> param_records_;
 };
 
 }  // namespace kern::nn

@@ -39,8 +39,8 @@ class LayerNorm : public Module {
   std::string extra_repr() const override;
   const LayerNormOptions& options() const { return options_; }
 
-  Tensor weight;  // [normalized_shape...], undefined without elementwise_affine
-  Tensor bias;    // [normalized_shape...], undefined without elementwise_affine or bias
+  Param weight;  // [normalized_shape...], undefined without elementwise_affine
+  Param bias;    // [normalized_shape...], undefined without elementwise_affine or bias
 
  private:
   LayerNormOptions options_;
@@ -74,8 +74,8 @@ class LayerNorm2d : public Module {
   std::string extra_repr() const override;
   const LayerNorm2dOptions& options() const { return options_; }
 
-  Tensor weight;  // [C]
-  Tensor bias;    // [C]
+  Param weight;  // [C]
+  Param bias;    // [C]
 
  private:
   LayerNorm2dOptions options_;
@@ -121,11 +121,11 @@ class BatchNorm2d : public Module {
   std::string extra_repr() const override;
   const BatchNorm2dOptions& options() const { return options_; }
 
-  Tensor weight;               // [C] parameter (affine)
-  Tensor bias;                 // [C] parameter (affine)
-  Tensor running_mean;         // [C] buffer (track_running_stats)
-  Tensor running_var;          // [C] buffer (track_running_stats)
-  Tensor num_batches_tracked;  // [] int64 buffer (track_running_stats)
+  Param weight;                // [C] parameter (affine)
+  Param bias;                  // [C] parameter (affine)
+  Buffer running_mean;         // [C] buffer (track_running_stats)
+  Buffer running_var;          // [C] buffer (track_running_stats)
+  Buffer num_batches_tracked;  // [] int64 buffer (track_running_stats)
 
  private:
   BatchNorm2dOptions options_;

@@ -79,7 +79,7 @@ class ConvNeXtBlock : public nn::Module {
   Tensor forward(const Tensor& x) override;
   std::string name() const override { return "ConvNeXtBlock"; }
 
-  Tensor gamma;  // [C], undefined without layer scale
+  nn::Param gamma;  // [C], undefined without layer scale
   std::shared_ptr<nn::Conv2d> conv_dw;
   std::shared_ptr<nn::Module> norm;  // LayerNorm2d (conv_mlp) or LayerNorm (NHWC)
   std::shared_ptr<ConvNeXtMlp> mlp;

@@ -118,8 +118,8 @@ class LiftingConv2d : public nn::Module {
   /// The expanded filter bank [C_out * |G|, C_in, k, k] (row o * |G| + g is T_g weight[o]).
   Tensor filter_bank() const;
 
-  Tensor weight;  // [C_out, C_in, k, k]
-  Tensor bias;    // [C_out] (shared by the |G| maps of a channel), undefined with bias(false)
+  nn::Param weight;  // [C_out, C_in, k, k]
+  nn::Param bias;    // [C_out] (shared by the |G| maps of a channel), undefined with bias(false)
 
  private:
   GroupConvOptions options_;
@@ -146,8 +146,8 @@ class GroupConv2d : public nn::Module {
   /// i * |G| + h is T_g weight[o, i, g^-1 h]).
   Tensor filter_bank() const;
 
-  Tensor weight;  // [C_out, C_in, |G|, k, k]
-  Tensor bias;    // [C_out], undefined with bias(false)
+  nn::Param weight;  // [C_out, C_in, |G|, k, k]
+  nn::Param bias;    // [C_out], undefined with bias(false)
 
  private:
   GroupConvOptions options_;

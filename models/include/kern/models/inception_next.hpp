@@ -81,7 +81,7 @@ class MetaNeXtBlock : public nn::Module {
   std::shared_ptr<nn::BatchNorm2d> norm;
   std::shared_ptr<ConvMlp> mlp;
   std::shared_ptr<nn::Module> drop_path;  // DropPath, or Identity when the rate is 0
-  Tensor gamma;                           // [C], undefined when ls_init_value == 0
+  nn::Param gamma;                        // [C], undefined when ls_init_value == 0
 };
 
 /// downsample (BatchNorm2d, 2x2 s2 conv; Identity for the first stage) then the blocks.

@@ -112,7 +112,7 @@ class LongConvKernel : public SequenceKernel {
   std::string extra_repr() const override;
   const LongConvKernelOptions& options() const { return options_; }
 
-  Tensor weight;  // registered as "kernel": [1, H, l_max]
+  nn::Param weight;  // registered as "kernel": [1, H, l_max]
 
  private:
   LongConvKernelOptions options_;
@@ -155,8 +155,8 @@ class SGConvKernel : public SequenceKernel {
   static int64_t scale_factor(int64_t i) { return int64_t{1} << (i > 0 ? i - 1 : 0); }
 
   std::shared_ptr<nn::Module> kernel_list;  // parameters "0" .. "num_scales-1": [1, H, kernel_dim]
-  Tensor multiplier;                        // buffer [1, H, 1]
-  Tensor kernel_norm;                       // buffer [1, H, 1]
+  nn::Buffer multiplier;                    // buffer [1, H, 1]
+  nn::Buffer kernel_norm;                   // buffer [1, H, 1]
 
  private:
   SGConvKernelOptions options_;
@@ -192,7 +192,7 @@ class LongConv : public nn::Module {
   std::string extra_repr() const override;
   const LongConvOptions& options() const { return options_; }
 
-  Tensor D;                                  // [1, H]
+  nn::Param D;                               // [1, H]
   std::shared_ptr<SequenceKernel> kernel;        // LongConvKernel or SGConvKernel
   std::shared_ptr<nn::Module> activation;
   std::shared_ptr<nn::Module> dropout;
@@ -283,7 +283,7 @@ class Embedding : public nn::Module {
   std::string name() const override { return "Embedding"; }
   std::string extra_repr() const override;
 
-  Tensor weight;
+  nn::Param weight;  // [num_embeddings, dim]
 };
 
 /// k: [H, n] -> [H, L]: the first L taps, or k zero-padded to L.
@@ -292,12 +292,13 @@ Tensor fit_length(const Tensor& k, int64_t L);
 /// Holds parameters named "0", "1", ... (torch.nn.ParameterList).
 class ParameterList : public nn::Module {
  public:
-  Tensor append(Tensor t);
+  nn::Param append(Tensor t);
   std::string name() const override { return "ParameterList"; }
-  const std::vector<Tensor>& tensors() const { return tensors_; }
+  /// The handles, in order ("0", "1", ...): entries()[i]() is parameter i as forward uses it.
+  const std::vector<nn::Param>& entries() const { return entries_; }
 
  private:
-  std::vector<Tensor> tensors_;
+  std::vector<nn::Param> entries_;
 };
 
 }  // namespace longconv
