@@ -66,7 +66,7 @@ double train_one(const Config& c, const kern::data::TensorDataset& data, int epo
   param::apply(*model, c.param == "SP" ? param::Preset::standard()
                                        : param::Preset::mup(c.width, base_width).zero_readout());
   const auto family = adam ? optim::Family::Adam : optim::Family::SGD;
-  auto groups = optim::param_groups(*model, {.lr = c.lr, .family = family});
+  auto groups = optim::param_groups(*model, {.family = family});
   std::unique_ptr<optim::Optimizer> opt;
   if (adam) opt = std::make_unique<optim::Adam>(groups, optim::AdamOptions{.lr = c.lr});
   else opt = std::make_unique<optim::SGD>(groups, optim::SGDOptions{.lr = c.lr, .momentum = 0.9});

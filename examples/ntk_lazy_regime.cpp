@@ -93,7 +93,7 @@ Built build(const std::string& name, int64_t width, const Config& cfg, double lr
   Built b;
   b.model = examples::tanh_mlp(width);
   param::apply(*b.model, examples::width_preset(name, width, cfg.base_width));
-  b.groups = optim::param_groups(*b.model, {.lr = lr, .family = optim::Family::SGD});
+  b.groups = optim::param_groups(*b.model, {.family = optim::Family::SGD});
   return b;
 }
 

@@ -33,11 +33,13 @@ Adam::Adam(std::vector<ParamGroup> groups, AdamOptions options)
     : Adam("Adam", std::move(groups), options, false) {}
 
 Adam::Adam(std::string name, std::vector<ParamGroup> groups, AdamOptions options, bool decoupled)
-    : Optimizer(name, std::move(groups), validated(name, options).lr, options.weight_decay),
+    : Optimizer(name, Family::Adam, std::move(groups), validated(name, options).lr,
+                options.weight_decay),
       options_(options),
       decoupled_(decoupled) {}
 Adam::Adam(std::string name, std::vector<Tensor> params, AdamOptions options, bool decoupled)
-    : Optimizer(name, std::move(params), validated(name, options).lr, options.weight_decay),
+    : Optimizer(name, Family::Adam, std::move(params), validated(name, options).lr,
+                options.weight_decay),
       options_(options),
       decoupled_(decoupled) {}
 

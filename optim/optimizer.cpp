@@ -6,18 +6,20 @@
 #include <fmt/ranges.h>
 
 #include <charconv>
+#include <cmath>
 #include <set>
 
 namespace kern::optim {
 
-Optimizer::Optimizer(std::string name, std::vector<ParamGroup> groups, double lr,
+Optimizer::Optimizer(std::string name, Family family, std::vector<ParamGroup> groups, double lr,
                      double weight_decay)
-    : name_(std::move(name)) {
+    : name_(std::move(name)), family_(family) {
   init(std::move(groups), lr, weight_decay);
 }
 
-Optimizer::Optimizer(std::string name, std::vector<Tensor> params, double lr, double weight_decay)
-    : name_(std::move(name)) {
+Optimizer::Optimizer(std::string name, Family family, std::vector<Tensor> params, double lr,
+                     double weight_decay)
+    : name_(std::move(name)), family_(family) {
   std::vector<ParamGroup> groups(1);
   groups[0].params = std::move(params);
   init(std::move(groups), lr, weight_decay);
@@ -34,9 +36,7 @@ void Optimizer::init(std::vector<ParamGroup> groups, double lr, double weight_de
                " (must be >= 0)");
     KERN_CHECK(*grp.weight_decay >= 0.0, name_, ": invalid weight_decay ", *grp.weight_decay,
                " in group ", g, " (must be >= 0)");
-    if (grp.lr_mult.empty()) grp.lr_mult.assign(grp.params.size(), 1.0);
-    KERN_CHECK(grp.lr_mult.size() == grp.params.size(), name_, ": group ", g, " has ",
-               grp.params.size(), " params but ", grp.lr_mult.size(), " lr multipliers");
+    check_group(grp, g);
     for (size_t j = 0; j < grp.params.size(); ++j) {
       const Tensor& p = grp.params[j];
       KERN_CHECK(p.defined(), name_, ": parameter ", j, " of group ", g, " is undefined");
@@ -53,6 +53,25 @@ void Optimizer::init(std::vector<ParamGroup> groups, double lr, double weight_de
   }
   groups_ = std::move(groups);
   state_.resize(num_params_);
+}
+
+void Optimizer::check_group(ParamGroup& grp, size_t g) const {
+  auto family_name = [](Family f) { return f == Family::Adam ? "Adam" : "SGD"; };
+  KERN_CHECK(!grp.family || *grp.family == family_, name_, ": group ", g,
+             " carries parameterization multipliers made for ", family_name(*grp.family),
+             "-like optimizers, but ", name_, " is ", family_name(family_),
+             "-like; build the groups with param_groups(model, {.family = optim::Family::",
+             family_name(family_), "})");
+  if (grp.lr_mult.empty()) grp.lr_mult.assign(grp.params.size(), 1.0);
+  if (grp.wd_mult.empty()) grp.wd_mult.assign(grp.params.size(), 1.0);
+  KERN_CHECK(grp.lr_mult.size() == grp.params.size(), name_, ": group ", g, " has ",
+             grp.params.size(), " params but ", grp.lr_mult.size(), " lr multipliers");
+  KERN_CHECK(grp.wd_mult.size() == grp.params.size(), name_, ": group ", g, " has ",
+             grp.params.size(), " params but ", grp.wd_mult.size(), " weight-decay multipliers");
+  for (size_t j = 0; j < grp.params.size(); ++j)
+    KERN_CHECK(std::isfinite(grp.wd_mult[j]) && grp.wd_mult[j] >= 0.0, name_,
+               ": invalid weight-decay multiplier ", grp.wd_mult[j], " for parameter ", j,
+               " of group ", g);
 }
 
 void Optimizer::zero_grad() {

@@ -18,11 +18,13 @@ void validate(const SGDOptions& o) {
 }  // namespace
 
 SGD::SGD(std::vector<Tensor> params, SGDOptions options)
-    : Optimizer("SGD", (validate(options), std::move(params)), options.lr, options.weight_decay),
+    : Optimizer("SGD", Family::SGD, (validate(options), std::move(params)), options.lr,
+                options.weight_decay),
       options_(options) {}
 
 SGD::SGD(std::vector<ParamGroup> groups, SGDOptions options)
-    : Optimizer("SGD", (validate(options), std::move(groups)), options.lr, options.weight_decay),
+    : Optimizer("SGD", Family::SGD, (validate(options), std::move(groups)), options.lr,
+                options.weight_decay),
       options_(options) {}
 
 std::vector<std::string> SGD::state_names() const {

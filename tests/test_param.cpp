@@ -315,27 +315,63 @@ TEST_CASE("param: param_groups carry the records' lr and weight-decay multiplier
   auto m = mlp(1024);
   param::apply(*m, param::Preset::mup(1024, kBase));
   namespace optim = kern::optim;
-  auto groups = optim::param_groups(*m, {.lr = 0.01, .weight_decay = 0.1, .family = optim::Family::Adam});
-  // Adam: 2.weight has lr mult 1/4 and wd 0.1 * 4; everything else mult 1, wd 0.1.
-  double total = 0;
-  for (auto& g : groups) {
-    REQUIRE(g.params.size() == g.lr_mult.size());
-    CHECK(*g.lr == 0.01);
-    for (size_t j = 0; j < g.params.size(); ++j) {
-      total += 1;
-      const bool hidden = g.params[j].impl_ptr() == m->at<nn::Linear>(2)->weight.tensor().impl_ptr();
-      CHECK(g.lr_mult[j] == Approx(hidden ? 0.25 : 1.0));
-      CHECK(*g.weight_decay == Approx(hidden ? 0.4 : 0.1));
-    }
+  auto groups = optim::param_groups(*m, {.family = optim::Family::Adam});
+  // Adam: 2.weight has lr mult 1/4 and wd mult 4; everything else 1 and 1. No lr or weight
+  // decay is set: the optimizer's options apply.
+  REQUIRE(groups.size() == 1);
+  const auto& g = groups[0];
+  REQUIRE(g.params.size() == 6);
+  REQUIRE(g.lr_mult.size() == 6);
+  REQUIRE(g.wd_mult.size() == 6);
+  CHECK_FALSE(g.lr.has_value());
+  CHECK_FALSE(g.weight_decay.has_value());
+  for (size_t j = 0; j < g.params.size(); ++j) {
+    const bool hidden = g.params[j].impl_ptr() == m->at<nn::Linear>(2)->weight.tensor().impl_ptr();
+    CHECK(g.lr_mult[j] == Approx(hidden ? 0.25 : 1.0));
+    CHECK(g.wd_mult[j] == Approx(hidden ? 4.0 : 1.0));
   }
-  CHECK(total == 6);
-  auto dec = optim::param_groups(*m, {.lr = 0.01, .weight_decay = 0.1, .decoupled_wd = true});
-  CHECK(dec.size() == 1);
-  auto sgd = optim::param_groups(*m, {.lr = 0.1, .family = optim::Family::SGD});
+  auto dec = optim::param_groups(*m, {.decoupled_wd = true});
+  for (double w : dec[0].wd_mult) CHECK(w == 1.0);
+  // SGD multipliers: the hidden weight's lr mult is m_out / m_in = 1.
+  auto sgd = optim::param_groups(*m, {.family = optim::Family::SGD});
   optim::SGD opt(sgd, {.lr = 0.1});
-  size_t n = 0;
-  for (size_t gi = 0; gi < opt.num_groups(); ++gi) n += opt.param_group(gi).params.size();
-  CHECK(n == 6);
+  CHECK(opt.param_group(0).params.size() == 6);
+  CHECK(opt.lr(0) == 0.1);
+  // Groups made for one family are rejected by an optimizer of the other.
+  CHECK_THROWS_WITH(optim::SGD(optim::param_groups(*m, {.family = optim::Family::Adam}), {.lr = 0.1}),
+                    Catch::Contains("made for Adam-like optimizers") && Catch::Contains("SGD-like"));
+  CHECK_THROWS_WITH(optim::AdamW(optim::param_groups(*m, {.family = optim::Family::SGD}), {.lr = 0.1}),
+                    Catch::Contains("made for SGD-like optimizers"));
+}
+
+TEST_CASE("param: AdamW(param_groups(...), {.lr, .weight_decay}) uses the optimizer's lr and weight decay",
+          "[param][optim]") {
+  // One AdamW step in closed form (PyTorch's rule): p1 = p0 (1 - lr_p wd_p) - lr_p m^/(sqrt(v^) + eps)
+  // with m^ = g, v^ = g^2 at step 1, lr_p = lr * lr_mult, wd_p = wd * wd_mult. Under muP (Adam)
+  // at width 1024 from base 256 the hidden weight has lr_mult 1/4 and wd_mult 4.
+  namespace optim = kern::optim;
+  kern::manual_seed(11);
+  auto m = mlp(1024);
+  m->to(kern::DType::Float64);
+  param::apply(*m, param::Preset::mup(1024, kBase));
+  const double lr = 3e-4, wd = 0.05, eps = 1e-8;
+  optim::AdamW opt(optim::param_groups(*m, {.family = optim::Family::Adam}), {.lr = lr, .weight_decay = wd});
+  CHECK(opt.lr(0) == lr);
+  CHECK(opt.weight_decay(0) == wd);
+  kern::Generator gen(4);
+  const Tensor x = kern::randn({8, kIn}, kern::DType::Float64, &gen);
+  const Tensor y = kern::randint(0, kOut, {8}, &gen);
+  auto hidden = m->at<nn::Linear>(2)->weight.tensor();
+  auto input = m->at<nn::Linear>(0)->weight.tensor();
+  const Tensor h0 = hidden.detach().clone(), i0 = input.detach().clone();
+  kern::cross_entropy((*m)(x), y).backward();
+  const Tensor gh = hidden.grad().clone(), gi = input.grad().clone();
+  opt.step();
+  auto expected = [&](const Tensor& p0, const Tensor& g, double lr_p, double wd_p) {
+    return p0 * (1.0 - lr_p * wd_p) - lr_p * g / (kern::abs(g) + eps);
+  };
+  CHECK(kern::max_abs_diff(hidden, expected(h0, gh, lr / 4, wd * 4)) < 1e-15);
+  CHECK(kern::max_abs_diff(input, expected(i0, gi, lr, wd)) < 1e-15);
 }
 
 TEST_CASE("param: muP (Table 8) at its base width equals SP: same outputs and updates", "[param]") {
@@ -344,7 +380,7 @@ TEST_CASE("param: muP (Table 8) at its base width equals SP: same outputs and up
     kern::manual_seed(5);
     auto m = mlp(kBase);
     param::apply(*m, p);
-    kern::optim::Adam opt(kern::optim::param_groups(*m, {.lr = 1e-2}), {.lr = 1e-2});
+    kern::optim::Adam opt(kern::optim::param_groups(*m), {.lr = 1e-2});
     kern::Generator g(9);
     Tensor x = kern::randn({16, kIn}, kern::DType::Float32, &g);
     Tensor y = kern::randint(0, kOut, {16}, &g);
@@ -380,11 +416,11 @@ TEST_CASE("param: Table 3 and Table 8 give the same function and updates", "[par
     param::apply(*m, p);
     std::unique_ptr<kern::optim::Optimizer> opt;
     if (adam)
-      opt = std::make_unique<kern::optim::Adam>(kern::optim::param_groups(*m, {.lr = 1e-3}),
+      opt = std::make_unique<kern::optim::Adam>(kern::optim::param_groups(*m),
                                                 kern::optim::AdamOptions{.lr = 1e-3});
     else
       opt = std::make_unique<kern::optim::SGD>(
-          kern::optim::param_groups(*m, {.lr = 0.05, .family = kern::optim::Family::SGD}),
+          kern::optim::param_groups(*m, {.family = kern::optim::Family::SGD}),
           kern::optim::SGDOptions{.lr = 0.05});
     kern::Generator g(1);
     Tensor x = kern::randn({16, kIn}, kern::DType::Float32, &g);

@@ -195,7 +195,7 @@ void CoordCheckResult::write_jsonl(const std::string& path, const std::string& l
 std::function<std::unique_ptr<optim::Optimizer>(nn::Module&)> adam_with_records(double lr) {
   return [lr](nn::Module& m) -> std::unique_ptr<optim::Optimizer> {
     return std::make_unique<optim::Adam>(
-        optim::param_groups(m, {.lr = lr, .family = optim::Family::Adam}),
+        optim::param_groups(m, {.family = optim::Family::Adam}),
         optim::AdamOptions{.lr = lr});
   };
 }
@@ -203,7 +203,7 @@ std::function<std::unique_ptr<optim::Optimizer>(nn::Module&)> adam_with_records(
 std::function<std::unique_ptr<optim::Optimizer>(nn::Module&)> sgd_with_records(double lr) {
   return [lr](nn::Module& m) -> std::unique_ptr<optim::Optimizer> {
     return std::make_unique<optim::SGD>(
-        optim::param_groups(m, {.lr = lr, .family = optim::Family::SGD}),
+        optim::param_groups(m, {.family = optim::Family::SGD}),
         optim::SGDOptions{.lr = lr});
   };
 }

@@ -4,7 +4,7 @@
 //
 //   auto model = make_mlp(1024);
 //   param::apply(*model, param::Preset::mup(1024, 256).zero_readout());   // re-init + multipliers
-//   optim::Adam opt(optim::param_groups(*model, {.lr = 1e-3, .family = optim::Family::Adam}));
+//   optim::Adam opt(optim::param_groups(*model, {.family = optim::Family::Adam}), {.lr = 1e-3});
 //
 // A preset turns every parameter into a ParamRecord (kern/param/record.hpp). In the abc form
 // of Tensor Programs IV, W = n^-a w, w ~ N(0, n^-2b), lr = eta n^-c; here n enters through

@@ -19,13 +19,25 @@
 
 namespace kern::optim {
 
-/// A set of parameters sharing hyperparameters. Unset fields take the optimizer's options.
+/// Which learning-rate rule of a parameterization applies: Adam-like (Adam, AdamW:
+/// entrywise-normalized updates) or SGD-like.
+enum class Family { SGD, Adam };
+
+/// A set of parameters sharing hyperparameters, as a PyTorch param group: lr and
+/// weight_decay set here override the optimizer's options for this group; unset, the
+/// optimizer's options apply. optim::param_groups sets neither: it carries only the
+/// per-parameter multipliers of a parameterization (kern/param).
 struct ParamGroup {
   std::vector<Tensor> params;
   std::optional<double> lr;
   std::optional<double> weight_decay;
   /// Per-parameter multipliers of the group's lr (same length as params); empty = all 1.
   std::vector<double> lr_mult;
+  /// Per-parameter multipliers of the group's weight decay (same length); empty = all 1.
+  std::vector<double> wd_mult;
+  /// The optimizer family the multipliers were made for (set by param_groups); an optimizer
+  /// of the other family rejects the group, since its multipliers would be wrong.
+  std::optional<Family> family;
 };
 
 /// A flat, ordered list of named tensors (what safetensors stores).
@@ -50,8 +62,8 @@ class Optimizer {
   void set_lr(double lr);
   double weight_decay(size_t group = 0) const;
   void set_weight_decay(size_t group, double weight_decay);
-  /// The group's parameters and lr multipliers (resolved: lr and weight_decay always set,
-  /// lr_mult always one entry per parameter).
+  /// The group's parameters and multipliers (resolved: lr and weight_decay always set,
+  /// lr_mult and wd_mult always one entry per parameter).
   const ParamGroup& param_group(size_t group) const;
   /// All parameters in global order.
   std::vector<Tensor> parameters() const;
@@ -64,9 +76,12 @@ class Optimizer {
   void load_state_dict(const StateDict& sd);
 
  protected:
-  /// `name` names the optimizer in error messages; `lr`, `weight_decay` are the defaults.
-  Optimizer(std::string name, std::vector<ParamGroup> groups, double lr, double weight_decay);
-  Optimizer(std::string name, std::vector<Tensor> params, double lr, double weight_decay);
+  /// `name` names the optimizer in error messages; `family` is its update rule's family;
+  /// `lr`, `weight_decay` are the defaults of groups that do not set them.
+  Optimizer(std::string name, Family family, std::vector<ParamGroup> groups, double lr,
+            double weight_decay);
+  Optimizer(std::string name, Family family, std::vector<Tensor> params, double lr,
+            double weight_decay);
 
   /// Names of the per-parameter state tensors this optimizer keeps (all present or none for
   /// a parameter). "step" is a 0-dim float64 counter; the others are shaped like the param.
@@ -77,17 +92,20 @@ class Optimizer {
   bool has_state(size_t index) const { return !state_[index].empty(); }
 
   /// Calls f(param, grad, index, lr, weight_decay) for each parameter with a defined grad;
-  /// lr includes the parameter's multiplier. grad is contiguous with the param's dtype.
+  /// lr and weight_decay include the parameter's multipliers. grad is contiguous with the
+  /// param's dtype.
   template <typename F>
   void for_each_update(F&& f);
 
   std::string name_;
+  Family family_;
   std::vector<ParamGroup> groups_;
   size_t num_params_ = 0;
   std::vector<std::map<std::string, Tensor>> state_;  // indexed by global param index
 
  private:
   void init(std::vector<ParamGroup> groups, double lr, double weight_decay);
+  void check_group(ParamGroup& group, size_t index) const;
   /// Throws unless `grad` fits `param` (shape, dtype); returns it contiguous.
   Tensor checked_grad(const Tensor& param, size_t index) const;
 };
@@ -99,7 +117,7 @@ void Optimizer::for_each_update(F&& f) {
     for (size_t j = 0; j < g.params.size(); ++j, ++index) {
       const Tensor& p = g.params[j];
       if (!p.grad().defined()) continue;
-      f(p, checked_grad(p, index), index, *g.lr * g.lr_mult[j], *g.weight_decay);
+      f(p, checked_grad(p, index), index, *g.lr * g.lr_mult[j], *g.weight_decay * g.wd_mult[j]);
     }
   }
 }
