@@ -75,7 +75,9 @@ Tensor GLU::forward(const Tensor& x) {
 Embedding::Embedding(int64_t num_embeddings, int64_t dim) {
   KERN_CHECK(num_embeddings >= 1 && dim >= 1, "Embedding: num_embeddings (", num_embeddings, ") and dim (", dim,
              ") must be >= 1");
-  weight = register_parameter("weight", empty({num_embeddings, dim}));
+  // [num, dim]: the input (one-hot) dim first, the output (channel) dim second.
+  weight = register_parameter("weight", empty({num_embeddings, dim}),
+                              nn::ParamOptions{.layout = param::Layout{.out_dim = 1, .in_dim = 0}});
   nn::init::normal_(weight.tensor(), 0.0, 1.0);
 }
 
@@ -89,8 +91,8 @@ Tensor Embedding::forward(const Tensor& ids) {
 
 std::string Embedding::extra_repr() const { return fmt::format("{}, {}", weight.shape()[0], weight.shape()[1]); }
 
-nn::Param ParameterList::append(Tensor t) {
-  nn::Param p = register_parameter(std::to_string(params_.size()), std::move(t));
+nn::Param ParameterList::append(Tensor t, const nn::ParamOptions& options) {
+  nn::Param p = register_parameter(std::to_string(params_.size()), std::move(t), options);
   entries_.push_back(p);
   return p;
 }
@@ -128,7 +130,8 @@ LongConvKernel::LongConvKernel(int64_t H, int64_t l_max, const LongConvKernelOpt
     NoGradGuard ng;
     k.copy_(k * from_vector<float>(env, {1, H, l_max}));
   }
-  weight = register_parameter("kernel", k);
+  // [1, H, l_max]: one filter per channel h (dim 1), l_max taps.
+  weight = register_parameter("kernel", k, nn::ParamOptions{.layout = longconv::kPerChannel});
 }
 
 Tensor LongConvKernel::kernel(int64_t L) {
@@ -169,7 +172,7 @@ LongConv::LongConv(const LongConvOptions& o) : options_(o) {
              "LongConv: postact must be \"glu\", \"id\" or \"none\", got \"", o.postact, "\"");
   const int64_t H = o.d_model;
   // Registration order = safari's: D, kernel, activation, dropout, output_linear.
-  D = register_parameter("D", empty({1, H}));
+  D = register_parameter("D", empty({1, H}), nn::ParamOptions{.layout = longconv::kPerChannel});
   nn::init::normal_(D.tensor(), 0.0, 1.0);
   if (o.kernel == KernelKind::LongConv)
     kernel = register_module("kernel", std::make_shared<LongConvKernel>(H, o.l_max, o.long_conv));

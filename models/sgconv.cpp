@@ -62,7 +62,8 @@ SGConvKernel::SGConvKernel(int64_t H, int64_t l_max, const SGConvKernelOptions& 
     num_scales_ = 1 + s;
   }
   auto list = std::make_shared<longconv::ParameterList>();
-  for (int64_t i = 0; i < num_scales_; ++i) list->append(randn({1, H, o.kernel_dim}));
+  for (int64_t i = 0; i < num_scales_; ++i)
+    list->append(randn({1, H, o.kernel_dim}), nn::ParamOptions{.layout = longconv::kPerChannel});
   kernel_list = register_module("kernel_list", list);
   // torch.linspace(decay_min, decay_max, H) (a single channel gets decay_min).
   std::vector<float> m(static_cast<size_t>(H));

@@ -157,13 +157,26 @@ Slot* Module::register_slot(std::vector<std::unique_ptr<Slot>>& slots, const std
 }
 
 Param Module::register_parameter(const std::string& name, Tensor t, bool requires_grad) {
+  return register_parameter(name, std::move(t), ParamOptions{.requires_grad = requires_grad});
+}
+
+Param Module::register_parameter(const std::string& name, Tensor t, const ParamOptions& options) {
   check_new_name(name, "parameter");
   KERN_CHECK(t.defined(), this->name(), ": register_parameter: '", name, "' is undefined");
   KERN_CHECK(is_floating(t.dtype()), this->name(), ": register_parameter: '", name,
              "' must be floating point, got ", t.dtype(), " ", t.shape());
+  if (options.layout) {
+    const auto [o, i] = *options.layout;
+    const int64_t nd = t.dim();
+    KERN_CHECK(o >= -1 && o < nd && i >= -1 && i < nd && (o != i || o == -1), this->name(),
+               ": register_parameter: '", name, "' ", t.shape(), ": layout {out_dim ", o,
+               ", in_dim ", i, "} must name distinct dims of the parameter (or -1)");
+  }
   if (!t.is_leaf()) t = t.detach();
-  t.requires_grad_(requires_grad);
-  return Param(register_slot(params_, name, std::move(t), /*is_buffer=*/false));
+  t.requires_grad_(options.requires_grad);
+  Slot* slot = register_slot(params_, name, std::move(t), /*is_buffer=*/false);
+  slot->layout = options.layout;
+  return Param(slot);
 }
 
 Buffer Module::register_buffer(const std::string& name, Tensor t) {

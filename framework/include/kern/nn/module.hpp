@@ -90,6 +90,9 @@ struct Slot {
   Tensor substitute;         // functional_call's tensor during a call; undefined otherwise
   std::optional<param::ParamRecord> record;  // parameters only; set by param::apply
   double multiplier = 1.0;   // record->forward_multiplier(), cached; 1 without a record
+  /// Which dims hold the output / input channels, when the module declared it
+  /// (ParamOptions::layout); kern::param reads roles from it.
+  std::optional<param::Layout> layout;
 
   /// The tensor the module computes with now (the substitute during functional_call).
   const Tensor& current() const { return substitute.defined() ? substitute : value; }
@@ -136,6 +139,17 @@ class Param {
 /// Buffers are read the same way (`running_mean()`; never multiplied).
 using Buffer = Param;
 
+/// Options of Module::register_parameter.
+struct ParamOptions {
+  bool requires_grad = true;
+  /// Which dims hold the output and input channels (kern/param/record.hpp). Declare it when
+  /// the parameter is not laid out as PyTorch's [out, in, k...]: e.g. an embedding table
+  /// [num, dim] is {1, 0}, a per-channel filter [1, H, L] is {1, 0}. Parameterizations read
+  /// roles from it; without it, a parameter whose width dims do not fit [out, in, k...] is
+  /// reported as undecidable.
+  std::optional<param::Layout> layout;
+};
+
 class Module : public std::enable_shared_from_this<Module> {
  public:
   Module() = default;
@@ -170,6 +184,7 @@ class Module : public std::enable_shared_from_this<Module> {
   /// Registers a parameter: a floating leaf (a non-leaf is detached first) with
   /// requires_grad set to `requires_grad`. Returns the handle forward reads it through.
   Param register_parameter(const std::string& name, Tensor t, bool requires_grad = true);
+  Param register_parameter(const std::string& name, Tensor t, const ParamOptions& options);
   /// Registers a buffer (any dtype; not trained, but saved in state_dict and converted by to()).
   Buffer register_buffer(const std::string& name, Tensor t);
   /// Registers a child module and returns it (typed as given).

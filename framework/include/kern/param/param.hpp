@@ -34,11 +34,22 @@
 //     depth_mult = sqrt(base_depth / depth) in the forward pass; with Adam the parameters of
 //     the residual blocks get lr * sqrt(base_depth / depth); SGD's lr is unchanged.
 //
-// Roles are inferred: matrix-like parameters (dim >= 2) in registration order -> the first is
-// the input weight, the last the output weight, the others hidden (a single one is the
-// output weight); 1-D parameters named "bias" -> Bias, other 1-D -> NormGain; 0-dim -> Scalar.
-// Override by name with Preset::role("head.weight", Role::OutputWeight) ('*' matches any run
-// of characters, dots included).
+// Roles come from shapes, as in the mup library: with a base model (Preset::mup(base_model),
+// the model built at the base width), a dim "grows with width" when its size differs from
+// the base model's. A parameter's output and input channel dims are [out, in, k...] unless
+// its module declared another layout (nn::ParamOptions::layout; record.hpp):
+//   >= 2-D: out and in grow -> hidden; only out -> input (vector-like: depthwise convs, stems,
+//           embeddings, per-channel filters); only in -> output (the readout); none -> finite
+//           (SP rules); a receptive dim (conv taps) that grows -> error: undecidable.
+//   1-D:    "bias" -> bias, else gain (norm gains, layer scales); 0-D: scalar.
+// Without base shapes (Preset::mup(width, base_width), standard(), ntk()), roles fall back to
+// registration order: matrix-like parameters (dim >= 2) in order -> the first is the input
+// weight, the last the output weight, the others hidden (a single one is the output weight).
+// With a width ratio that order also decides which dims grow, so it is only trusted for the
+// weights of plain nn::Linear and groups = 1 nn::Conv2d layers; any other matrix-like
+// parameter is an error naming it (give base shapes or override its role). Override by name
+// with Preset::role("head.weight", Role::OutputWeight) ('*' matches any run of characters,
+// dots included); an override is never second-guessed.
 #include <kern/generator.hpp>
 #include <kern/nn/module.hpp>
 #include <kern/param/record.hpp>
@@ -50,8 +61,6 @@
 
 namespace kern::param {
 
-enum class Scheme { Standard, NTK, MuP, MuPTable3 };
-std::string_view scheme_name(Scheme s);
 
 enum class InitDist { Uniform, Normal };
 
@@ -131,6 +140,8 @@ Records records(const nn::Module& model);
 void clear(nn::Module& model);
 /// A table of the records (one line per parameter).
 std::string describe(const Records& records);
+/// The table of the records stored in `model` (param::records(model)).
+std::string describe(const nn::Module& model);
 
 /// '*'-glob match (a '*' matches any run of characters, including dots).
 bool glob_match(std::string_view pattern, std::string_view name);

@@ -15,16 +15,34 @@
 // base_fan_in / base_fan_out are the same fans in the base model (muP): every width rule is a
 // function of fan / base_fan, so at the base shapes every preset's width rules are the identity.
 // This header only holds data: it is included by kern/nn/module.hpp.
+#include <kern/shape.hpp>
+
 #include <cstdint>
 #include <string_view>
 
 namespace kern::param {
+
+/// The parameterization a record was made by (kern/param/param.hpp has the rules).
+enum class Scheme { Standard, NTK, MuP, MuPTable3 };
+
+/// Which dims of a parameter hold its output and input channels; every other dim is a
+/// receptive-field dim (conv taps) that multiplies into both fans. The module that registers
+/// a parameter may declare it (nn::ParamOptions::layout); undeclared, a >= 2-D parameter is
+/// read as PyTorch's [out, in, k...] ({0, 1}) and a 1-D one as [out] ({0, -1}).
+///   Linear / Conv2d weight [out, in, k...]: {0, 1};  Embedding [num, dim]: {1, 0};
+///   a per-channel filter [1, H, L] (long convolutions): {1, 0}.
+struct Layout {
+  int64_t out_dim = 0;  // -1: no output-channel dim
+  int64_t in_dim = 1;   // -1: no input-channel dim
+  bool operator==(const Layout&) const = default;
+};
 
 /// What a parameter is to the width rules.
 enum class Role {
   InputWeight,   // maps a finite dim (data) to width: the first layer
   HiddenWeight,  // width to width
   OutputWeight,  // width to a finite dim: the readout
+  FiniteWeight,  // a >= 2-D parameter none of whose dims grows with width (SP rules)
   Bias,          // any 1-D additive parameter (of a layer or a norm)
   NormGain,      // 1-D multiplicative parameter of a normalization layer
   Scalar,        // 0-dim parameters and anything the rules leave alone
@@ -40,11 +58,15 @@ enum class InitKind {
 };
 
 struct ParamRecord {
+  Scheme scheme = Scheme::Standard;
   Role role = Role::Scalar;
   int64_t fan_in = 1;
   int64_t fan_out = 1;
   double base_fan_in = 1.0;
   double base_fan_out = 1.0;
+  /// The parameter's shape in the base model (empty when the base came from a width ratio
+  /// or there is none).
+  Shape base_shape;
   InitKind init = InitKind::Keep;
   double init_std = 0.0;  // standard deviation of the init distribution
   /// Width multiplier in the forward pass (W_effective = multiplier * W).
@@ -72,9 +94,20 @@ constexpr std::string_view role_name(Role r) {
     case Role::InputWeight: return "input";
     case Role::HiddenWeight: return "hidden";
     case Role::OutputWeight: return "output";
+    case Role::FiniteWeight: return "finite";
     case Role::Bias: return "bias";
     case Role::NormGain: return "gain";
     case Role::Scalar: return "scalar";
+  }
+  return "?";
+}
+
+constexpr std::string_view scheme_name(Scheme s) {
+  switch (s) {
+    case Scheme::Standard: return "standard";
+    case Scheme::NTK: return "ntk";
+    case Scheme::MuP: return "mup";
+    case Scheme::MuPTable3: return "mup_table3";
   }
   return "?";
 }

@@ -286,13 +286,17 @@ class Embedding : public nn::Module {
   nn::Param weight;  // [num_embeddings, dim]
 };
 
+/// The layout of per-channel parameters [1, H, ...] (kernels, D): dim 1 holds the channels
+/// (what grows with width), dim 0 is the single input of each channel's filter.
+inline constexpr param::Layout kPerChannel{.out_dim = 1, .in_dim = 0};
+
 /// k: [H, n] -> [H, L]: the first L taps, or k zero-padded to L.
 Tensor fit_length(const Tensor& k, int64_t L);
 
 /// Holds parameters named "0", "1", ... (torch.nn.ParameterList).
 class ParameterList : public nn::Module {
  public:
-  nn::Param append(Tensor t);
+  nn::Param append(Tensor t, const nn::ParamOptions& options = {});
   std::string name() const override { return "ParameterList"; }
   /// The handles, in order ("0", "1", ...): entries()[i]() is parameter i as forward uses it.
   const std::vector<nn::Param>& entries() const { return entries_; }
