@@ -235,9 +235,9 @@ ConvNeXtOptions convnext_options(const std::string& variant, const ModelOptions&
 // Every variant of the table, under its name.
 [[maybe_unused]] static const bool registered = [] {
   for (const auto& [name, v] : variants())
-    register_model(name, [name](const ModelOptions& o) {
-      return std::make_shared<ConvNeXt>(convnext_options(name, o));
-    });
+    register_model(
+        name, [name](const ModelOptions& o) { return std::make_shared<ConvNeXt>(convnext_options(name, o)); },
+        ModelInfo{.width = v.dims.front()});
   return true;
 }();
 

@@ -316,6 +316,7 @@ P4CNNOptions from_model_options(P4CNNOptions o, const ModelOptions& m, const cha
   o.num_classes = m.num_classes;
   o.in_chans = m.in_chans;
   o.drop_rate = m.drop_rate;
+  o.channels = scale_width(o.channels, m.width_mult);
   return o;
 }
 
@@ -330,7 +331,7 @@ std::shared_ptr<P4CNN> p4mcnn(const ModelOptions& o) {
       from_model_options(P4CNNOptions{.group = "p4m", .channels = 7}, o, "p4mcnn"));
 }
 
-KERN_REGISTER_MODEL("p4cnn", p4cnn);
-KERN_REGISTER_MODEL("p4mcnn", p4mcnn);
+KERN_REGISTER_MODEL("p4cnn", p4cnn, ModelInfo{.width = 10});
+KERN_REGISTER_MODEL("p4mcnn", p4mcnn, ModelInfo{.width = 7});
 
 }  // namespace kern::models

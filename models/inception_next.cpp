@@ -250,9 +250,9 @@ std::shared_ptr<InceptionNeXt> inception_next_base(const ModelOptions& m) {
   return make({.depths = {3, 3, 27, 3}, .dims = {128, 256, 512, 1024}}, m);
 }
 
-KERN_REGISTER_MODEL("inception_next_atto", inception_next_atto);
-KERN_REGISTER_MODEL("inception_next_tiny", inception_next_tiny);
-KERN_REGISTER_MODEL("inception_next_small", inception_next_small);
-KERN_REGISTER_MODEL("inception_next_base", inception_next_base);
+KERN_REGISTER_MODEL("inception_next_atto", inception_next_atto, ModelInfo{.width = 40});
+KERN_REGISTER_MODEL("inception_next_tiny", inception_next_tiny, ModelInfo{.width = 96});
+KERN_REGISTER_MODEL("inception_next_small", inception_next_small, ModelInfo{.width = 96});
+KERN_REGISTER_MODEL("inception_next_base", inception_next_base, ModelInfo{.width = 128});
 
 }  // namespace kern::models

@@ -311,7 +311,7 @@ namespace {
 LongConvModelOptions small_options(const ModelOptions& o, KernelKind kind) {
   return {.vocab_size = 0,
           .d_input = o.in_chans,
-          .d_model = 128,
+          .d_model = scale_width(128, o.width_mult),
           .n_layers = 4,
           .l_max = 1024,
           .kernel = kind,
@@ -331,7 +331,7 @@ std::shared_ptr<LongConvModel> sgconv_small(const ModelOptions& o) {
   return std::make_shared<LongConvModel>(small_options(o, KernelKind::SGConv));
 }
 
-KERN_REGISTER_MODEL("longconv_small", longconv_small);
-KERN_REGISTER_MODEL("sgconv_small", sgconv_small);
+KERN_REGISTER_MODEL("longconv_small", longconv_small, ModelInfo{.input = InputKind::Sequence, .width = 128});
+KERN_REGISTER_MODEL("sgconv_small", sgconv_small, ModelInfo{.input = InputKind::Sequence, .width = 128});
 
 }  // namespace kern::models

@@ -5,6 +5,7 @@
 #include <kern/models/registry.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <mutex>
 
@@ -14,6 +15,7 @@ namespace {
 struct Registry {
   std::mutex mutex;
   std::map<std::string, ModelFactory> factories;
+  std::map<std::string, ModelInfo> infos;
 };
 
 Registry& registry() {
@@ -57,13 +59,20 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 
 }  // namespace
 
-bool register_model(const std::string& name, ModelFactory factory) {
+bool register_model(const std::string& name, ModelFactory factory, ModelInfo info) {
   KERN_CHECK(!name.empty() && factory, "register_model: empty name or factory");
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mutex);
   KERN_CHECK(r.factories.emplace(name, std::move(factory)).second, "register_model: '", name,
              "' is already registered");
+  r.infos.emplace(name, info);
   return true;
+}
+
+int64_t scale_width(int64_t c, double width_mult) {
+  KERN_CHECK(std::isfinite(width_mult) && width_mult > 0, "ModelOptions.width_mult must be a ",
+             "finite number > 0, got ", width_mult);
+  return std::max<int64_t>(1, std::llround(static_cast<double>(c) * width_mult));
 }
 
 bool has_model(const std::string& name) {
@@ -79,6 +88,27 @@ std::vector<std::string> list_models(const std::string& pattern) {
   for (const auto& [name, f] : r.factories)
     if (wildcard_match(pattern, name)) out.push_back(name);
   return out;  // std::map iterates sorted
+}
+
+ModelInfo model_info(const std::string& name) {
+  {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    auto it = r.infos.find(name);
+    if (it != r.infos.end()) return it->second;
+  }
+  create_model(name);  // throws with the closest names
+  return {};
+}
+
+std::shared_ptr<nn::Module> create_model_at_width(const std::string& name, int64_t width,
+                                                  ModelOptions options) {
+  const ModelInfo info = model_info(name);
+  KERN_CHECK(info.width > 0, "create_model_at_width: model '", name,
+             "' has no width knob (it registered no width)");
+  KERN_CHECK(width > 0, "create_model_at_width(", name, "): width must be > 0, got ", width);
+  options.width_mult = static_cast<double>(width) / static_cast<double>(info.width);
+  return create_model(name, options);
 }
 
 std::shared_ptr<nn::Module> create_model(const std::string& name, const ModelOptions& options) {

@@ -220,8 +220,8 @@ std::shared_ptr<RepLKNet> replknet_xl(const ModelOptions& o) {
                o);
 }
 
-KERN_REGISTER_MODEL("replknet_31b", replknet_31b);
-KERN_REGISTER_MODEL("replknet_31l", replknet_31l);
-KERN_REGISTER_MODEL("replknet_xl", replknet_xl);
+KERN_REGISTER_MODEL("replknet_31b", replknet_31b, ModelInfo{.width = RepLKNetOptions{}.channels.front()});
+KERN_REGISTER_MODEL("replknet_31l", replknet_31l, ModelInfo{.width = 192});
+KERN_REGISTER_MODEL("replknet_xl", replknet_xl, ModelInfo{.width = 256});
 
 }  // namespace kern::models

@@ -3,11 +3,13 @@
 #include <kern/optim/adam.hpp>
 #include <kern/optim/param_groups.hpp>
 #include <kern/optim/sgd.hpp>
+#include <kern/param/param.hpp>
 #include <kern/tools/coord_check.hpp>
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -192,6 +194,44 @@ void CoordCheckResult::write_jsonl(const std::string& path, const std::string& l
   KERN_CHECK(f.good(), "coord_check: writing '", path, "' failed");
 }
 
+std::function<std::shared_ptr<nn::Module>(int64_t)> parameterized(
+    std::function<std::shared_ptr<nn::Module>(int64_t)> build, const std::string& scheme,
+    int64_t base_width, bool zero_readout) {
+  KERN_CHECK(static_cast<bool>(build), "coord_check: parameterized: empty model factory");
+  KERN_CHECK(scheme == "mup" || scheme == "mup_table3" || scheme == "sp" || scheme == "ntk",
+             "coord_check: unknown parameterization '", scheme,
+             "'; expected mup, mup_table3, sp or ntk");
+  KERN_CHECK(base_width > 0, "coord_check: base width must be > 0, got ", base_width);
+  return [build, scheme, base_width, zero_readout](int64_t width) {
+    std::shared_ptr<nn::Module> model = build(width);
+    KERN_CHECK(model != nullptr, "coord_check: the model factory returned null for width ", width);
+    param::Preset preset = param::Preset::standard();
+    if (scheme == "ntk") {
+      preset = param::Preset::ntk();
+    } else if (scheme == "mup" || scheme == "mup_table3") {
+      // The base model is built with its own random stream, so the model's init does not
+      // depend on whether a base model was built first.
+      // A delta model at twice the base width tells which dims grow (mup's delta), so the
+      // base width itself gets the same roles.
+      const std::string rng = default_generator().state();
+      std::shared_ptr<nn::Module> base = build(base_width);
+      std::shared_ptr<nn::Module> delta = build(2 * base_width);
+      default_generator().set_state(rng);
+      preset = scheme == "mup" ? param::Preset::mup(*base, *delta) : param::Preset::mup_table3(*base, *delta);
+    }
+    if (zero_readout) preset.zero_readout();
+    param::apply(*model, preset);
+    return model;
+  };
+}
+
+bool blocks_and_output(const std::string& module) {
+  const size_t dot = module.rfind('.');
+  if (dot == std::string::npos) return true;  // the model itself and its top-level children
+  const std::string last = module.substr(dot + 1);
+  return std::all_of(last.begin(), last.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
+}
+
 std::function<std::unique_ptr<optim::Optimizer>(nn::Module&)> adam_with_records(double lr) {
   return [lr](nn::Module& m) -> std::unique_ptr<optim::Optimizer> {
     return std::make_unique<optim::Adam>(
@@ -209,8 +249,18 @@ std::function<std::unique_ptr<optim::Optimizer>(nn::Module&)> sgd_with_records(d
 }
 
 std::string default_plot_script() {
-  // This file is tools/coord_check.cpp; the script sits beside it.
-  return (std::filesystem::path(__FILE__).parent_path() / "plot_coord_check.py").string();
+  // 1. $KERN_SCRIPT_DIR; 2. an installed tree: <prefix>/bin/<program> -> <prefix>/share/kern;
+  // 3. the source tree this file was compiled from (tools/, beside this file).
+  namespace fs = std::filesystem;
+  const std::string name = "plot_coord_check.py";
+  if (const char* dir = std::getenv("KERN_SCRIPT_DIR"); dir && *dir) return (fs::path(dir) / name).string();
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path installed = exe.parent_path().parent_path() / "share" / "kern" / name;
+    if (fs::exists(installed, ec)) return installed.string();
+  }
+  return (fs::path(__FILE__).parent_path() / name).string();
 }
 
 namespace {

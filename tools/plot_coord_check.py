@@ -28,41 +28,63 @@ def read(path):
 
 
 def plot_coord(records, out, title):
+    """One row of panels per label, one panel per step. Up to 8 modules get a legend entry
+    each; deeper models are coloured by module depth (a colour bar), with the model's own
+    output (the logits, "(model)") drawn in red and every failing curve dashed."""
     coords = [r for r in records if r.get("kind") == "coord"]
     verdicts = {(r["label"], r["module"], r["t"]): r for r in records if r.get("kind") == "verdict"}
     labels = list(dict.fromkeys(r["label"] for r in coords))
     steps = sorted({r["t"] for r in coords})
-    fig, axes = plt.subplots(len(labels), len(steps), figsize=(4.2 * len(steps), 3.6 * len(labels)),
+    fig, axes = plt.subplots(len(labels), len(steps), figsize=(4.0 * len(steps) + 1.2, 3.4 * len(labels)),
                              squeeze=False)
     for i, label in enumerate(labels):
         rows = [r for r in coords if r["label"] == label]
         modules = list(dict.fromkeys(r["module"] for r in rows))
+        few = len(modules) <= 8
         cmap = plt.get_cmap("viridis", max(len(modules), 2))
+        named_output = False
         for j, t in enumerate(steps):
             ax = axes[i][j]
+            nfail = 0
             for k, m in enumerate(modules):
                 pts = sorted((r["width"], r["l1"]) for r in rows if r["module"] == m and r["t"] == t)
                 pts = [(w, v) for w, v in pts if v > 0]
                 if not pts:
                     continue
                 v = verdicts.get((label, m, t))
-                mark = "" if v is None else (" ok" if v["pass"] else " FAIL")
-                slope = "" if v is None else f" s={v['slope']:+.2f}"
-                typ = pts and next(r["type"] for r in rows if r["module"] == m)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=cmap(k), ms=3,
-                        label=f"{m} {typ}{slope}{mark}")
+                failed = v is not None and not v["pass"]
+                nfail += failed
+                output = m == "(model)"
+                color = "tab:red" if output and not few else cmap(k)
+                style = "--" if failed else "-"
+                name = None
+                if few:
+                    typ = next(r["type"] for r in rows if r["module"] == m)
+                    slope = "" if v is None else f" s={v['slope']:+.2f}"
+                    name = f"{m} {typ}{slope}{' FAIL' if failed else ''}"
+                elif output and not named_output:
+                    name = "logits (model output)"
+                    named_output = True
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=color,
+                        ms=2.5, lw=1.8 if output else 1.0, label=name, zorder=3 if output else 2)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.set_title(f"{label}  t = {t}")
+            head = f"{label}\n" if len(labels) > 1 else ""
+            ax.set_title(f"{head}t = {t}: {nfail} of {len(modules)} outputs not flat", fontsize=9)
             ax.set_xlabel("width")
             if j == 0:
-                ax.set_ylabel("mean |x|")
+                ax.set_ylabel("mean |x| of the output")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=6)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6 if few else 7, loc="best")
+        if not few:
+            sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(modules) - 1))
+            fig.colorbar(sm, ax=list(axes[i]), label="module (model order)", fraction=0.02, pad=0.01)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
+        fig.suptitle(title, fontsize=11, y=1.0 if len(labels) > 1 else 1.04)
+    if len(modules) <= 8:
+        fig.tight_layout()
+    fig.savefig(out, dpi=120, bbox_inches="tight")
 
 
 def plot_transfer(records, out, title):

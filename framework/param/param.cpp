@@ -38,6 +38,18 @@ const Shape* BaseShapes::find(const std::string& name) const {
   return nullptr;
 }
 
+const Shape* BaseShapes::find_delta(const std::string& name) const {
+  for (auto& [n, s] : delta)
+    if (n == name) return &s;
+  return nullptr;
+}
+
+BaseShapes base_shapes(const nn::Module& base, const nn::Module& delta) {
+  BaseShapes out = base_shapes(base);
+  for (auto& [n, t] : delta.named_parameters()) out.delta.emplace_back(n, t.shape());
+  return out;
+}
+
 BaseShapes base_shapes(const nn::Module& base) {
   BaseShapes out;
   for (auto& [n, t] : base.named_parameters()) out.shapes.emplace_back(n, t.shape());
@@ -72,6 +84,18 @@ Preset Preset::mup(const nn::Module& base_model) {
 
 Preset Preset::mup_table3(int64_t width, int64_t base_width) {
   Preset p = mup(width, base_width);
+  p.scheme = Scheme::MuPTable3;
+  return p;
+}
+
+Preset Preset::mup(const nn::Module& base_model, const nn::Module& delta_model) {
+  Preset p = mup(base_model);
+  p.base = base_shapes(base_model, delta_model);
+  return p;
+}
+
+Preset Preset::mup_table3(const nn::Module& base_model, const nn::Module& delta_model) {
+  Preset p = mup(base_model, delta_model);
   p.scheme = Scheme::MuPTable3;
   return p;
 }
@@ -183,22 +207,33 @@ const Shape& base_shape_of(const Preset& p, const Entry& e) {
   return *s;
 }
 
+// The dims of a parameter that grow with width: where the base shape differs from the delta
+// shape (when a delta model was given) or from the model's own shape.
+std::vector<bool> growing_dims(const Preset& p, const Entry& e) {
+  const Shape& base = base_shape_of(p, e);
+  const Shape* other = &e.shape;
+  if (!p.base->delta.empty()) {
+    other = p.base->find_delta(e.name);
+    KERN_CHECK(other != nullptr && other->size() == base.size(), "param: the delta model has no ",
+               "parameter '", e.name, "' of rank ", base.size(), " (base ", base, ")");
+  }
+  std::vector<bool> grows(base.size());
+  for (size_t d = 0; d < base.size(); ++d) grows[d] = base[d] != (*other)[d];
+  return grows;
+}
+
 // Role of a >= 2-D parameter from the dims that grow with width (base shapes).
-Role role_from_shapes(const Entry& e, const Shape& base) {
+Role role_from_shapes(const Entry& e, const std::vector<bool>& growing, const Shape& base) {
   const auto& l = e.layout;
   std::vector<int64_t> extra;
   for (int64_t d = 0; d < static_cast<int64_t>(e.shape.size()); ++d)
-    if (e.shape[static_cast<size_t>(d)] != base[static_cast<size_t>(d)] && d != l.out_dim &&
-        d != l.in_dim)
-      extra.push_back(d);
+    if (growing[static_cast<size_t>(d)] && d != l.out_dim && d != l.in_dim) extra.push_back(d);
   KERN_CHECK(extra.empty(), "param: cannot decide the role of '", e.name, "' ", e.shape,
              " (base ", base, "): dim ", extra.front(), " grows with width but is neither its ",
              "output-channel dim (", l.out_dim, ") nor its input-channel dim (", l.in_dim, ")",
              e.declared ? " of the layout its module declared" : " of PyTorch's [out, in, k...]",
              "; ", override_hint(e));
-  auto grows = [&](int64_t d) {
-    return d >= 0 && e.shape[static_cast<size_t>(d)] != base[static_cast<size_t>(d)];
-  };
+  auto grows = [&](int64_t d) { return d >= 0 && growing[static_cast<size_t>(d)]; };
   const bool out = grows(l.out_dim), in = grows(l.in_dim);
   if (out && in) return Role::HiddenWeight;
   if (out) return Role::InputWeight;
@@ -239,7 +274,7 @@ std::vector<Role> infer_roles(const std::vector<Entry>& entries, const Preset& p
     if (j + 1 == matrices.size()) r = Role::OutputWeight;
     else if (j == 0) r = Role::InputWeight;
     if (w.by_model) {
-      r = role_from_shapes(e, base_shape_of(preset, e));
+      r = role_from_shapes(e, growing_dims(preset, e), base_shape_of(preset, e));
     } else if (w.by_width) {
       KERN_CHECK(plain_layer_weight(e), "param: cannot decide the role of '", e.name, "' ",
                  e.shape, " (", e.owner->name(), e.declared ? ", declared layout" : "",

@@ -16,4 +16,8 @@ struct Command {
 /// Exit 0, or 2 (message "kern inspect: <what is wrong>" on stderr) for a bad file.
 Command add_inspect(CLI::App& app);
 
+/// `kern coord-check --model NAME --param mup --widths 8,16,32,64 ...`: the muP coordinate
+/// check of a zoo model. Exit 0 when every verdict passes, 3 when one fails, 2 on an error.
+Command add_coord_check(CLI::App& app);
+
 }  // namespace kern::cli

@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   app.fallthrough(false);
   std::vector<kern::cli::Command> commands = {
       kern::cli::add_inspect(app),
+      kern::cli::add_coord_check(app),
   };
   try {
     app.parse(argc, argv);

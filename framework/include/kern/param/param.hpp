@@ -36,7 +36,8 @@
 //
 // Roles come from shapes, as in the mup library: with a base model (Preset::mup(base_model),
 // the model built at the base width), a dim "grows with width" when its size differs from
-// the base model's. A parameter's output and input channel dims are [out, in, k...] unless
+// the base model's (with a delta model, Preset::mup(base, delta): when the base's and the
+// delta's differ, so that the base model itself gets the same roles). A parameter's output and input channel dims are [out, in, k...] unless
 // its module declared another layout (nn::ParamOptions::layout; record.hpp):
 //   >= 2-D: out and in grow -> hidden; only out -> input (vector-like: depthwise convs, stems,
 //           embeddings, per-channel filters); only in -> output (the readout); none -> finite
@@ -61,16 +62,20 @@
 
 namespace kern::param {
 
-
 enum class InitDist { Uniform, Normal };
 
-/// Parameter shapes of a base model (muP's base shapes), by dotted name.
+/// Parameter shapes of a base model (muP's base shapes), by dotted name, and optionally of a
+/// delta model (the mup library's `delta`: the same model at another width), which tells the
+/// dims that grow with width even when the model being parameterized is the base model itself.
 struct BaseShapes {
   std::vector<std::pair<std::string, Shape>> shapes;
+  std::vector<std::pair<std::string, Shape>> delta;  // empty: compare with the model instead
   const Shape* find(const std::string& name) const;
+  const Shape* find_delta(const std::string& name) const;
 };
-/// The shapes of `base`'s parameters (a narrower copy of the model).
+/// The shapes of `base`'s parameters (a narrower copy of the model), and of `delta`'s.
 BaseShapes base_shapes(const nn::Module& base);
+BaseShapes base_shapes(const nn::Module& base, const nn::Module& delta);
 
 struct DepthOptions {
   int64_t depth = 0;       // number of residual blocks L (0: no depth rule)
@@ -107,9 +112,12 @@ struct Preset {
   /// The mup library's form (Table 8): base shapes from widths or from a base model.
   static Preset mup(int64_t width, int64_t base_width);
   static Preset mup(const nn::Module& base_model);
+  /// With a delta model (another width): roles are right at the base width too.
+  static Preset mup(const nn::Module& base_model, const nn::Module& delta_model);
   /// TP5 Table 3 form.
   static Preset mup_table3(int64_t width, int64_t base_width);
   static Preset mup_table3(const nn::Module& base_model);
+  static Preset mup_table3(const nn::Module& base_model, const nn::Module& delta_model);
   /// Adds depth-muP to any preset (usually muP): L = depth residual blocks.
   static Preset depth_mup(Preset width_preset, int64_t depth, int64_t base_depth,
                           std::vector<std::string> branch_outputs,

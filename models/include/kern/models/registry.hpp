@@ -21,18 +21,40 @@ struct ModelOptions {
   int64_t in_chans = 3;
   double drop_rate = 0.0;       // dropout before the classifier
   double drop_path_rate = 0.0;  // stochastic depth, linearly increasing over blocks
+  /// Multiplies every channel width of the family (ConvNeXt / InceptionNeXt dims, RepLKNet
+  /// channels, p4cnn channels, long-conv d_model), rounded to the nearest integer >= 1: the
+  /// width knob of muP studies (kern coord-check, base shapes from a narrower model).
+  double width_mult = 1.0;
 };
 
-/// A family options struct with ModelOptions' four fields overwritten by `m` (for families
-/// whose struct names them the same: InceptionNeXtOptions, RepLKNetOptions, ...).
+/// round(c * width_mult), at least 1 (throws unless width_mult is finite and > 0).
+int64_t scale_width(int64_t c, double width_mult);
+
+/// A family options struct with ModelOptions' fields applied to it (for families whose
+/// struct names them the same: InceptionNeXtOptions, RepLKNetOptions, ...): the four common
+/// fields are overwritten, and width_mult scales the family's `dims` or `channels`.
 template <class FamilyOptions>
 FamilyOptions with_model_options(FamilyOptions o, const ModelOptions& m) {
   o.num_classes = m.num_classes;
   o.in_chans = m.in_chans;
   o.drop_rate = m.drop_rate;
   o.drop_path_rate = m.drop_path_rate;
+  if constexpr (requires { o.dims; })
+    for (auto& d : o.dims) d = scale_width(d, m.width_mult);
+  if constexpr (requires { o.channels; })
+    for (auto& c : o.channels) c = scale_width(c, m.width_mult);
   return o;
 }
+
+/// What a registered model takes as input, for tools that feed it synthetic data
+/// (kern coord-check): images [N, in_chans, H, W] or sequences [N, L, in_chans].
+enum class InputKind { Image, Sequence };
+struct ModelInfo {
+  InputKind input = InputKind::Image;
+  /// The width width_mult scales, at width_mult 1 (the first stage's channels, p4cnn's
+  /// channels, long-conv d_model); 0: the model has no width knob.
+  int64_t width = 0;
+};
 
 using ModelFactory = std::function<std::shared_ptr<nn::Module>(const ModelOptions&)>;
 
@@ -48,7 +70,16 @@ bool has_model(const std::string& name);
 
 /// Adds a factory under `name`. Throws if the name is already taken. Returns true so it can
 /// initialize a static (see KERN_REGISTER_MODEL).
-bool register_model(const std::string& name, ModelFactory factory);
+bool register_model(const std::string& name, ModelFactory factory, ModelInfo info = {});
+
+/// The ModelInfo `name` was registered with (throws for an unknown name, like create_model).
+ModelInfo model_info(const std::string& name);
+
+/// create_model(name, options) with width_mult = width / model_info(name).width: the model at
+/// another width (its first stage's channels), for muP studies and coordinate checks. Throws
+/// for a model without a width knob.
+std::shared_ptr<nn::Module> create_model_at_width(const std::string& name, int64_t width,
+                                                  ModelOptions options = {});
 
 }  // namespace kern::models
 

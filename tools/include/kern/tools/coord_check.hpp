@@ -91,12 +91,27 @@ struct CoordCheckResult {
 
 CoordCheckResult coord_check(const CoordCheckOptions& options);
 
+/// A make_model for coord_check from an unparameterized factory build(width): builds the model
+/// of each width and applies a parameterization to it. scheme: "mup" (the mup library's
+/// Table 8, base shapes from build(base_width): roles from shapes), "mup_table3", "sp"
+/// (PyTorch's default init, every lr the same) or "ntk". zero_readout: the readout starts at
+/// zero (mup's coordinate checks often do). Throws for an unknown scheme.
+std::function<std::shared_ptr<nn::Module>(int64_t width)> parameterized(
+    std::function<std::shared_ptr<nn::Module>(int64_t width)> build, const std::string& scheme,
+    int64_t base_width, bool zero_readout = false);
+
+/// A coord_check filter for deep models: the model's own output (the logits, recorded under
+/// "" and shown as "(model)"), its top-level children (stem, head, ...) and every element of a
+/// container (a name ending in a number: stages.0, stages.0.blocks.1, layers.3, ...).
+bool blocks_and_output(const std::string& module);
+
 /// An optimizer factory: Adam with the model's parameterization records (optim::param_groups).
 std::function<std::unique_ptr<optim::Optimizer>(nn::Module&)> adam_with_records(double lr);
 /// An optimizer factory: SGD with the model's parameterization records.
 std::function<std::unique_ptr<optim::Optimizer>(nn::Module&)> sgd_with_records(double lr);
 
-/// tools/plot_coord_check.py in the source tree this library was built from.
+/// The plotting script: $KERN_SCRIPT_DIR/plot_coord_check.py, else <prefix>/share/kern/ of an
+/// installed program, else tools/plot_coord_check.py in the source tree kern was built from.
 std::string default_plot_script();
 /// Renders a JSON-lines file (from write_jsonl, one or more labels) to a log-log PNG with
 /// /usr/bin/python3 and matplotlib. Returns false, and prints why, when that fails.
