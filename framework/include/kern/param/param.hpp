@@ -151,6 +151,25 @@ std::string describe(const Records& records);
 /// The table of the records stored in `model` (param::records(model)).
 std::string describe(const nn::Module& model);
 
+// ---- records saved with the weights (checkpoints store them under the metadata key
+// "kern.param"; see kern/io/checkpoint.hpp)
+
+/// The safetensors metadata key that holds a model's records.
+inline constexpr const char* kMetadataKey = "kern.param";
+/// JSON text of records: {"scheme": ..., "params": {name: {role, fan_in, ..., base_shape}}}.
+std::string to_json(const Records& records);
+/// Parses to_json's text; `where` (e.g. the file name) prefixes every error, which names the
+/// parameter and field.
+Records from_json(const std::string& text, const std::string& where = "param::from_json");
+/// What differs between the records a file carries and the records a model has, one line per
+/// parameter (empty when they agree). Compared: scheme, role, fans, base fans, forward and
+/// depth multipliers, lr and weight-decay multipliers (not the init, which loading replaces).
+std::vector<std::string> compare(const Records& stored, const Records& model);
+/// Stores `records` in the model's slots by name, without re-drawing anything (what loading
+/// a checkpoint's records does). Throws for a name the model does not have; the model's
+/// parameters not named keep no record.
+void set_records(nn::Module& model, const Records& records);
+
 /// '*'-glob match (a '*' matches any run of characters, including dots).
 bool glob_match(std::string_view pattern, std::string_view name);
 
