@@ -146,6 +146,8 @@ Slot* Module::register_slot(std::vector<std::unique_ptr<Slot>>& slots, const std
   for (auto& s : slots)
     if (s->name == name) {
       s->value = std::move(t);  // same slot: existing handles see the new tensor
+      s->record.reset();        // a record described the old tensor
+      s->multiplier = 1.0;
       return s.get();
     }
   auto slot = std::make_unique<Slot>();

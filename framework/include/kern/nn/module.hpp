@@ -180,7 +180,7 @@ class Module : public std::enable_shared_from_this<Module> {
 
   // ---- registration (names: non-empty, no '.'; a name is unique across parameters,
   // buffers and children; registering an existing name of the same kind replaces the slot's
-  // tensor in place, so handles to it stay valid)
+  // tensor in place, so handles to it stay valid, and drops its parameterization record)
   /// Registers a parameter: a floating leaf (a non-leaf is detached first) with
   /// requires_grad set to `requires_grad`. Returns the handle forward reads it through.
   Param register_parameter(const std::string& name, Tensor t, bool requires_grad = true);
