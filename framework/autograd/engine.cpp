@@ -33,6 +33,56 @@ std::string describe_inputs(const std::vector<Tensor>& inputs) {
   }
   return s;
 }
+
+uint64_t version_of(const Tensor& t) { return t.defined() ? t.version() : 0; }
+}  // namespace
+
+SavedValues& SavedValues::input_for(size_t j, std::initializer_list<size_t> for_grads) {
+  uint64_t mask = for_grads.size() == 0 ? ~uint64_t(0) : 0;
+  for (size_t i : for_grads) {
+    KERN_CHECK(i < 64, "SavedValues::input_for: gradient index ", i, " must be < 64");
+    mask |= uint64_t(1) << i;
+  }
+  for (auto& [input, m] : reads_)
+    if (input == j) {
+      m = (m == ~uint64_t(0) || mask == ~uint64_t(0)) ? ~uint64_t(0) : (m | mask);
+      return *this;
+    }
+  reads_.emplace_back(j, mask);
+  return *this;
+}
+
+bool SavedValues::reads_input(size_t j, const std::vector<bool>& needs) const {
+  if (all_) return true;
+  for (auto& [input, mask] : reads_) {
+    if (input != j) continue;
+    if (mask == ~uint64_t(0)) return true;
+    for (size_t i = 0; i < needs.size() && i < 64; ++i)
+      if (needs[i] && (mask >> i & 1)) return true;
+    return false;
+  }
+  return false;
+}
+
+namespace {
+// Throws when a value the node's backward is about to read was written in place after the
+// node recorded it (see "In-place writes and saved tensors" in autograd.hpp).
+void check_saved_versions(const Node& n, const std::vector<Tensor>& inputs, const std::vector<uint64_t>& recorded,
+                          const std::vector<bool>& needs, const Tensor& out, uint64_t out_recorded,
+                          const SavedValues& saved) {
+  auto fail = [&](const std::string& what, const Tensor& t, uint64_t was) {
+    throw Error(fmt::format(
+        "backward of op '{}': one of the variables needed for gradient computation has been modified by an "
+        "inplace operation: {} ({} {}) is at version {}; the op recorded it at version {}. An in-place write "
+        "(copy_, fill_, an init function, an optimizer step, ...) changed it after the forward pass: move the "
+        "write after backward, or write into a clone()",
+        n.name(), what, t.dtype(), t.shape(), t.version(), was));
+  };
+  for (size_t i = 0; i < inputs.size(); ++i)
+    if (inputs[i].defined() && saved.reads_input(i, needs) && inputs[i].version() != recorded[i])
+      fail(fmt::format("input {}", i), inputs[i], recorded[i]);
+  if (saved.reads_output() && out.version() != out_recorded) fail("its output", out, out_recorded);
+}
 }  // namespace
 
 bool grad_mode_enabled() { return g_grad_mode; }
@@ -41,7 +91,7 @@ void set_anomaly_mode(bool enabled) { g_anomaly = enabled; }
 bool anomaly_mode_enabled() { return g_anomaly; }
 
 Tensor record_op(std::string_view name, Tensor output, std::vector<Tensor> inputs,
-                 BackwardFn backward) {
+                 BackwardFn backward, SavedValues saved) {
   if (g_anomaly && has_non_finite(output))
     throw Error(fmt::format("anomaly: op '{}' produced NaN/Inf (inputs: {})", name,
                             describe_inputs(inputs)));
@@ -50,7 +100,10 @@ Tensor record_op(std::string_view name, Tensor output, std::vector<Tensor> input
   for (auto& t : inputs) any = any || (t.defined() && t.requires_grad());
   if (!any) return output;
   auto node = std::make_shared<Node>(std::string(name), std::move(inputs), std::move(backward),
-                                     g_next_seq.fetch_add(1));
+                                     g_next_seq.fetch_add(1), std::move(saved));
+  node->input_versions_.reserve(node->inputs_.size());
+  for (auto& t : node->inputs_) node->input_versions_.push_back(version_of(t));
+  node->output_version_ = output.version();
   node->output_ = output.impl_ptr();
   if (g_anomaly) node->context_ = describe_inputs(node->inputs_);
   // A view shares storage with its input but is a separate tensor in the graph.
@@ -164,6 +217,7 @@ std::vector<Tensor> Engine::run(const std::vector<Tensor>& outputs,
     }
     std::vector<Tensor> in_grads;
     if (any) {
+      check_saved_versions(*n, n->inputs_, n->input_versions_, needs, out, n->output_version_, n->saved_);
       BackwardContext ctx{g, n->inputs_, out, needs};
       try {
         in_grads = n->fn_(ctx);

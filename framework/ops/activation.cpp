@@ -80,7 +80,7 @@ Tensor softmax(const Tensor& x, int64_t dim) {
     const Tensor& y = c.output;
     if (y.dim() == 0) return G{c.grad * 0.0};  // softmax of a scalar is the constant 1
     return G{y * (c.grad - sum(c.grad * y, {dim}, true))};
-  });
+  }, SavedValues::none().output());
 }
 
 Tensor log_softmax(const Tensor& x, int64_t dim) {
@@ -91,7 +91,7 @@ Tensor log_softmax(const Tensor& x, int64_t dim) {
     const Tensor& y = c.output;
     if (y.dim() == 0) return G{c.grad * 0.0};  // log_softmax of a scalar is the constant 0
     return G{c.grad - exp(y) * sum(c.grad, {dim}, true)};
-  });
+  }, SavedValues::none().output());
 }
 
 }  // namespace kern

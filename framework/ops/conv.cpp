@@ -314,7 +314,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
     if (c.needs[1]) grads[1] = conv2d_backward_weight(c.grad, x, w.shape(), p);
     if (c.inputs.size() > 2 && c.needs[2]) grads[2] = sum(c.grad, {0, 2, 3});
     return grads;
-  });
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));  // x for the weight's gradient, w for the input's
 }
 
 Tensor conv2d_backward_input(const Tensor& grad_out, const Tensor& weight, const Shape& input_shape,
@@ -330,7 +330,7 @@ Tensor conv2d_backward_input(const Tensor& grad_out, const Tensor& weight, const
     const Tensor& w = c.inputs[1];
     return G{c.needs[0] ? conv2d(c.grad, w, {}, p) : Tensor(),
              c.needs[1] ? conv2d_backward_weight(gy, c.grad, w.shape(), p) : Tensor()};
-  });
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
 }
 
 Tensor conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
@@ -346,7 +346,7 @@ Tensor conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, const Sha
     const Tensor& x = c.inputs[1];
     return G{c.needs[0] ? conv2d(x, c.grad, {}, p) : Tensor(),
              c.needs[1] ? conv2d_backward_input(gy, c.grad, x.shape(), p) : Tensor()};
-  });
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
 }
 
 }  // namespace kern

@@ -112,7 +112,7 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
     NormGrads n = norm_backward(x, c.grad, w, dims, eps, c.needs[0], c.needs[1]);
     // weight / bias gradients are [*, normalized_shape]; the engine sums the leading dims.
     return G{n.gx, n.g_xhat_prod, c.needs[2] ? c.grad : Tensor()};
-  });
+  }, SavedValues::none().input(0).input_for(1, {0}));
 }
 
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
@@ -213,7 +213,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
     NormGrads n = norm_backward(x, c.grad, w.defined() ? reshape(w, bshape) : Tensor(), dims, eps, c.needs[0],
                                 c.needs[1]);
     return G{n.gx, c.needs[1] ? sum(n.g_xhat_prod, dims) : Tensor(), c.needs[2] ? sum(c.grad, dims) : Tensor()};
-  });
+  }, SavedValues::none().input(0).input_for(1, {0}));
 }
 
 }  // namespace kern

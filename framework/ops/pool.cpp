@@ -180,14 +180,14 @@ Tensor avg_adjoint(const Tensor& grad_out, const PoolGeom& g);
 Tensor avg_forward(const Tensor& x, const PoolGeom& g) {
   Tensor out = avg_pool_apply(g, x, false);
   return record_op(g.adaptive ? "adaptive_avg_pool2d" : "avg_pool2d", out, {x},
-                   [g](const BackwardContext& c) { return G{avg_adjoint(c.grad, g)}; });
+                   [g](const BackwardContext& c) { return G{avg_adjoint(c.grad, g)}; }, SavedValues::none());
 }
 
 // A^T as an op: grad_out [N, C, Ho, Wo] -> [N, C, H, W]; its backward is avg_forward.
 Tensor avg_adjoint(const Tensor& grad_out, const PoolGeom& g) {
   Tensor out = avg_pool_apply(g, grad_out, true);
   return record_op(g.adaptive ? "adaptive_avg_pool2d_backward" : "avg_pool2d_backward", out, {grad_out},
-                   [g](const BackwardContext& c) { return G{avg_forward(c.grad, g)}; });
+                   [g](const BackwardContext& c) { return G{avg_forward(c.grad, g)}; }, SavedValues::none());
 }
 
 }  // namespace
@@ -258,7 +258,7 @@ Tensor max_pool2d(const Tensor& x, const Pool2dParams& params) {
     Tensor gy = c.grad.reshape({N, C, -1});
     Tensor plane = zeros({N, C, in_shape[2] * in_shape[3]}, c.grad.dtype());
     return G{scatter_add(plane, 2, flat_idx, gy).reshape(in_shape)};
-  });
+  }, SavedValues::none());  // the indices are the op's own (not returned)
 }
 
 Tensor avg_pool2d(const Tensor& x, const Pool2dParams& params) {
