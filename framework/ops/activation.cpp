@@ -37,6 +37,7 @@ Tensor softmax_forward(const Tensor& x, int64_t dim, const char* op) {
     backend::softmax_fast(xc.data_ptr<float>(), out.data_ptr<float>(), a.outer, a.n, a.inner, Log);
     return out;
   }
+  backend::count_path(backend::Primitive::Softmax, backend::Path::Reference);
   detail::dispatch_float(x.dtype(), op, [&]<typename T>() {
     const T* p = static_cast<const T*>(xc.raw_data());
     T* o = static_cast<T*>(out.raw_data());

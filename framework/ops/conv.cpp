@@ -224,6 +224,12 @@ std::optional<backend::DepthwiseGeometry> as_depthwise(const backend::ConvGeomet
   return backend::DepthwiseGeometry{g.N, g.C_in, g.H, g.W, g.kH, g.kW, g.padding[0], g.padding[1]};
 }
 
+// The reference loops count as DepthwiseConv2d on a geometry the direct kernels take.
+void count_reference(const backend::ConvGeometry& g) {
+  backend::count_path(as_depthwise(g) ? backend::Primitive::DepthwiseConv2d : backend::Primitive::Conv2d,
+                      backend::Path::Reference);
+}
+
 Tensor raw_forward(const backend::ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& b) {
   Tensor out = empty({g.N, g.C_out, g.Ho, g.Wo}, x.dtype());
   if (out.numel() == 0) return out;
@@ -242,6 +248,7 @@ Tensor raw_forward(const backend::ConvGeometry& g, const Tensor& x, const Tensor
         return;
       }
     }
+    count_reference(g);
     forward_ref<T>(g, xc.template data_ptr<T>(), wc.template data_ptr<T>(), bp, out.template data_ptr<T>());
   });
   return out;
@@ -262,6 +269,7 @@ Tensor raw_backward_input(const backend::ConvGeometry& g, const Tensor& gy, cons
         return;
       }
     }
+    count_reference(g);
     backward_input_ref<T>(g, gc.template data_ptr<T>(), wc.template data_ptr<T>(), out.template data_ptr<T>());
   });
   return out;
@@ -282,6 +290,7 @@ Tensor raw_backward_weight(const backend::ConvGeometry& g, const Tensor& gy, con
         return;
       }
     }
+    count_reference(g);
     backward_weight_ref<T>(g, gc.template data_ptr<T>(), xc.template data_ptr<T>(), out.template data_ptr<T>());
   });
   return out;

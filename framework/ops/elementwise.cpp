@@ -36,6 +36,7 @@ Tensor unary_forward(const Tensor& x, const char* op, backend::Eltwise alg, F f,
     backend::eltwise_fast(alg, x.data_ptr<float>(), out.data_ptr<float>(), x.numel(), alpha, beta);
     return out;
   }
+  backend::count_path(backend::Primitive::Eltwise, backend::Path::Reference);
   return unary_forward(x, op, f);
 }
 
@@ -253,6 +254,7 @@ Tensor gelu_backward(const Tensor& g, const Tensor& x) {
     backend::eltwise_backward_fast(backend::Eltwise::GeluErf, x.data_ptr<float>(), g.data_ptr<float>(),
                                    out.data_ptr<float>(), x.numel());
   } else {
+    backend::count_path(backend::Primitive::Eltwise, backend::Path::Reference);
     out = binary_forward(g, x, "gelu_backward", [](auto gv, auto v) {
       using T = decltype(v);
       const T cdf = T(0.5) * (T(1) + std::erf(v * static_cast<T>(kInvSqrt2)));

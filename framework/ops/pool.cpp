@@ -148,6 +148,7 @@ Tensor avg_pool_apply(const PoolGeom& g, const Tensor& src, bool adjoint) {
   Tensor sc = contiguous(src.detach());
   Tensor out = adjoint ? zeros({g.N, g.C, g.H, g.W}, src.dtype()) : empty({g.N, g.C, g.Ho, g.Wo}, src.dtype());
   if (!adjoint && avg_forward_fast(g, sc, out)) return out;
+  if (!adjoint) backend::count_path(backend::Primitive::AvgPool2d, backend::Path::Reference);
   detail::dispatch_float(src.dtype(), adjoint ? "avg_pool2d_backward" : "avg_pool2d", [&]<typename T>() {
     const T* in = sc.template data_ptr<T>();
     T* o = out.template data_ptr<T>();
@@ -201,6 +202,7 @@ Tensor max_pool2d(const Tensor& x, const Pool2dParams& params) {
   const bool fast = backend::use_fast(x.dtype()) && out.numel() > 0 && xc.numel() > 0 &&
                     backend::max_pool2d_fast(backend_geometry(g), xc.data_ptr<float>(), out.data_ptr<float>(),
                                              idx.data_ptr<int64_t>());
+  if (!fast) backend::count_path(backend::Primitive::MaxPool2d, backend::Path::Reference);
   if (!fast) detail::dispatch_float(x.dtype(), "max_pool2d", [&]<typename T>() {
     const T* in = xc.template data_ptr<T>();
     T* o = out.template data_ptr<T>();
