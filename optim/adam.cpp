@@ -68,6 +68,8 @@ void Adam::step() {
     const double step = (*step_ptr += 1.0);
     Tensor m_t = state(index, "exp_avg"), v_t = state(index, "exp_avg_sq");
     Tensor vmax_t = amsgrad ? state(index, "max_exp_avg_sq") : Tensor();
+    for (const Tensor& t : {state(index, "step"), m_t, v_t, vmax_t})  // all written in place below
+      if (t.defined()) t.bump_version();
 
     const double bias_correction1 = 1.0 - std::pow(beta1, step);
     const double bias_correction2 = 1.0 - std::pow(beta2, step);

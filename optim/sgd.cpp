@@ -46,6 +46,7 @@ void SGD::step() {
         first = true;  // PyTorch initializes the buffer to the first (decayed) gradient
       }
       buf_t = b;
+      buf_t.bump_version();  // written in place below
     }
     detail::update_in_place(p, [&](const Tensor& pc) {
       detail::dispatch_float(p.dtype(), "SGD", [&]<typename T>() {

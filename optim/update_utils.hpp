@@ -17,11 +17,13 @@ void dispatch_float(DType dt, std::string_view op, F&& f) {
 }
 
 /// Runs f(contiguous tensor) on the parameter's elements and writes them back in place.
-/// Parameters are almost always contiguous; a strided one is updated through a copy.
+/// Parameters are almost always contiguous; a strided one is updated through a copy. Bumps
+/// the parameter's version counter (a backward that recorded the old values then throws).
 template <typename F>
 void update_in_place(const Tensor& param, F&& f) {
   NoGradGuard ng;
   if (param.is_contiguous()) {
+    param.bump_version();
     f(param);
     return;
   }

@@ -90,6 +90,7 @@ OpRegistrar elementwise({
 OpInfo fast_unary(std::string name, std::function<Tensor(const Tensor&)> f, std::function<Tensor(Generator&)> make) {
   OpInfo op = unary(name + " [fast path]", f, make);
   op.fast_path = true;
+  op.fast_kernels = {backend::Primitive::Eltwise};
   op.gradgrad = false;  // the small-sample entries above cover second order
   return op;
 }
@@ -105,7 +106,8 @@ OpRegistrar elementwise_fast({
     fast_unary("gelu", [](const Tensor& x) { return gelu(x); }, [](Generator& g) { return rn(g, {32, 40}); }),
     {"gelu_backward [fast path]", [](const Ins& x) { return gelu_backward(x[0], x[1]); },
      [](Generator& g) { return Ins{rn(g, {32, 40}), rn(g, {32, 40}) * 2.0}; }, false, true,
-     [] { gelu_backward(zeros({2}), zeros({3})); }, "gelu_backward: grad [2] and input [3] differ"},
+     [] { gelu_backward(zeros({2}), zeros({3})); }, "gelu_backward: grad [2] and input [3] differ",
+     {backend::Primitive::Eltwise}},
 });
 
 OpRegistrar reductions({
@@ -177,20 +179,26 @@ OpRegistrar indexing({
      [] { index_add(zeros({2, 2}), 0, from_vector<int64_t>({0}, {1}), zeros({2, 2})); }, "index_add"},
 });
 
+// float32 products run oneDNN's sgemm on the fast backend, Eigen on the reference one.
+OpInfo gemm_entry(OpInfo o) {
+  o.fast_kernels = {backend::Primitive::Gemm};
+  return o;
+}
+
 OpRegistrar linalg({
-    {"mm", [](const Ins& x) { return mm(x[0], x[1]); }, [](Generator& g) { return Ins{rn(g, {3, 4}), rn_t(g, 4, 2)}; },
-     true, true, [] { mm(zeros({2, 3}), zeros({2, 3})); }, "mm: shapes [2, 3] and [2, 3] cannot be multiplied"},
-    {"matmul batched broadcast", [](const Ins& x) { return matmul(x[0], x[1]); },
+    gemm_entry({"mm", [](const Ins& x) { return mm(x[0], x[1]); }, [](Generator& g) { return Ins{rn(g, {3, 4}), rn_t(g, 4, 2)}; },
+     true, true, [] { mm(zeros({2, 3}), zeros({2, 3})); }, "mm: shapes [2, 3] and [2, 3] cannot be multiplied"}),
+    gemm_entry({"matmul batched broadcast", [](const Ins& x) { return matmul(x[0], x[1]); },
      [](Generator& g) { return Ins{rn(g, {2, 1, 3, 4}), rn(g, {3, 4, 2})}; }, true, true,
-     [] { matmul(zeros({2, 3, 4}), zeros({2, 3, 4})); }, "cannot be multiplied"},
-    {"matmul vector", [](const Ins& x) { return matmul(x[0], x[1]); },
-     [](Generator& g) { return Ins{rn(g, {4}), rn(g, {2, 4, 3})}; }, true, true},
-    {"bmm transposed", [](const Ins& x) { return bmm(x[0], x[1].transpose(1, 2)); },
+     [] { matmul(zeros({2, 3, 4}), zeros({2, 3, 4})); }, "cannot be multiplied"}),
+    gemm_entry({"matmul vector", [](const Ins& x) { return matmul(x[0], x[1]); },
+     [](Generator& g) { return Ins{rn(g, {4}), rn(g, {2, 4, 3})}; }, true, true}),
+    gemm_entry({"bmm transposed", [](const Ins& x) { return bmm(x[0], x[1].transpose(1, 2)); },
      [](Generator& g) { return Ins{rn(g, {2, 3, 4}), rn(g, {2, 5, 4})}; }, true, true,
-     [] { bmm(zeros({2, 3, 4}), zeros({3, 4, 5})); }, "bmm"},
-    {"linear", [](const Ins& x) { return linear(x[0], x[1], x[2]); },
+     [] { bmm(zeros({2, 3, 4}), zeros({3, 4, 5})); }, "bmm"}),
+    gemm_entry({"linear", [](const Ins& x) { return linear(x[0], x[1], x[2]); },
      [](Generator& g) { return Ins{rn(g, {2, 3, 4}), rn(g, {5, 4}), rn(g, {5})}; }, true, true,
-     [] { linear(zeros({2, 3}), zeros({4, 5})); }, "linear: input [2, 3] does not match weight [4, 5]"},
+     [] { linear(zeros({2, 3}), zeros({4, 5})); }, "linear: input [2, 3] does not match weight [4, 5]"}),
     {"outer", [](const Ins& x) { return outer(x[0], x[1]); }, [](Generator& g) { return Ins{rn(g, {3}), rn(g, {2})}; }},
 });
 
@@ -199,7 +207,7 @@ OpRegistrar linalg({
 namespace {
 // [M, 1] and [1, K] operands whose size-1 dims carry arbitrary strides (from views).
 OpRegistrar linalg_degenerate({
-    {"mm with size-1 dims of odd strides", [](const Ins& x) { return mm(x[0].narrow(1, 1, 1), x[1].narrow(0, 2, 1)); },
-     [](Generator& g) { return Ins{rn(g, {4, 3}).t(), rn(g, {3, 5})}; }, true, true},
+    gemm_entry({"mm with size-1 dims of odd strides", [](const Ins& x) { return mm(x[0].narrow(1, 1, 1), x[1].narrow(0, 2, 1)); },
+          [](Generator& g) { return Ins{rn(g, {4, 3}).t(), rn(g, {3, 5})}; }, true, true}),
 });
 }  // namespace

@@ -29,11 +29,22 @@ OpInfo op(std::string name, Fn f, std::function<Ins(Generator&)> make, std::func
           std::string msg = "") {
   return {std::move(name), std::move(f), std::move(make), true, false, std::move(bad), std::move(msg)};
 }
-// A float32 fast-vs-reference entry (first order only).
-OpInfo fast(OpInfo o) {
+using backend::Primitive;
+
+// A float32 fast-vs-reference entry (first order only) whose `kernel` must run its fast path.
+OpInfo fast(OpInfo o, Primitive kernel) {
   o.name += " [fast path]";
   o.fast_path = true;
   o.gradgrad = false;
+  o.fast_kernels = {kernel};
+  return o;
+}
+// An entry the fast backend must hand to `kernel`'s reference loops (a dispatch rule).
+OpInfo fast_fallback(OpInfo o, Primitive kernel) {
+  o.name += " [fast backend, reference loops]";
+  o.fast_path = true;
+  o.gradgrad = false;
+  o.falls_back = {kernel};
   return o;
 }
 
@@ -103,10 +114,12 @@ OpRegistrar convolution({
          "conv2d: kernel [2, 1, 7, 7] (dilated extent 7x7) is larger than the padded input [1, 2, 4, 4]"),
     fast(conv("conv2d depthwise 7x7 padding 3", depthwise7(4), {1, 4, 18, 18}, {4, 1, 7, 7}, true,
               [] { conv2d(zeros({2, 8, 12, 12}), zeros({8, 1, 7, 7}), zeros({4}), depthwise7(8)); },
-              "conv2d: bias [4] must be [C_out] = [8] for weight [8, 1, 7, 7]")),
+              "conv2d: bias [4] must be [C_out] = [8] for weight [8, 1, 7, 7]"),
+         Primitive::DepthwiseConv2d),
     fast(conv("conv2d 3x3", kPad1, {1, 8, 10, 10}, {8, 8, 3, 3}, true,
               [] { conv2d(zeros({2, 8, 12, 12}), zeros({8, 8, 3, 3}, F64)); },
-              "conv2d: input (float32 [2, 8, 12, 12]) and weight (float64 [8, 8, 3, 3]) must have the same")),
+              "conv2d: input (float32 [2, 8, 12, 12]) and weight (float64 [8, 8, 3, 3]) must have the same"),
+         Primitive::Conv2d),
 
     op(
         "conv2d non-contiguous input and weight",
@@ -119,8 +132,10 @@ OpRegistrar convolution({
     conv_bwd_input("conv2d_backward_input stride 2 padding dilation", kStrided, {1, 2, 7, 6}, {3, 2, 3, 2}),
     fast(conv_bwd_input("conv2d_backward_input 3x3", kPad1, {1, 8, 10, 10}, {8, 8, 3, 3},
                         [] { conv2d_backward_input(zeros({2, 8, 12, 12}), zeros({8, 8, 3}), {2, 8, 12, 12}, kPad1); },
-                        "conv2d_backward_input: weight must be 4-D [C_out, C_in/groups, kH, kW], got [8, 8, 3]")),
-    fast(conv_bwd_input("conv2d_backward_input depthwise 7x7", depthwise7(4), {1, 4, 18, 18}, {4, 1, 7, 7})),
+                        "conv2d_backward_input: weight must be 4-D [C_out, C_in/groups, kH, kW], got [8, 8, 3]"),
+         Primitive::Conv2d),
+    fast(conv_bwd_input("conv2d_backward_input depthwise 7x7", depthwise7(4), {1, 4, 18, 18}, {4, 1, 7, 7}),
+         Primitive::DepthwiseConv2d),
 
     conv_bwd_weight("conv2d_backward_weight", kBwdMixed, {1, 4, 6, 7}, {4, 2, 3, 2},
                     [] { conv2d_backward_weight(zeros({1, 3, 4, 4}), zeros({1, 2, 5, 5}), {3, 2, 3, 3}, kPlain); },
@@ -128,8 +143,10 @@ OpRegistrar convolution({
     conv_bwd_weight("conv2d_backward_weight stride 2 padding dilation", kStrided, {2, 2, 7, 6}, {3, 2, 3, 2}),
     fast(conv_bwd_weight("conv2d_backward_weight 3x3", kPad1, {1, 8, 10, 10}, {8, 8, 3, 3},
                          [] { conv2d_backward_weight(zeros({2, 8, 12, 12}), zeros({2, 8, 12}), {8, 8, 3, 3}, kPad1); },
-                         "conv2d_backward_weight: input must be 4-D [N, C_in, H, W], got [2, 8, 12]")),
-    fast(conv_bwd_weight("conv2d_backward_weight depthwise 7x7", depthwise7(4), {1, 4, 18, 18}, {4, 1, 7, 7})),
+                         "conv2d_backward_weight: input must be 4-D [N, C_in, H, W], got [2, 8, 12]"),
+         Primitive::Conv2d),
+    fast(conv_bwd_weight("conv2d_backward_weight depthwise 7x7", depthwise7(4), {1, 4, 18, 18}, {4, 1, 7, 7}),
+         Primitive::DepthwiseConv2d),
 });
 
 // ---- pooling
@@ -201,23 +218,29 @@ OpRegistrar pooling({
         [](Generator& g) { return Ins{rn(g, {1, 5, 4, 2})}; }),
 });
 
-// float32 forwards on oneDNN (framework/backend/dnnl_pool.cpp). The last two avg entries and
-// the uneven adaptive one fall back to kern's loops on the fast backend (overhanging
-// count_include_pad windows, non-uniform adaptive windows): they check that dispatch.
+// float32 forwards on oneDNN (framework/backend/dnnl_pool.cpp). The overhanging
+// count_include_pad entry and the uneven adaptive one fall back to kern's loops on the fast
+// backend (fast_fallback; oneDNN's divisor or windows differ there): they check that dispatch.
 OpRegistrar pooling_fast({
-    fast(maxp("max_pool2d 2x2", pp({2, 2}, {0, 0}, {0, 0}, false), {2, 8, 12, 12})),
-    fast(maxp("max_pool2d 3x3 stride 2 padding 1 ceil_mode", pp({3, 3}, {2, 2}, {1, 1}, true), {2, 4, 12, 11})),
-    fast(maxp("max_pool2d 3x2 stride 1 padding (1, 0)", pp({3, 2}, {1, 1}, {1, 0}, false), {2, 4, 9, 10})),
-    fast(avgp("avg_pool2d 2x2", pp({2, 2}, {0, 0}, {0, 0}, false), {2, 8, 12, 12})),
+    fast(maxp("max_pool2d 2x2", pp({2, 2}, {0, 0}, {0, 0}, false), {2, 8, 12, 12}), Primitive::MaxPool2d),
+    fast(maxp("max_pool2d 3x3 stride 2 padding 1 ceil_mode", pp({3, 3}, {2, 2}, {1, 1}, true), {2, 4, 12, 11}),
+         Primitive::MaxPool2d),
+    fast(maxp("max_pool2d 3x2 stride 1 padding (1, 0)", pp({3, 2}, {1, 1}, {1, 0}, false), {2, 4, 9, 10}),
+         Primitive::MaxPool2d),
+    fast(avgp("avg_pool2d 2x2", pp({2, 2}, {0, 0}, {0, 0}, false), {2, 8, 12, 12}), Primitive::AvgPool2d),
     fast(avgp("avg_pool2d 3x3 stride 2 padding 1 count_include_pad", pp({3, 3}, {2, 2}, {1, 1}, false, true),
-              {2, 4, 12, 11})),
+              {2, 4, 12, 11}),
+         Primitive::AvgPool2d),
     fast(avgp("avg_pool2d 3x3 stride 2 padding 1 exclude pad ceil_mode", pp({3, 3}, {2, 2}, {1, 1}, true, false),
-              {2, 4, 12, 11})),
-    fast(avgp("avg_pool2d 3x3 stride 2 ceil_mode no padding", pp({3, 3}, {2, 2}, {0, 0}, true, true), {2, 4, 12, 11})),
-    fast(avgp("avg_pool2d 3x3 stride 2 padding 1 count_include_pad ceil_mode (overhang)",
-              pp({3, 3}, {2, 2}, {1, 1}, true, true), {2, 4, 12, 11})),
-    fast(adaptive("adaptive_avg_pool2d 12x12 -> 4x3 (uniform)", {4, 3}, {2, 8, 12, 12})),
-    fast(adaptive("adaptive_avg_pool2d 7x7 -> 3x3 (uneven)", {3, 3}, {2, 8, 7, 7})),
+              {2, 4, 12, 11}),
+         Primitive::AvgPool2d),
+    fast(avgp("avg_pool2d 3x3 stride 2 ceil_mode no padding", pp({3, 3}, {2, 2}, {0, 0}, true, true), {2, 4, 12, 11}),
+         Primitive::AvgPool2d),
+    fast_fallback(avgp("avg_pool2d 3x3 stride 2 padding 1 count_include_pad ceil_mode (overhang)",
+                       pp({3, 3}, {2, 2}, {1, 1}, true, true), {2, 4, 12, 11}),
+                  Primitive::AvgPool2d),
+    fast(adaptive("adaptive_avg_pool2d 12x12 -> 4x3 (uniform)", {4, 3}, {2, 8, 12, 12}), Primitive::AvgPool2d),
+    fast_fallback(adaptive("adaptive_avg_pool2d 7x7 -> 3x3 (uneven)", {3, 3}, {2, 8, 7, 7}), Primitive::AvgPool2d),
 });
 
 // ---- normalization
@@ -271,17 +294,20 @@ OpRegistrar normalization({
        "layer_norm: weight has shape [3], expected [4] for input [2, 4]"),
     fast(ln("layer_norm affine", {4, 6, 16}, {16}, true,
             [] { layer_norm(zeros({4, 16}), Shape{16}, zeros({16}), zeros({16}, F64)); },
-            "layer_norm: bias is float64 but input is float32")),
-    fast(ln("layer_norm no affine", {4, 6, 16}, {6, 16}, false)),
+            "layer_norm: bias is float64 but input is float32"),
+         Primitive::LayerNorm),
+    fast(ln("layer_norm no affine", {4, 6, 16}, {6, 16}, false), Primitive::LayerNorm),
     op(
         "layer_norm weight only, non-contiguous input", [](const Ins& x) { return layer_norm(x[0].t(), {3}, x[1]); },
         [](Generator& g) { return Ins{rn(g, {3, 4}), rn(g, {3})}; }),
     fast(op(
         "layer_norm weight only", [](const Ins& x) { return layer_norm(x[0], {16}, x[1]); },
-        [](Generator& g) { return Ins{rn(g, {12, 16}), rn(g, {16})}; })),
+        [](Generator& g) { return Ins{rn(g, {12, 16}), rn(g, {16})}; }),
+         Primitive::LayerNorm),
     fast(op(
         "layer_norm bias only", [](const Ins& x) { return layer_norm(x[0], {16}, {}, x[1]); },
-        [](Generator& g) { return Ins{rn(g, {12, 16}), rn(g, {16})}; })),
+        [](Generator& g) { return Ins{rn(g, {12, 16}), rn(g, {16})}; }),
+         Primitive::LayerNorm),
     bn_train("batch_norm train affine", {3, 2, 3, 2}, true, true,
              [] { batch_norm(zeros({1, 3}), {}, {}, {}, {}, true); },
              "batch_norm: expected more than 1 value per channel when training, got input [1, 3]"),
@@ -291,15 +317,6 @@ OpRegistrar normalization({
     bn_train("batch_norm train N=2 1-D spatial", {2, 3, 4}, true, false,
              [] { batch_norm(zeros({2, 3, 4}), {}, {}, zeros({2}), {}, true); },
              "batch_norm: weight has shape [2], expected [3] for input [2, 3, 4]"),
-    // float32 training-mode forward on oneDNN (framework/backend/dnnl_norm.cpp) once
-    // kOneDnnBatchNorm (framework/ops/norm.cpp) is on; it is off (slower than kern's loops),
-    // and tests/test_fast_pool_norm.cpp checks the oneDNN kernel directly meanwhile.
-    fast(bn_train("batch_norm train affine", {4, 8, 6, 6}, true, true)),
-    fast(bn_train("batch_norm train [N, C]", {16, 8}, false, true)),
-    fast(op(
-        "batch_norm train weight only",
-        [](const Ins& x) { return batch_norm(x[0], {}, {}, x[1], {}, true); },
-        [](Generator& g) { return Ins{rn(g, {3, 4, 5, 7}) * 3.0 + 1.0, rn(g, {4})}; })),
     op(
         "batch_norm train non-contiguous input",
         [](const Ins& x) { return batch_norm(x[0].permute({0, 3, 1, 2}), {}, {}, x[1], x[2], true); },
@@ -333,10 +350,10 @@ OpRegistrar softmaxes({
     sm("log_softmax middle dim", true, 1, {2, 3, 4},
        [] { log_softmax(zeros({3}, DType::Int64), 0); }, "log_softmax: expected a floating-point tensor, got int64 [3]"),
     // The oneDNN (log)softmax forward runs for every non-empty float32 input on the fast backend.
-    fast(sm("softmax rows", false, 1, {8, 40})),
-    fast(sm("softmax middle dim", false, 1, {6, 10, 8})),
-    fast(sm("log_softmax rows", true, -1, {8, 40})),
-    fast(sm("log_softmax middle dim", true, 1, {6, 10, 8})),
+    fast(sm("softmax rows", false, 1, {8, 40}), Primitive::Softmax),
+    fast(sm("softmax middle dim", false, 1, {6, 10, 8}), Primitive::Softmax),
+    fast(sm("log_softmax rows", true, -1, {8, 40}), Primitive::Softmax),
+    fast(sm("log_softmax middle dim", true, 1, {6, 10, 8}), Primitive::Softmax),
 });
 
 // ---- losses (targets are constants captured by the function)
@@ -366,7 +383,8 @@ OpRegistrar losses({
        "cross_entropy: target must be [N] = [2], got shape [3] (logits [2, 3])"),
     ce("cross_entropy label_smoothing 1 none", 1.0, "none", 3, 4),
     fast(ce("cross_entropy label_smoothing 0.1", 0.1, "mean", 16, 10,
-            [] { cross_entropy(zeros({2, 3, 4}), i64({0, 1})); }, "cross_entropy: logits must be [N, C], got shape [2, 3, 4]")),
+            [] { cross_entropy(zeros({2, 3, 4}), i64({0, 1})); }, "cross_entropy: logits must be [N, C], got shape [2, 3, 4]"),
+         Primitive::Softmax),
     op(
         "nll_loss mean", [](const Ins& x) { return nll_loss(x[0], i64({2, 0, 1, 2})); },
         [](Generator& g) { return Ins{rn(g, {4, 3})}; },

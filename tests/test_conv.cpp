@@ -1,5 +1,6 @@
 // conv2d and its two backward ops: hand-computed values, first and second derivatives by
 // finite differences, oneDNN vs reference agreement, bad input, and an HVP through a CNN.
+#include "backend_paths.hpp"
 #include "gradcheck.hpp"
 
 #include <chrono>
@@ -179,29 +180,37 @@ void require_close(const Tensor& fast, const Tensor& ref, const char* what) {
   REQUIRE(diff <= 1e-4 * scale);
 }
 
-void compare_backends(const Shape& xs, const Shape& ws, const Conv2dParams& p, uint64_t seed) {
+// `kernel` is the primitive whose fast path must run: Conv2d (oneDNN) or DepthwiseConv2d
+// (kern's direct kernels); the reference side must run its loops only.
+void compare_backends(const Shape& xs, const Shape& ws, const Conv2dParams& p, uint64_t seed,
+                      testing::Primitive kernel) {
+  using testing::Path;
   Generator gen(seed);
   Tensor x = randn(xs, DType::Float32, &gen), w = randn(ws, DType::Float32, &gen);
   Tensor b = randn({ws[0]}, DType::Float32, &gen);
   Tensor y_ref, gx_ref, gw_ref, y_fast, gx_fast, gw_fast;
-  {
+  Tensor gy;
+  const auto ref_paths = testing::paths_of([&] {
     BackendGuard bg(Backend::Reference);
     y_ref = conv2d(x, w, b, p);
-  }
-  Tensor gy = randn(y_ref.shape(), DType::Float32, &gen);
-  {
-    BackendGuard bg(Backend::Reference);
+    gy = randn(y_ref.shape(), DType::Float32, &gen);
     gx_ref = conv2d_backward_input(gy, w, xs, p);
     gw_ref = conv2d_backward_weight(gy, x, ws, p);
-  }
-  {
+  });
+  INFO("reference side: " << testing::describe(ref_paths));
+  REQUIRE(ref_paths.total(Path::Fast) == 0);
+  REQUIRE(ref_paths(kernel, Path::Reference) == 3);  // forward and both backward kernels
+  const auto fast_paths = testing::paths_of([&] {
     BackendGuard bg(Backend::Fast);
     y_fast = conv2d(x, w, b, p);
     gx_fast = conv2d_backward_input(gy, w, xs, p);
     gw_fast = conv2d_backward_weight(gy, x, ws, p);
     // Second call hits the primitive cache and must give the same numbers.
     REQUIRE(max_abs_diff(conv2d(x, w, b, p), y_fast) == 0.0);
-  }
+  });
+  INFO("fast side: " << testing::describe(fast_paths));
+  REQUIRE(fast_paths(kernel, Path::Fast) == 4);
+  REQUIRE(fast_paths.total(Path::Reference) == 0);
   require_close(y_fast, y_ref, "forward");
   require_close(gx_fast, gx_ref, "backward input");
   require_close(gw_fast, gw_ref, "backward weight");
@@ -210,24 +219,27 @@ void compare_backends(const Shape& xs, const Shape& ws, const Conv2dParams& p, u
 }  // namespace
 
 TEST_CASE("conv2d oneDNN fast path agrees with the reference", "[conv][backend]") {
+  constexpr auto kDepthwise = testing::Primitive::DepthwiseConv2d;
   SECTION("3x3, groups 1") {
-    compare_backends({2, 32, 16, 16}, {48, 32, 3, 3}, cp({1, 1}, {1, 1}, {1, 1}, 1), 1);
+    compare_backends({2, 32, 16, 16}, {48, 32, 3, 3}, cp({1, 1}, {1, 1}, {1, 1}, 1), 1, testing::Primitive::Conv2d);
   }
   SECTION("depthwise 7x7 pad 3") {
-    compare_backends({8, 64, 32, 32}, {64, 1, 7, 7}, cp({1, 1}, {3, 3}, {1, 1}, 64), 2);
+    compare_backends({8, 64, 32, 32}, {64, 1, 7, 7}, cp({1, 1}, {3, 3}, {1, 1}, 64), 2, kDepthwise);
   }
   SECTION("depthwise 31x31 pad 15") {
-    compare_backends({2, 8, 32, 32}, {8, 1, 31, 31}, cp({1, 1}, {15, 15}, {1, 1}, 8), 3);
+    compare_backends({2, 8, 32, 32}, {8, 1, 31, 31}, cp({1, 1}, {15, 15}, {1, 1}, 8), 3, kDepthwise);
   }
   SECTION("depthwise 1x11 band") {
-    compare_backends({2, 16, 20, 20}, {16, 1, 1, 11}, cp({1, 1}, {0, 5}, {1, 1}, 16), 4);
+    compare_backends({2, 16, 20, 20}, {16, 1, 1, 11}, cp({1, 1}, {0, 5}, {1, 1}, 16), 4, kDepthwise);
   }
   SECTION("depthwise 11x1 band") {
-    compare_backends({2, 16, 20, 20}, {16, 1, 11, 1}, cp({1, 1}, {5, 0}, {1, 1}, 16), 5);
+    compare_backends({2, 16, 20, 20}, {16, 1, 11, 1}, cp({1, 1}, {5, 0}, {1, 1}, 16), 5, kDepthwise);
   }
-  SECTION("stride 2") { compare_backends({2, 16, 17, 17}, {32, 16, 3, 3}, cp({2, 2}, {1, 1}, {1, 1}, 1), 6); }
+  SECTION("stride 2") {
+    compare_backends({2, 16, 17, 17}, {32, 16, 3, 3}, cp({2, 2}, {1, 1}, {1, 1}, 1), 6, testing::Primitive::Conv2d);
+  }
   SECTION("stride 2, size not divisible, dilation 2, groups 4") {
-    compare_backends({2, 16, 18, 19}, {24, 4, 3, 3}, cp({2, 2}, {1, 0}, {2, 2}, 4), 7);
+    compare_backends({2, 16, 18, 19}, {24, 4, 3, 3}, cp({2, 2}, {1, 0}, {2, 2}, 4), 7, testing::Primitive::Conv2d);
   }
 }
 

@@ -18,6 +18,8 @@
 
 #include <unistd.h>
 
+#include "requirements.hpp"
+
 using namespace kern;
 namespace data = kern::data;
 namespace fs = std::filesystem;
@@ -193,7 +195,7 @@ TEST_CASE("FashionMNIST reads a directory; count mismatch names both files", "[d
 TEST_CASE("Fashion-MNIST from the Debian package", "[data]") {
   const std::string dir(data::FashionMNIST::kDefaultDir);
   if (!fs::exists(fs::path(dir) / "train-images-idx3-ubyte.gz")) {
-    WARN("skipped: " << dir << " is absent (install dataset-fashion-mnist)");
+    testing::requirement_missing(dir + "/train-images-idx3-ubyte.gz is absent", "dataset-fashion-mnist");
     return;
   }
   auto train = data::FashionMNIST::train();

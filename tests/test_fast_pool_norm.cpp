@@ -1,11 +1,9 @@
-// The oneDNN pooling and batch_norm forwards (framework/backend/dnnl_pool.cpp, dnnl_norm.cpp)
-// on inputs the op table cannot hold (finite differences need distinct values): ties, NaN and
-// -inf for max_pool2d, whose fast path must reproduce kern's first-maximum indices exactly,
-// and the oneDNN batch_norm kernel with its batch statistics (called directly: batch_norm
-// does not route to it while kOneDnnBatchNorm in framework/ops/norm.cpp is off).
+// The oneDNN max-pooling forward (framework/backend/dnnl_pool.cpp) on inputs the op table
+// cannot hold (finite differences need distinct values): ties, NaN and -inf, where the fast
+// path must reproduce kern's first-maximum indices exactly. Every comparison also checks
+// which path ran (kern::backend::path_counts).
+#include "backend_paths.hpp"
 #include "gradcheck.hpp"
-
-#include "../framework/backend/backend.hpp"
 
 #include <cmath>
 #include <limits>
@@ -18,11 +16,18 @@ namespace {
 struct PoolRun {
   Tensor out, grad;
 };
-PoolRun run_max_pool(const Tensor& x32, const Pool2dParams& p, Backend b) {
+// `fast_kernel`: must the oneDNN kernel run (Backend::Fast) or kern's loops (a fallback or
+// Backend::Reference)?
+PoolRun run_max_pool(const Tensor& x32, const Pool2dParams& p, Backend b, bool fast_kernel) {
+  using testing::Path, testing::Primitive;
   BackendGuard guard(b);
   Tensor x = x32.detach();
   x.requires_grad_(true);
-  Tensor y = max_pool2d(x, p);
+  Tensor y;
+  const auto paths = testing::paths_of([&] { y = max_pool2d(x, p); });
+  INFO("paths: " << testing::describe(paths));
+  REQUIRE(paths(Primitive::MaxPool2d, Path::Fast) == (fast_kernel ? 1u : 0u));
+  REQUIRE(paths(Primitive::MaxPool2d, Path::Reference) == (fast_kernel ? 0u : 1u));
   Generator vg(3);
   Tensor v = randn(y.shape(), DType::Float32, &vg);
   return {y.detach(), grad({y}, {x}, {v})[0]};
@@ -64,7 +69,7 @@ TEST_CASE("max_pool2d fast path keeps the first maximum on ties", "[backend][poo
       // Three distinct values: nearly every window has tied maxima.
       Tensor x = randint(0, 3, c.shape, &g).to(DType::Float32) - 5.0;
       const auto p = pool_params(c.k, c.s, c.p, c.ceil_mode);
-      auto fast = run_max_pool(x, p, Backend::Fast), ref = run_max_pool(x, p, Backend::Reference);
+      auto fast = run_max_pool(x, p, Backend::Fast, true), ref = run_max_pool(x, p, Backend::Reference, false);
       CHECK(same(fast.out, ref.out));
       CHECK(same(fast.grad, ref.grad));
     }
@@ -80,7 +85,7 @@ TEST_CASE("max_pool2d fast path propagates NaN and handles -inf windows like the
     Tensor x = randn({4, 16, 13, 13}, DType::Float32, &g);
     x.select(0, 1).select(0, 3).select(0, 4).select(0, 5).fill_(nan);
     x.select(0, 2).select(0, 0).select(0, 0).select(0, 0).fill_(nan);
-    auto fast = run_max_pool(x, p, Backend::Fast), ref = run_max_pool(x, p, Backend::Reference);
+    auto fast = run_max_pool(x, p, Backend::Fast, false), ref = run_max_pool(x, p, Backend::Reference, false);
     CHECK(std::isnan(fast.out.select(0, 2).select(0, 0).select(0, 0).select(0, 0).item()));
     CHECK(same(fast.out, ref.out));
     CHECK(same(fast.grad, ref.grad));
@@ -90,50 +95,9 @@ TEST_CASE("max_pool2d fast path propagates NaN and handles -inf windows like the
     x.select(0, 0).select(0, 1).fill_(-inf);            // a whole plane of -inf
     x.select(0, 1).select(0, 2).narrow(0, 0, 3).fill_(lowest);  // rows of -FLT_MAX
     x.select(0, 3).select(0, 5).narrow(1, 4, 3).fill_(-inf);    // -inf columns next to finite values
-    auto fast = run_max_pool(x, p, Backend::Fast), ref = run_max_pool(x, p, Backend::Reference);
+    auto fast = run_max_pool(x, p, Backend::Fast, true), ref = run_max_pool(x, p, Backend::Reference, false);
     CHECK(kern::max(fast.out.select(0, 0).select(0, 1)).item() == -inf);
     CHECK(same(fast.out, ref.out));
     CHECK(same(fast.grad, ref.grad));
-  }
-}
-
-TEST_CASE("batch_norm fast path: batch statistics and running-stat update match the reference", "[backend][norm]") {
-  Generator g(4);
-  Tensor x = randn({6, 5, 7, 9}, DType::Float32, &g) * 3.0 + 2.0;
-  Tensor w = randn({5}, DType::Float32, &g), b = randn({5}, DType::Float32, &g);
-  auto run = [&](Backend be) {
-    BackendGuard guard(be);
-    Tensor rm = full({5}, 0.5), rv = full({5}, 2.0);
-    Tensor y = batch_norm(x, rm, rv, w, b, true, 0.3, 1e-3);
-    return std::vector<Tensor>{y, rm, rv};
-  };
-  auto fast = run(Backend::Fast), ref = run(Backend::Reference);
-  for (size_t i = 0; i < fast.size(); ++i) {
-    INFO("result " << i << " (output, running_mean, running_var)");
-    CHECK(max_abs_diff(fast[i], ref[i]) <= 1e-4 * std::max(1.0, max_abs_diff(ref[i], zeros_like(ref[i]))));
-  }
-}
-
-TEST_CASE("oneDNN batch_norm training forward matches the reference op and its batch statistics", "[backend][norm]") {
-  Generator g(5);
-  for (const Shape& shape : {Shape{6, 5, 7, 9}, Shape{16, 8}, Shape{2, 3, 11}}) {
-    DYNAMIC_SECTION("shape " << fmt::format("{}", shape)) {
-      const int64_t N = shape[0], C = shape[1], S = shape.numel() / (N * C);
-      Tensor x = randn(shape, DType::Float32, &g) * 3.0 + 2.0;
-      Tensor w = randn({C}, DType::Float32, &g), b = randn({C}, DType::Float32, &g);
-      for (int affine = 0; affine < 2; ++affine) {
-        INFO("affine " << affine);
-        Tensor y = empty(shape, DType::Float32), m = empty({C}, DType::Float32), v = empty({C}, DType::Float32);
-        backend::batch_norm_train_fast(x.data_ptr<float>(), affine ? w.data_ptr<float>() : nullptr,
-                                       affine ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(), m.data_ptr<float>(),
-                                       v.data_ptr<float>(), N, C, S, 1e-3f);
-        BackendGuard guard(Backend::Reference);
-        Tensor ref = affine ? batch_norm(x, {}, {}, w, b, true, 0.1, 1e-3) : batch_norm(x, {}, {}, {}, {}, true, 0.1, 1e-3);
-        Tensor xs = x.reshape({N, C, S});
-        CHECK(max_abs_diff(y, ref) <= 1e-4 * std::max(1.0, max_abs_diff(ref, zeros_like(ref))));
-        CHECK(max_abs_diff(m, mean(xs, {0, 2})) <= 1e-5 * 10);
-        CHECK(max_abs_diff(v, var(xs, {0, 2}, 0)) <= 1e-4 * 10);
-      }
-    }
   }
 }

@@ -2,6 +2,7 @@
 // timm 1.0.29), timm's state_dict keys/shapes/parameter counts of the real variants, float64
 // gradient checks, large kernels (31x31) against a reference written with plain ops, drop
 // path, and bad options.
+#include "backend_paths.hpp"
 #include "gradcheck.hpp"
 
 #include <kern/io/safetensors.hpp>
@@ -122,6 +123,7 @@ TEST_CASE("ConvNeXt: strict load of timm's state_dict reproduces timm's outputs 
   for (Backend backend : {Backend::Fast, Backend::Reference}) {
     INFO((backend == Backend::Fast ? "fast" : "reference") << " backend");
     BackendGuard guard(backend);
+    const auto paths_before = backend::path_counts();
     model.eval();
     {
       NoGradGuard ng;
@@ -145,6 +147,21 @@ TEST_CASE("ConvNeXt: strict load of timm's state_dict reproduces timm's outputs 
       ++checked;
     }
     REQUIRE(checked == 56);
+    // Each side ran its own kernels: stem / downsample convs, depthwise 7x7, LayerNorm, the
+    // MLP's GEMMs and GELU on the fast backend; none of them on the reference backend.
+    using testing::Path, testing::Primitive;
+    const auto paths = backend::path_counts() - paths_before;
+    INFO("paths: " << testing::describe(paths));
+    if (backend == Backend::Fast) {
+      for (Primitive p : {Primitive::Conv2d, Primitive::DepthwiseConv2d, Primitive::LayerNorm, Primitive::Gemm,
+                          Primitive::Eltwise, Primitive::Softmax}) {
+        INFO(backend::primitive_name(p));
+        REQUIRE(paths(p, Path::Fast) > 0);
+      }
+    } else {
+      REQUIRE(paths.total(Path::Fast) == 0);
+      REQUIRE(paths(Primitive::DepthwiseConv2d, Path::Reference) > 0);
+    }
   }
 }
 

@@ -91,13 +91,18 @@ TEST_CASE("fft_conv is causal: a delta at s moves the kernel to s", "[models][lo
   for (int64_t t = 0; t < L; ++t) CHECK(y[t] == Approx(t < 5 ? 0.0 : kv[t - 5]).margin(1e-12));
 }
 
-TEST_CASE("fft_conv in float32 on both backends agrees with the float64 convolution", "[models][longconv][backend]") {
+// Not a [backend] test: fft_conv has no fast path (rfft / irfft / complex products are kern's
+// own code on both backends), which the path counters confirm; a float32 accuracy test.
+TEST_CASE("fft_conv in float32 on both backends agrees with the float64 convolution", "[models][longconv]") {
   const int64_t L = 100;
   Tensor u = rnd({2, 4, L}, 1), k = rnd({4, L}, 2) * 0.1, D = rnd({4}, 3);
   Tensor want = direct_causal_conv(u, k, D);
   for (Backend b : {Backend::Reference, Backend::Fast}) {
     BackendGuard g(b);
-    Tensor y = models::fft_conv(u.to(DType::Float32), k.to(DType::Float32), D.to(DType::Float32));
+    Tensor y;
+    const auto before = backend::path_counts();
+    y = models::fft_conv(u.to(DType::Float32), k.to(DType::Float32), D.to(DType::Float32));
+    CHECK((backend::path_counts() - before).total(backend::Path::Fast) == 0);
     CHECK(y.dtype() == DType::Float32);
     CHECK(max_abs_diff(y.to(DType::Float64), want) < 1e-4);
   }

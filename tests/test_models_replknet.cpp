@@ -8,6 +8,7 @@
 #include <kern/models/replknet.hpp>
 #include <kern/optim/optim.hpp>
 
+#include "backend_paths.hpp"
 #include "gradcheck.hpp"
 
 #include <functional>
@@ -505,15 +506,26 @@ TEST_CASE("Fused blocks on the float32 fast path agree with the unfused referenc
     m->eval();
   }
   Tensor x = randn({2, 8, 20, 20}, DType::Float32, &gen);
+  using testing::Path, testing::Primitive;
   Tensor ref_dil, ref_lk;
-  {
+  const auto ref_paths = testing::paths_of([&] {
     BackendGuard g(Backend::Reference);
     ref_dil = dil(x);
     ref_lk = lk(x);
-  }
+  });
+  INFO("reference side: " << testing::describe(ref_paths));
+  REQUIRE(ref_paths.total(Path::Fast) == 0);
   REQUIRE(models::reparameterize(dil) == 1);
   REQUIRE(models::reparameterize(lk) == 1);
   const double scale_dil = max(abs(ref_dil)).item(), scale_lk = max(abs(ref_lk)).item();
-  REQUIRE(max_abs_diff(dil(x), ref_dil) < 1e-5 * scale_dil);
-  REQUIRE(max_abs_diff(lk(x), ref_lk) < 1e-5 * scale_lk);
+  Tensor fast_dil, fast_lk;
+  const auto dil_paths = testing::paths_of([&] { fast_dil = dil(x); });
+  const auto lk_paths = testing::paths_of([&] { fast_lk = lk(x); });
+  INFO("fast side: dilated block " << testing::describe(dil_paths) << "; large kernel " << testing::describe(lk_paths));
+  // Both fused blocks are one 13x13 / 15x15 depthwise conv: kern's direct kernel.
+  REQUIRE(dil_paths(Primitive::DepthwiseConv2d, Path::Fast) == 1);
+  REQUIRE(lk_paths(Primitive::DepthwiseConv2d, Path::Fast) == 1);
+  REQUIRE(dil_paths.total(Path::Reference) + lk_paths.total(Path::Reference) == 0);
+  REQUIRE(max_abs_diff(fast_dil, ref_dil) < 1e-5 * scale_dil);
+  REQUIRE(max_abs_diff(fast_lk, ref_lk) < 1e-5 * scale_lk);
 }

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "backend_paths.hpp"
 #include "gradcheck.hpp"
 
 using namespace kern;
@@ -72,14 +73,28 @@ TEST_CASE("softmax and log_softmax gradients", "[activation][gradcheck][gradgrad
 }
 
 TEST_CASE("softmax and log_softmax: oneDNN fast path agrees with the reference (float32)", "[activation][backend]") {
+  using testing::Path, testing::Primitive;
   for (const Shape& shape : {Shape{7, 33}, Shape{2, 5, 3, 4}, Shape{1000}, Shape{64, 1}}) {
     Tensor x = rnd(shape, 30).to(DType::Float32) * 4.0;
     for (int64_t d = 0; d < x.dim(); ++d) {
-      Tensor fs = softmax(x, d), fl = log_softmax(x, d);
-      BackendGuard ref(Backend::Reference);
       INFO("shape " << fmt::format("{}", shape) << " dim " << d);
-      REQUIRE(max_abs_diff(fs, softmax(x, d)) < 1e-6);
-      REQUIRE(max_abs_diff(fl, log_softmax(x, d)) < 1e-5);
+      Tensor fs, fl, rs, rl;
+      const auto fast = testing::paths_of([&] {
+        fs = softmax(x, d);
+        fl = log_softmax(x, d);
+      });
+      const auto ref = testing::paths_of([&] {
+        BackendGuard guard(Backend::Reference);
+        rs = softmax(x, d);
+        rl = log_softmax(x, d);
+      });
+      INFO("fast side: " << testing::describe(fast) << "; reference side: " << testing::describe(ref));
+      REQUIRE(fast(Primitive::Softmax, Path::Fast) == 2);
+      REQUIRE(fast.total(Path::Reference) == 0);
+      REQUIRE(ref(Primitive::Softmax, Path::Reference) == 2);
+      REQUIRE(ref.total(Path::Fast) == 0);
+      REQUIRE(max_abs_diff(fs, rs) < 1e-6);
+      REQUIRE(max_abs_diff(fl, rl) < 1e-5);
     }
   }
   // The fast path keeps the reference backward.
@@ -139,13 +154,25 @@ TEST_CASE("layer_norm: oneDNN fast path agrees with the reference (float32)", "[
   Tensor x = (rnd({6, 5, 48}, 33) * 3.0 + 1.0).to(DType::Float32);
   Tensor w = rnd({48}, 34).to(DType::Float32), b = rnd({48}, 35).to(DType::Float32);
   Tensor w2 = rnd({5, 48}, 36).to(DType::Float32);
-  Tensor f_aff = layer_norm(x, {48}, w, b, 1e-6), f_plain = layer_norm(x, {48}), f_w = layer_norm(x, {5, 48}, w2);
-  Tensor f_b = layer_norm(x, {48}, {}, b);
+  using testing::Path, testing::Primitive;
+  Tensor f_aff, f_plain, f_w, f_b;
+  const auto fast = testing::paths_of([&] {
+    f_aff = layer_norm(x, {48}, w, b, 1e-6), f_plain = layer_norm(x, {48}), f_w = layer_norm(x, {5, 48}, w2);
+    f_b = layer_norm(x, {48}, {}, b);
+  });
+  INFO("fast side: " << testing::describe(fast));
+  REQUIRE(fast(Primitive::LayerNorm, Path::Fast) == 4);
+  REQUIRE(fast.total(Path::Reference) == 0);
   BackendGuard ref(Backend::Reference);
+  const auto before = backend::path_counts();
   REQUIRE(max_abs_diff(f_aff, layer_norm(x, {48}, w, b, 1e-6)) < 1e-5);
   REQUIRE(max_abs_diff(f_plain, layer_norm(x, {48})) < 1e-5);
   REQUIRE(max_abs_diff(f_w, layer_norm(x, {5, 48}, w2)) < 1e-5);
   REQUIRE(max_abs_diff(f_b, layer_norm(x, {48}, {}, b)) < 1e-5);
+  const auto ref_paths = backend::path_counts() - before;
+  INFO("reference side: " << testing::describe(ref_paths));
+  REQUIRE(ref_paths(Primitive::LayerNorm, Path::Reference) == 4);
+  REQUIRE(ref_paths.total(Path::Fast) == 0);
 }
 
 // ---------------------------------------------------------------- batch_norm

@@ -10,6 +10,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "backend_paths.hpp"
+
 #include <algorithm>
 #include <cmath>
 
@@ -309,7 +311,12 @@ TEST_CASE("NTK: float32 sgemm paths on a ReLU CNN (stride 2, groups) equal the f
       INFO("backend " << static_cast<int>(backend) << " form " << static_cast<int>(form));
       const auto opt = NtkOptions().structured_form(form);
       NtkInfo info;
-      Tensor K = ntk(*model, xf, opt, &info);
+      Tensor K;
+      const auto paths = testing::paths_of([&] { K = ntk(*model, xf, opt, &info); });
+      INFO("paths: " << testing::describe(paths));
+      // sgemm ran on the fast backend; the reference backend ran Eigen products only.
+      if (backend == Backend::Fast) REQUIRE(paths(testing::Primitive::Gemm, testing::Path::Fast) > 0);
+      else REQUIRE((paths.total(testing::Path::Fast) == 0 && paths(testing::Primitive::Gemm, testing::Path::Reference) > 0));
       REQUIRE(info.fallback.empty());
       REQUIRE(max_abs_diff(K.to(DType::Float64), ref) < 1e-5 * scale);
       REQUIRE(max_abs_diff(K, K.t()) < 1e-6 * scale);

@@ -42,20 +42,39 @@ TEST_CASE("op table: float32 fast path agrees with the reference path", "[backen
       Generator gen(7);
       std::vector<Tensor> in32;
       for (auto& t : op.inputs(gen)) in32.push_back(is_floating(t.dtype()) ? t.to(DType::Float32) : t);
-      auto run = [&](Backend b) {
+      auto run = [&](Backend b, PathCounts& paths) {
         BackendGuard guard(b);
         auto xs = leaves(in32);
-        Tensor out = op.fn(xs);
-        std::vector<Tensor> diff;
-        for (auto& x : xs)
-          if (x.requires_grad()) diff.push_back(x);
-        Generator vg(11);
-        Tensor v = randn(out.shape(), out.dtype(), &vg);
-        auto g = grad({out}, diff, {v}, {.allow_unused = true});
-        g.insert(g.begin(), out.detach());
+        std::vector<Tensor> g;
+        paths = paths_of([&] {
+          Tensor out = op.fn(xs);
+          std::vector<Tensor> diff;
+          for (auto& x : xs)
+            if (x.requires_grad()) diff.push_back(x);
+          Generator vg(11);
+          Tensor v = randn(out.shape(), out.dtype(), &vg);
+          g = grad({out}, diff, {v}, {.allow_unused = true});
+          g.insert(g.begin(), out.detach());
+        });
         return g;
       };
-      auto fast = run(Backend::Fast), ref = run(Backend::Reference);
+      PathCounts fast_paths, ref_paths;
+      auto fast = run(Backend::Fast, fast_paths), ref = run(Backend::Reference, ref_paths);
+      INFO("fast side: " << describe(fast_paths) << "; reference side: " << describe(ref_paths));
+      // The sides really took different paths: the entry's fast kernels ran (or, for an
+      // input the fast backend hands to the loops, did not), the reference side ran none.
+      REQUIRE(op.fast_kernels.size() + op.falls_back.size() > 0);
+      for (Primitive p : op.fast_kernels) {
+        INFO(backend::primitive_name(p));
+        REQUIRE(fast_paths(p, Path::Fast) > 0);
+        REQUIRE(ref_paths(p, Path::Reference) > 0);
+      }
+      for (Primitive p : op.falls_back) {
+        INFO(backend::primitive_name(p) << " (falls back)");
+        REQUIRE(fast_paths(p, Path::Fast) == 0);
+        REQUIRE(fast_paths(p, Path::Reference) > 0);
+      }
+      REQUIRE(ref_paths.total(Path::Fast) == 0);
       REQUIRE(fast.size() == ref.size());
       for (size_t i = 0; i < fast.size(); ++i) {
         INFO("result " << i << " (0 = output, then gradients)");

@@ -12,6 +12,7 @@
 #include <fstream>
 
 #include "gradcheck.hpp"
+#include "requirements.hpp"
 
 using namespace kern;
 namespace tools = kern::tools;
@@ -225,7 +226,7 @@ TEST_CASE("Tracker appends to a resumed run and rejects bad options", "[tracker]
 
 TEST_CASE("plot_dynamics.py renders the tracker's JSON lines as PNGs", "[tracker]") {
   if (std::system("/usr/bin/python3 -c 'import matplotlib' > /dev/null 2>&1") != 0) {
-    WARN("skipped: /usr/bin/python3 has no matplotlib");
+    testing::requirement_missing("/usr/bin/python3 cannot import matplotlib", "python3-matplotlib");
     return;
   }
   const fs::path dir = fresh_dir("tracker_plot");

@@ -1,6 +1,7 @@
 // Curvature operators: the Hessian by double backward and the generalized Gauss-Newton
 // matrix, both on flat parameter vectors [P]; flat-vector helpers; criteria; ModeGuard.
 // The eigen-solvers, trace and density live in hessian_solvers.cpp.
+#include <kern/nn/functional_call.hpp>
 #include <kern/ops.hpp>
 #include <kern/tools/hessian.hpp>
 
@@ -61,7 +62,7 @@ ModeGuard::ModeGuard(nn::Module& model, Mode mode) : root_(&model), root_trainin
     if (m.get() != &model) modes_.emplace_back(m, m->is_training());
   {
     NoGradGuard ng;
-    for (auto& b : model.buffers()) buffers_.emplace_back(b, b.clone());
+    for (auto& b : model.buffers()) buffers_.push_back({b, b.clone(), b.version()});
   }
   model.train(mode == Mode::Train);
 }
@@ -71,7 +72,8 @@ ModeGuard::~ModeGuard() {
   root_->train(root_training_);
   for (auto& [m, training] : modes_) m->train(training);
   NoGradGuard ng;
-  for (auto& [live, saved] : buffers_) live.copy_(saved);
+  for (auto& b : buffers_)
+    if (b.live.version() != b.version) b.live.copy_(b.saved);
 }
 
 // ---- MatrixOperator ----------------------------------------------------------------------
@@ -140,6 +142,21 @@ Tensor check_flat(const Tensor& v, int64_t n, DType dt, const char* who) {
   return v.detach();
 }
 
+// model(x) in `mode`, recording a graph. The module's buffers are replaced by copies for the
+// call, so a train-mode forward updates BatchNorm statistics in the copies: the live buffers
+// are never written, and graphs recorded earlier that read them (an eval-mode Hessian of the
+// same model) stay valid for backward (their version counters do not move).
+Tensor forward_in_mode(nn::Module& model, const Tensor& x, Mode mode) {
+  ModeGuard guard(model, mode);
+  EnableGradGuard eg;
+  nn::StateDict copies;
+  {
+    NoGradGuard ng;
+    for (auto& [name, b] : model.named_buffers()) copies.emplace_back(name, b.detach().clone());
+  }
+  return copies.empty() ? model(x) : nn::functional_call(model, copies, x);
+}
+
 }  // namespace
 
 Hessian::Hessian(const Tensor& loss, std::vector<Tensor> params) : params_(std::move(params)) { build(loss); }
@@ -149,9 +166,8 @@ Hessian::Hessian(nn::Module& model, const Tensor& x, const Tensor& y, const Crit
     : params_(trainable(model)) {
   Tensor loss;
   {
-    ModeGuard mode(model, options.mode);
     EnableGradGuard eg;
-    loss = criterion(model(x), y);
+    loss = criterion(forward_in_mode(model, x, options.mode), y);
   }
   build(loss);
 }
@@ -213,12 +229,7 @@ GaussNewton::GaussNewton(const Tensor& output, std::vector<Tensor> params,
 GaussNewton::GaussNewton(nn::Module& model, const Tensor& x, const Tensor& y, const Criterion& criterion,
                          HessianOptions options)
     : params_(trainable(model)) {
-  Tensor out;
-  {
-    ModeGuard mode(model, options.mode);
-    EnableGradGuard eg;
-    out = model(x);
-  }
+  Tensor out = forward_in_mode(model, x, options.mode);
   build(out, [&](const Tensor& f) { return criterion(f, y); });
 }
 

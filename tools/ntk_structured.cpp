@@ -418,71 +418,72 @@ double unit_work(const Unit& u, int64_t N1, int64_t N2, int64_t O, bool cross) {
 // ms of work, took 10 ms as 2-thread regions).
 constexpr double kSerialUnitWork = 1 << 22;
 
-}  // namespace
-
-Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, const ParamSet& ps, Kind kind,
-                      const NtkOptions& options, NtkInfo& info) {
-  info.method = NtkMethod::Structured;
-  const bool cross = x2.defined(), sym = !cross;
-  auto t0 = std::chrono::steady_clock::now();
-  auto phase = [&](const std::string& name) {
+// Records the time since the previous call as a named phase of NtkInfo.
+class PhaseTimer {
+ public:
+  explicit PhaseTimer(NtkInfo& info) : info_(info), t0_(std::chrono::steady_clock::now()) {}
+  void operator()(const std::string& name) {
     const auto t = std::chrono::steady_clock::now();
-    info.phases.emplace_back(name, std::chrono::duration<double>(t - t0).count());
-    t0 = t;
-  };
+    info_.phases.emplace_back(name, std::chrono::duration<double>(t - t0_).count());
+    t0_ = t;
+  }
 
-  // 1. Layers with a closed form: exactly nn::Linear / nn::Conv2d (a subclass may override
-  // forward), with a parameter in theta.
+ private:
+  NtkInfo& info_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
+// The layer a module is, when it has a closed form: exactly nn::Linear / nn::Conv2d (a
+// subclass may override forward), with its parameters and their forward multipliers. The
+// one place that reads a module's parameters and multipliers.
+std::optional<Layer> closed_form_layer(const std::string& name, nn::Module& m) {
+  Layer L;
+  L.name = name.empty() ? "<root>" : name;
+  L.module = &m;
+  if (typeid(m) == typeid(nn::Linear)) {
+    L.linear = static_cast<const nn::Linear*>(&m);
+    L.w = L.linear->weight.tensor();
+    L.b = L.linear->bias.tensor();
+  } else if (typeid(m) == typeid(nn::Conv2d)) {
+    L.conv = static_cast<const nn::Conv2d*>(&m);
+    L.w = L.conv->weight.tensor();
+    L.b = L.conv->bias.tensor();
+  } else {
+    return std::nullopt;
+  }
+  // The slots' forward multipliers (kern/param): y = m_w (x W^T) + m_b b.
+  L.mw = L.linear ? L.linear->weight.multiplier() : L.conv->weight.multiplier();
+  L.mb = L.linear ? L.linear->bias.multiplier() : L.conv->bias.multiplier();
+  return L;
+}
+
+// 1. Layers with a closed form and a parameter in theta; a parameter shared by two such
+// modules is not one layer's (contraction handles it).
+std::vector<Layer> find_layers(nn::Module& model, const ParamSet& ps, NtkInfo& info) {
   std::vector<Layer> layers;
   std::vector<int> claimed(ps.tensors.size(), 0);
   for (auto& [name, m] : model.named_modules()) {
-    Layer L;
-    L.name = name.empty() ? "<root>" : name;
-    L.module = m.get();
-    if (typeid(*m) == typeid(nn::Linear)) {
-      L.linear = static_cast<const nn::Linear*>(m.get());
-      L.w = L.linear->weight.tensor();
-      L.b = L.linear->bias.tensor();
-    } else if (typeid(*m) == typeid(nn::Conv2d)) {
-      L.conv = static_cast<const nn::Conv2d*>(m.get());
-      L.w = L.conv->weight.tensor();
-      L.b = L.conv->bias.tensor();
-    } else {
-      continue;
-    }
-    // The slots' forward multipliers (kern/param): y = m_w (x W^T) + m_b b.
-    L.mw = L.linear ? L.linear->weight.multiplier() : L.conv->weight.multiplier();
-    L.mb = L.linear ? L.linear->bias.multiplier() : L.conv->bias.multiplier();
-    const int64_t wi = ps.find(L.w), bi = ps.find(L.b);
-    if (wi < 0) L.w = Tensor();
-    if (bi < 0) L.b = Tensor();
+    std::optional<Layer> L = closed_form_layer(name, *m);
+    if (!L) continue;
+    const int64_t wi = ps.find(L->w), bi = ps.find(L->b);
+    if (wi < 0) L->w = Tensor();
+    if (bi < 0) L->b = Tensor();
     if (wi < 0 && bi < 0) continue;
     if (wi >= 0) ++claimed[wi];
     if (bi >= 0) ++claimed[bi];
-    layers.push_back(L);
+    layers.push_back(std::move(*L));
   }
-  // A parameter shared by two such modules is not one layer's: contraction handles it.
   for (Layer& L : layers)
     if ((L.w.defined() && claimed[ps.find(L.w)] > 1) || (L.b.defined() && claimed[ps.find(L.b)] > 1)) {
       L.ok = false;
       info.notes.push_back(L.name + ": parameters shared with another module");
     }
+  return layers;
+}
 
-  // 2. Forward passes with hooks. For small inputs the forward and the input gathering run
-  // on one thread: a few milliseconds of small ops where waking threads costs more than it
-  // saves (measured: 0.7 ms serial vs 7 ms with 2 threads on a loaded machine).
-  std::optional<SerialScope> serial;
-  if (x1.numel() + (cross ? x2.numel() : 0) <= (int64_t(1) << 20)) serial.emplace();
-  Side side[2];
-  capture(model, x1, layers, side[0]);
-  if (cross) capture(model, x2, layers, side[1]);
-  const int64_t O = side[0].out.size(1);
-  KERN_CHECK(!cross || side[1].out.size(1) == O, "ntk: the model gives ", O, " outputs on x1 but ",
-             side[1].out.size(1), " on x2");
-  info.num_outputs = O;
-  const int64_t N1 = side[0].N, N2 = cross ? side[1].N : N1;
-  phase("forward");
-
+// After the forward passes: a layer whose calls the closed form cannot describe (not called
+// through operator(), batch not first, called differently on x1 and x2) falls back.
+void check_layer_calls(std::vector<Layer>& layers, const Side* side, bool cross, NtkInfo& info) {
   for (size_t l = 0; l < layers.size(); ++l) {
     Layer& L = layers[l];
     for (int k = 0; k < (cross ? 2 : 1) && L.ok; ++k) {
@@ -502,10 +503,13 @@ Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, con
       info.notes.push_back(L.name + ": called a different number of times on x1 and x2");
     }
   }
+}
 
-  // 3. Units (a Linear, or one group of a Conv2d), their evaluation and buffers.
+// 3. Units (a Linear, or one group of a Conv2d), their evaluation and buffers.
+std::vector<Unit> make_units(const std::vector<Layer>& layers, const Side* side, bool cross, int64_t O,
+                             const NtkOptions& options, DType dt) {
+  const int64_t N1 = side[0].N, N2 = cross ? side[1].N : N1;
   std::vector<Unit> units;
-  const DType dt = ps.tensors[0].dtype();
   for (size_t l = 0; l < layers.size(); ++l) {
     const Layer& L = layers[l];
     if (!L.ok) continue;
@@ -542,6 +546,68 @@ Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, con
       units.push_back(std::move(u));
     }
   }
+  return units;
+}
+
+// 5. Each unit's kernel term added into K, one unit at a time (its buffers are freed after
+// its term), timed per layer.
+void assemble(Tensor& K, std::vector<Unit>& units, const std::vector<Layer>& layers, int64_t N1, int64_t N2,
+              int64_t O, Kind kind, bool cross, PhaseTimer& phase) {
+  for (size_t i = 0; i < units.size(); ++i) {
+    const size_t l = units[i].layer;
+    if (layers[l].ok) {
+      std::optional<SerialScope> small;
+      if (unit_work(units[i], N1, N2, O, cross) < kSerialUnitWork) small.emplace();
+      add_unit_kernel(K, units[i], N1, N2, O, kind, !cross);
+    }
+    units[i] = Unit();  // free its buffers
+    if (i + 1 == units.size() || units[i + 1].layer != l) phase("kernel:" + layers[l].name);
+  }
+}
+
+// The parameters no layer took (their kernel by Jacobian contraction), and NtkInfo's
+// structured / fallback lists.
+std::vector<Tensor> remaining_params(const std::vector<Layer>& layers, const ParamSet& ps, NtkInfo& info) {
+  std::vector<bool> structured(ps.tensors.size(), false);
+  for (const Layer& L : layers)
+    if (L.ok) {
+      if (L.w.defined()) structured[ps.find(L.w)] = true;
+      if (L.b.defined()) structured[ps.find(L.b)] = true;
+    }
+  std::vector<Tensor> rest;
+  for (size_t i = 0; i < ps.tensors.size(); ++i) {
+    (structured[i] ? info.structured : info.fallback).push_back(ps.names[i]);
+    if (!structured[i]) rest.push_back(ps.tensors[i]);
+  }
+  return rest;
+}
+
+}  // namespace
+
+Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, const ParamSet& ps, Kind kind,
+                      const NtkOptions& options, NtkInfo& info) {
+  info.method = NtkMethod::Structured;
+  const bool cross = x2.defined();
+  PhaseTimer phase(info);
+  std::vector<Layer> layers = find_layers(model, ps, info);
+
+  // 2. Forward passes with hooks. For small inputs the forward and the input gathering run
+  // on one thread: a few milliseconds of small ops where waking threads costs more than it
+  // saves (measured: 0.7 ms serial vs 7 ms with 2 threads on a loaded machine).
+  std::optional<SerialScope> serial;
+  if (x1.numel() + (cross ? x2.numel() : 0) <= (int64_t(1) << 20)) serial.emplace();
+  Side side[2];
+  capture(model, x1, layers, side[0]);
+  if (cross) capture(model, x2, layers, side[1]);
+  const int64_t O = side[0].out.size(1);
+  KERN_CHECK(!cross || side[1].out.size(1) == O, "ntk: the model gives ", O, " outputs on x1 but ",
+             side[1].out.size(1), " on x2");
+  info.num_outputs = O;
+  const int64_t N1 = side[0].N, N2 = cross ? side[1].N : N1;
+  phase("forward");
+  check_layer_calls(layers, side, cross, info);
+  const DType dt = ps.tensors[0].dtype();
+  std::vector<Unit> units = make_units(layers, side, cross, O, options, dt);
   serial.reset();
   phase("inputs");
 
@@ -555,7 +621,6 @@ Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, con
     phase("check");
   }
 
-  // 5. Assemble, one unit at a time (each unit's buffers are freed after its term).
   NoGradGuard ng;
   Tensor K;
   {
@@ -564,27 +629,8 @@ Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, con
         : kind == Kind::TracedSum ? zeros({N1, N2}, dt)
                                   : zeros({N1, O}, dt);
   }
-  for (size_t i = 0; i < units.size(); ++i) {
-    const size_t l = units[i].layer;
-    if (layers[l].ok) {
-      std::optional<SerialScope> small;
-      if (unit_work(units[i], N1, N2, O, cross) < kSerialUnitWork) small.emplace();
-      add_unit_kernel(K, units[i], N1, N2, O, kind, sym);
-    }
-    units[i] = Unit();  // free its buffers
-    if (i + 1 == units.size() || units[i + 1].layer != l) phase("kernel:" + layers[l].name);
-  }
-  std::vector<bool> structured(ps.tensors.size(), false);
-  for (const Layer& L : layers)
-    if (L.ok) {
-      if (L.w.defined()) structured[ps.find(L.w)] = true;
-      if (L.b.defined()) structured[ps.find(L.b)] = true;
-    }
-  std::vector<Tensor> rest;
-  for (size_t i = 0; i < ps.tensors.size(); ++i) {
-    (structured[i] ? info.structured : info.fallback).push_back(ps.names[i]);
-    if (!structured[i]) rest.push_back(ps.tensors[i]);
-  }
+  assemble(K, units, layers, N1, N2, O, kind, cross, phase);
+  std::vector<Tensor> rest = remaining_params(layers, ps, info);
   if (!rest.empty()) {
     int64_t O1 = 0;
     Tensor J1 = jacobian_rows(model, x1, rest, O1);

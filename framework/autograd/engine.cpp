@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <optional>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -33,6 +34,56 @@ std::string describe_inputs(const std::vector<Tensor>& inputs) {
   }
   return s;
 }
+
+uint64_t version_of(const Tensor& t) { return t.defined() ? t.version() : 0; }
+}  // namespace
+
+SavedValues& SavedValues::input_for(size_t j, std::initializer_list<size_t> for_grads) {
+  uint64_t mask = for_grads.size() == 0 ? ~uint64_t(0) : 0;
+  for (size_t i : for_grads) {
+    KERN_CHECK(i < 64, "SavedValues::input_for: gradient index ", i, " must be < 64");
+    mask |= uint64_t(1) << i;
+  }
+  for (auto& [input, m] : reads_)
+    if (input == j) {
+      m = (m == ~uint64_t(0) || mask == ~uint64_t(0)) ? ~uint64_t(0) : (m | mask);
+      return *this;
+    }
+  reads_.emplace_back(j, mask);
+  return *this;
+}
+
+bool SavedValues::reads_input(size_t j, const std::vector<bool>& needs) const {
+  if (all_) return true;
+  for (auto& [input, mask] : reads_) {
+    if (input != j) continue;
+    if (mask == ~uint64_t(0)) return true;
+    for (size_t i = 0; i < needs.size() && i < 64; ++i)
+      if (needs[i] && (mask >> i & 1)) return true;
+    return false;
+  }
+  return false;
+}
+
+namespace {
+// Throws when a value the node's backward is about to read was written in place after the
+// node recorded it (see "In-place writes and saved tensors" in autograd.hpp).
+void check_saved_versions(const Node& n, const std::vector<Tensor>& inputs, const std::vector<uint64_t>& recorded,
+                          const std::vector<bool>& needs, const Tensor& out, uint64_t out_recorded,
+                          const SavedValues& saved) {
+  auto fail = [&](const std::string& what, const Tensor& t, uint64_t was) {
+    throw Error(fmt::format(
+        "backward of op '{}': one of the variables needed for gradient computation has been modified by an "
+        "inplace operation: {} ({} {}) is at version {}; the op recorded it at version {}. An in-place write "
+        "(copy_, fill_, an init function, an optimizer step, ...) changed it after the forward pass: move the "
+        "write after backward, or write into a clone()",
+        n.name(), what, t.dtype(), t.shape(), t.version(), was));
+  };
+  for (size_t i = 0; i < inputs.size(); ++i)
+    if (inputs[i].defined() && saved.reads_input(i, needs) && inputs[i].version() != recorded[i])
+      fail(fmt::format("input {}", i), inputs[i], recorded[i]);
+  if (saved.reads_output() && out.version() != out_recorded) fail("its output", out, out_recorded);
+}
 }  // namespace
 
 bool grad_mode_enabled() { return g_grad_mode; }
@@ -41,7 +92,7 @@ void set_anomaly_mode(bool enabled) { g_anomaly = enabled; }
 bool anomaly_mode_enabled() { return g_anomaly; }
 
 Tensor record_op(std::string_view name, Tensor output, std::vector<Tensor> inputs,
-                 BackwardFn backward) {
+                 BackwardFn backward, SavedValues saved) {
   if (g_anomaly && has_non_finite(output))
     throw Error(fmt::format("anomaly: op '{}' produced NaN/Inf (inputs: {})", name,
                             describe_inputs(inputs)));
@@ -50,7 +101,10 @@ Tensor record_op(std::string_view name, Tensor output, std::vector<Tensor> input
   for (auto& t : inputs) any = any || (t.defined() && t.requires_grad());
   if (!any) return output;
   auto node = std::make_shared<Node>(std::string(name), std::move(inputs), std::move(backward),
-                                     g_next_seq.fetch_add(1));
+                                     g_next_seq.fetch_add(1), std::move(saved));
+  node->input_versions_.reserve(node->inputs_.size());
+  for (auto& t : node->inputs_) node->input_versions_.push_back(version_of(t));
+  node->output_version_ = output.version();
   node->output_ = output.impl_ptr();
   if (g_anomaly) node->context_ = describe_inputs(node->inputs_);
   // A view shares storage with its input but is a separate tensor in the graph.
@@ -66,6 +120,9 @@ Tensor record_op(std::string_view name, Tensor output, std::vector<Tensor> input
   return output;
 }
 
+// One backward pass (like PyTorch's GraphTask): the reachable nodes in reverse topological
+// order, which of them a wanted gradient passes through, and the gradients accumulated so
+// far per node output and per leaf. run() drives the phases; each is a member below.
 class Engine {
  public:
   // Runs the backward pass. If `targets` is empty, accumulates into every reached leaf's
@@ -74,15 +131,39 @@ class Engine {
                                  const std::vector<Tensor>& grad_outputs,
                                  const std::vector<Tensor>& targets, bool accumulate_leaves,
                                  bool retain_graph, bool create_graph);
+
+ private:
+  Engine(const std::vector<Tensor>& targets, bool accumulate_leaves);
+  void collect(const std::vector<Tensor>& outputs);
+  void mark_useful();
+  bool input_wanted(const Tensor& in);
+  void seed(const std::vector<Tensor>& outputs, const std::vector<Tensor>& grad_outputs);
+  void run_node(Node& n);
+  void release();
+  std::vector<Tensor> deliver(const std::vector<Tensor>& targets, bool create_graph);
+
+  static void accumulate(Tensor& slot, const Tensor& g) { slot = slot.defined() ? slot + g : g; }
+
+  bool accumulate_leaves_;
+  std::vector<std::shared_ptr<Node>> nodes_;            // reverse topological order
+  std::unordered_set<const TensorImpl*> target_leaves_;  // targets by impl (leaves) ...
+  std::unordered_set<const Node*> target_nodes_;         // ... and by node (non-leaves)
+  std::unordered_map<const Node*, bool> useful_;         // a wanted gradient passes through
+  std::unordered_map<const Node*, Tensor> node_grads_;   // d/d output of each node
+  std::unordered_map<const TensorImpl*, Tensor> leaf_grads_;
 };
 
-std::vector<Tensor> Engine::run(const std::vector<Tensor>& outputs,
-                                const std::vector<Tensor>& grad_outputs,
-                                const std::vector<Tensor>& targets, bool accumulate_leaves,
-                                bool retain_graph, bool create_graph) {
-  // 1. Collect every node reachable from the outputs. Shared pointers keep them alive while
-  //    released nodes drop their inputs below.
-  std::vector<std::shared_ptr<Node>> nodes;
+Engine::Engine(const std::vector<Tensor>& targets, bool accumulate_leaves) : accumulate_leaves_(accumulate_leaves) {
+  for (auto& t : targets) {
+    if (t.is_leaf()) target_leaves_.insert(t.impl_ptr().get());
+    else target_nodes_.insert(t.grad_fn().get());
+  }
+}
+
+// 1. Every node reachable from the outputs. Shared pointers keep them alive while released
+//    nodes drop their inputs. Producers have smaller sequence numbers than consumers:
+//    descending order is a valid reverse topological order.
+void Engine::collect(const std::vector<Tensor>& outputs) {
   std::unordered_set<Node*> seen;
   std::vector<std::shared_ptr<Node>> stack;
   for (auto& o : outputs)
@@ -94,38 +175,31 @@ std::vector<Tensor> Engine::run(const std::vector<Tensor>& outputs,
                n->name(), "'); pass retain_graph = true the first time");
     for (auto& in : n->inputs_)
       if (in.defined() && in.grad_fn() && seen.insert(in.grad_fn().get()).second) stack.push_back(in.grad_fn());
-    nodes.push_back(std::move(n));
+    nodes_.push_back(std::move(n));
   }
-  // Producers have smaller sequence numbers than consumers: descending order is a valid
-  // reverse topological order.
-  std::sort(nodes.begin(), nodes.end(),
+  std::sort(nodes_.begin(), nodes_.end(),
             [](const auto& a, const auto& b) { return a->sequence_nr() > b->sequence_nr(); });
+}
 
-  // 2. Which tensors want gradients: target leaves (by impl) and target non-leaves (by node).
-  std::unordered_set<const TensorImpl*> target_leaves;
-  std::unordered_set<const Node*> target_nodes;
-  for (auto& t : targets) {
-    if (t.is_leaf()) target_leaves.insert(t.impl_ptr().get());
-    else target_nodes.insert(t.grad_fn().get());
-  }
-  // A node is useful if a gradient must pass through it: ascending order sees inputs first.
-  std::unordered_map<const Node*, bool> useful;
-  auto input_wanted = [&](const Tensor& in) {
-    if (!in.defined() || !in.requires_grad()) return false;
-    if (in.grad_fn()) return useful[in.grad_fn().get()];
-    return accumulate_leaves || target_leaves.count(in.impl_ptr().get()) > 0;
-  };
-  for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {
+// Does a gradient for this node input have to be computed?
+bool Engine::input_wanted(const Tensor& in) {
+  if (!in.defined() || !in.requires_grad()) return false;
+  if (in.grad_fn()) return useful_[in.grad_fn().get()];
+  return accumulate_leaves_ || target_leaves_.count(in.impl_ptr().get()) > 0;
+}
+
+// 2. A node is useful if a gradient must pass through it: ascending order sees inputs first.
+void Engine::mark_useful() {
+  for (auto it = nodes_.rbegin(); it != nodes_.rend(); ++it) {
     Node* n = it->get();
-    bool u = target_nodes.count(n) > 0;
+    bool u = target_nodes_.count(n) > 0;
     for (auto& in : n->inputs_) u = u || input_wanted(in);
-    useful[n] = u;
+    useful_[n] = u;
   }
+}
 
-  // 3. Seed the output gradients.
-  std::unordered_map<const Node*, Tensor> node_grads;
-  std::unordered_map<const TensorImpl*, Tensor> leaf_grads;
-  auto accumulate = [&](Tensor& slot, const Tensor& g) { slot = slot.defined() ? slot + g : g; };
+// 3. The output gradients (ones for a scalar output without one).
+void Engine::seed(const std::vector<Tensor>& outputs, const std::vector<Tensor>& grad_outputs) {
   for (size_t i = 0; i < outputs.size(); ++i) {
     const Tensor& o = outputs[i];
     KERN_CHECK(o.requires_grad(), "grad: output ", i, " (", o.dtype(), " ", o.shape(),
@@ -138,69 +212,70 @@ std::vector<Tensor> Engine::run(const std::vector<Tensor>& outputs,
     }
     KERN_CHECK(g.shape() == o.shape(), "grad: grad_output ", i, " has shape ", g.shape(),
                " but the output has shape ", o.shape());
-    if (o.grad_fn()) accumulate(node_grads[o.grad_fn().get()], g);
-    else accumulate(leaf_grads[o.impl_ptr().get()], g);
+    if (o.grad_fn()) accumulate(node_grads_[o.grad_fn().get()], g);
+    else accumulate(leaf_grads_[o.impl_ptr().get()], g);
   }
+}
 
-  // 4. Run the backward functions in reverse topological order.
-  std::optional<NoGradGuard> no_grad;
-  std::optional<EnableGradGuard> with_grad;
-  if (create_graph) with_grad.emplace(); else no_grad.emplace();
-  for (auto& node : nodes) {
-    Node* n = node.get();
-    if (!useful[n]) continue;
-    auto git = node_grads.find(n);
-    if (git == node_grads.end() || !git->second.defined()) continue;
-    Tensor g = git->second;
-    std::vector<bool> needs(n->inputs_.size());
-    bool any = false;
-    for (size_t i = 0; i < needs.size(); ++i) any |= (needs[i] = input_wanted(n->inputs_[i]));
-    Tensor out(n->output_.lock());
-    if (!out.defined()) {
-      // The output tensor is gone (only possible when nothing downstream holds it, e.g. a
-      // released root); rebuild a detached stand-in with the right metadata is impossible,
-      // so refuse clearly.
-      throw Error(fmt::format("backward: the output of op '{}' was freed before backward", n->name()));
-    }
-    std::vector<Tensor> in_grads;
-    if (any) {
-      BackwardContext ctx{g, n->inputs_, out, needs};
-      try {
-        in_grads = n->fn_(ctx);
-      } catch (const Error& e) {
-        throw Error(fmt::format("in backward of op '{}': {}", n->name(), e.what()));
-      }
-      KERN_CHECK(in_grads.size() == n->inputs_.size(), "backward of '", n->name(), "' returned ",
-                 in_grads.size(), " gradients for ", n->inputs_.size(), " inputs");
-    }
-    for (size_t i = 0; i < in_grads.size(); ++i) {
-      if (!needs[i] || !in_grads[i].defined()) continue;
-      const Tensor& in = n->inputs_[i];
-      Tensor gi = in_grads[i];
-      if (gi.shape() != in.shape()) gi = sum_to(gi, in.shape());
-      KERN_CHECK(gi.dtype() == in.dtype(), "backward of '", n->name(), "': gradient dtype ", gi.dtype(),
-                 " for input ", i, " of dtype ", in.dtype());
-      if (g_anomaly && has_non_finite(gi))
-        throw Error(fmt::format("anomaly: backward of op '{}' produced NaN/Inf for input {} (inputs: {})",
-                                n->name(), i, n->context_.empty() ? describe_inputs(n->inputs_) : n->context_));
-      if (in.grad_fn()) accumulate(node_grads[in.grad_fn().get()], gi);
-      else accumulate(leaf_grads[in.impl_ptr().get()], gi);
-    }
-    if (!target_nodes.count(n)) node_grads.erase(n);
+// 4. One node: its backward function (after the in-place check), then each input gradient
+//    reduced to the input's shape and accumulated into its producer or leaf.
+void Engine::run_node(Node& n) {
+  if (!useful_[&n]) return;
+  auto git = node_grads_.find(&n);
+  if (git == node_grads_.end() || !git->second.defined()) return;
+  Tensor g = git->second;
+  std::vector<bool> needs(n.inputs_.size());
+  bool any = false;
+  for (size_t i = 0; i < needs.size(); ++i) any |= (needs[i] = input_wanted(n.inputs_[i]));
+  Tensor out(n.output_.lock());
+  if (!out.defined()) {
+    // The output tensor is gone (only possible when nothing downstream holds it, e.g. a
+    // released root); rebuild a detached stand-in with the right metadata is impossible,
+    // so refuse clearly.
+    throw Error(fmt::format("backward: the output of op '{}' was freed before backward", n.name()));
   }
-  // Release the graph only now: a node's saved inputs are other nodes' outputs.
-  if (!retain_graph)
-    for (auto& node : nodes) {
-      node->fn_ = nullptr;
-      node->inputs_.clear();
+  std::vector<Tensor> in_grads;
+  if (any) {
+    check_saved_versions(n, n.inputs_, n.input_versions_, needs, out, n.output_version_, n.saved_);
+    BackwardContext ctx{g, n.inputs_, out, needs};
+    try {
+      in_grads = n.fn_(ctx);
+    } catch (const Error& e) {
+      throw Error(fmt::format("in backward of op '{}': {}", n.name(), e.what()));
     }
-  no_grad.reset();
-  with_grad.reset();
+    KERN_CHECK(in_grads.size() == n.inputs_.size(), "backward of '", n.name(), "' returned ",
+               in_grads.size(), " gradients for ", n.inputs_.size(), " inputs");
+  }
+  for (size_t i = 0; i < in_grads.size(); ++i) {
+    if (!needs[i] || !in_grads[i].defined()) continue;
+    const Tensor& in = n.inputs_[i];
+    Tensor gi = in_grads[i];
+    if (gi.shape() != in.shape()) gi = sum_to(gi, in.shape());
+    KERN_CHECK(gi.dtype() == in.dtype(), "backward of '", n.name(), "': gradient dtype ", gi.dtype(),
+               " for input ", i, " of dtype ", in.dtype());
+    if (g_anomaly && has_non_finite(gi))
+      throw Error(fmt::format("anomaly: backward of op '{}' produced NaN/Inf for input {} (inputs: {})",
+                              n.name(), i, n.context_.empty() ? describe_inputs(n.inputs_) : n.context_));
+    if (in.grad_fn()) accumulate(node_grads_[in.grad_fn().get()], gi);
+    else accumulate(leaf_grads_[in.impl_ptr().get()], gi);
+  }
+  if (!target_nodes_.count(&n)) node_grads_.erase(&n);
+}
 
-  // 5. Deliver.
+// Releases the graph (without retain_graph), only after every node ran: a node's saved
+// inputs are other nodes' outputs.
+void Engine::release() {
+  for (auto& node : nodes_) {
+    node->fn_ = nullptr;
+    node->inputs_.clear();
+  }
+}
+
+// 5. Leaves' .grad (backward()) or the targets' gradients (grad()).
+std::vector<Tensor> Engine::deliver(const std::vector<Tensor>& targets, bool create_graph) {
   std::vector<Tensor> result;
-  if (accumulate_leaves) {
-    for (auto& [impl, g] : leaf_grads) {
+  if (accumulate_leaves_) {
+    for (auto& [impl, g] : leaf_grads_) {
       auto* mut = const_cast<TensorImpl*>(impl);
       Tensor stored = create_graph ? g : g.detach();
       if (mut->grad) {
@@ -214,14 +289,33 @@ std::vector<Tensor> Engine::run(const std::vector<Tensor>& outputs,
   }
   for (auto& t : targets) {
     if (t.is_leaf()) {
-      auto it = leaf_grads.find(t.impl_ptr().get());
-      result.push_back(it == leaf_grads.end() ? Tensor() : it->second);
+      auto it = leaf_grads_.find(t.impl_ptr().get());
+      result.push_back(it == leaf_grads_.end() ? Tensor() : it->second);
     } else {
-      auto it = node_grads.find(t.grad_fn().get());
-      result.push_back(it == node_grads.end() ? Tensor() : it->second);
+      auto it = node_grads_.find(t.grad_fn().get());
+      result.push_back(it == node_grads_.end() ? Tensor() : it->second);
     }
   }
   return result;
+}
+
+std::vector<Tensor> Engine::run(const std::vector<Tensor>& outputs,
+                                const std::vector<Tensor>& grad_outputs,
+                                const std::vector<Tensor>& targets, bool accumulate_leaves,
+                                bool retain_graph, bool create_graph) {
+  Engine e(targets, accumulate_leaves);
+  e.collect(outputs);
+  e.mark_useful();
+  e.seed(outputs, grad_outputs);
+  {
+    // The backward functions record a graph of their own only with create_graph.
+    std::optional<NoGradGuard> no_grad;
+    std::optional<EnableGradGuard> with_grad;
+    if (create_graph) with_grad.emplace(); else no_grad.emplace();
+    for (auto& node : e.nodes_) e.run_node(*node);
+    if (!retain_graph) e.release();
+  }
+  return e.deliver(targets, create_graph);
 }
 
 std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& inputs,

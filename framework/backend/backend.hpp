@@ -10,6 +10,10 @@ namespace kern::backend {
 /// True when the fast path should run for this dtype.
 bool use_fast(DType dtype);
 
+/// Counts one call of `p`'s `path` (see kern::backend::path_counts): fast kernels count
+/// themselves in framework/backend/*.cpp, the ops count their reference loops.
+void count_path(Primitive p, Path path);
+
 /// A matrix operand: element (i, j) at data[i * row_stride + j * col_stride].
 template <typename T>
 struct MatRef {
@@ -94,16 +98,5 @@ bool max_pool2d_fast(const PoolGeometry& g, const float* x, float* y, int64_t* i
 /// or kernel[0] * kernel[1] (then every window must lie inside the padded input for
 /// PyTorch's count_include_pad semantics; the caller checks).
 void avg_pool2d_fast(const PoolGeometry& g, bool exclude_pad, const float* x, float* y);
-
-}  // namespace kern::backend
-
-// ---- batch normalization forward, training mode (framework/backend/dnnl_norm.cpp): oneDNN,
-// float32, plain contiguous buffers
-namespace kern::backend {
-
-/// x, y: [N, C, S]; normalizes each channel with its batch mean and biased variance, written
-/// to mean, var: [C]; weight, bias: [C] or nullptr.
-void batch_norm_train_fast(const float* x, const float* weight, const float* bias, float* y, float* mean, float* var,
-                           int64_t N, int64_t C, int64_t S, float eps);
 
 }  // namespace kern::backend

@@ -3,6 +3,8 @@
 // contiguous output row, which the compiler vectorizes.
 #include "depthwise.hpp"
 
+#include "backend.hpp"
+
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -124,6 +126,7 @@ void accumulate_weight_grad(const float* gy, int64_t Ho, int64_t Wo, const float
 }  // namespace
 
 void depthwise_forward(const DepthwiseGeometry& g, const float* x, const float* w, const float* bias, float* y) {
+  count_path(Primitive::DepthwiseConv2d, Path::Fast);
   const int64_t Hp = g.H + 2 * g.padH, Wp = g.W + 2 * g.padW, Ho = g.Ho(), Wo = g.Wo();
 #pragma omp parallel
   {
@@ -139,6 +142,7 @@ void depthwise_forward(const DepthwiseGeometry& g, const float* x, const float* 
 }
 
 void depthwise_backward_input(const DepthwiseGeometry& g, const float* gy, const float* w, float* gx) {
+  count_path(Primitive::DepthwiseConv2d, Path::Fast);
   // gx = correlation of gy (padded by k - 1 - p) with the filter rotated by 180 degrees.
   const int64_t Ho = g.Ho(), Wo = g.Wo();
   const int64_t qH = g.kH - 1 - g.padH, qW = g.kW - 1 - g.padW;  // >= 0 when p < k
@@ -158,6 +162,7 @@ void depthwise_backward_input(const DepthwiseGeometry& g, const float* gy, const
 }
 
 void depthwise_backward_weight(const DepthwiseGeometry& g, const float* gy, const float* x, float* gw) {
+  count_path(Primitive::DepthwiseConv2d, Path::Fast);
   const int64_t Hp = g.H + 2 * g.padH, Wp = g.W + 2 * g.padW, Ho = g.Ho(), Wo = g.Wo();
   const int64_t K = g.kH * g.kW;
 #pragma omp parallel

@@ -7,6 +7,7 @@
 
 #include <kern/error.hpp>
 
+#include "backend.hpp"
 #include "eltwise.hpp"
 
 namespace kern::backend {
@@ -49,6 +50,7 @@ Cache& cache() {
 }  // namespace
 
 void eltwise_fast(Eltwise alg, const float* in, float* out, int64_t n, float alpha, float beta) {
+  count_path(Primitive::Eltwise, Path::Fast);
   if (n == 0) return;
   Cache& c = cache();
   const dnnl::memory::desc md({n}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::a);
@@ -70,6 +72,7 @@ void eltwise_fast(Eltwise alg, const float* in, float* out, int64_t n, float alp
 
 void eltwise_backward_fast(Eltwise alg, const float* src, const float* diff_dst, float* diff_src, int64_t n,
                            float alpha, float beta) {
+  count_path(Primitive::Eltwise, Path::Fast);
   if (n == 0) return;
   Cache& c = cache();
   const dnnl::memory::desc md({n}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::a);

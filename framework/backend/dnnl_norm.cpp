@@ -44,6 +44,7 @@ dnnl::primitive cached(NormCache& c, Map& map, const Key& key, Build build) {
 }  // namespace
 
 void softmax_fast(const float* x, float* y, int64_t outer, int64_t n, int64_t inner, bool log) {
+  count_path(Primitive::Softmax, Path::Fast);
   NormCache& c = cache();
   const dnnl::memory::desc md({outer, n, inner}, dt::f32, tag::abc);
   dnnl::primitive prim = cached(c, c.softmax, std::make_tuple(outer, n, inner, log), [&]() -> dnnl::primitive {
@@ -61,6 +62,7 @@ void softmax_fast(const float* x, float* y, int64_t outer, int64_t n, int64_t in
 
 void layer_norm_fast(const float* x, const float* weight, const float* bias, float* y, int64_t rows, int64_t m,
                      float eps) {
+  count_path(Primitive::LayerNorm, Path::Fast);
   NormCache& c = cache();
   const dnnl::memory::desc md({rows, m}, dt::f32, tag::ab);
   const dnnl::memory::desc pmd({m}, dt::f32, tag::a);
@@ -76,47 +78,6 @@ void layer_norm_fast(const float* x, const float* weight, const float* bias, flo
   std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}};
   if (weight) args.emplace(DNNL_ARG_SCALE, dnnl::memory(pmd, c.engine, const_cast<float*>(weight)));
   if (bias) args.emplace(DNNL_ARG_SHIFT, dnnl::memory(pmd, c.engine, const_cast<float*>(bias)));
-  prim.execute(c.stream, args);
-  c.stream.wait();
-}
-
-}  // namespace kern::backend
-
-// ---- batch normalization forward, training mode: oneDNN computes the batch statistics
-// (mean, biased variance) and the normalized output in one primitive. The data is described
-// as 4-D [N, C, S, 1] nchw: oneDNN 2.6 runs its ncsp kernel for that, but only the reference
-// kernel for a 3-D [N, C, S].
-namespace kern::backend {
-
-namespace {
-
-std::map<std::tuple<int64_t, int64_t, int64_t, unsigned, float>, dnnl::primitive>& batch_norm_prims() {
-  static std::map<std::tuple<int64_t, int64_t, int64_t, unsigned, float>, dnnl::primitive> m;  // guarded by cache().mu
-  return m;
-}
-
-}  // namespace
-
-void batch_norm_train_fast(const float* x, const float* weight, const float* bias, float* y, float* mean, float* var,
-                           int64_t N, int64_t C, int64_t S, float eps) {
-  NormCache& c = cache();
-  const dnnl::memory::desc md({N, C, S, 1}, dt::f32, tag::nchw);
-  const dnnl::memory::desc cmd({C}, dt::f32, tag::a);
-  auto flags = dnnl::normalization_flags::none;
-  if (weight) flags |= dnnl::normalization_flags::use_scale;
-  if (bias) flags |= dnnl::normalization_flags::use_shift;
-  auto key = std::make_tuple(N, C, S, static_cast<unsigned>(flags), eps);
-  dnnl::primitive prim = cached(c, batch_norm_prims(), key, [&]() -> dnnl::primitive {
-    // forward_training without use_global_stats: the statistics are outputs.
-    dnnl::batch_normalization_forward::desc d(dnnl::prop_kind::forward_training, md, eps, flags);
-    return dnnl::batch_normalization_forward(dnnl::batch_normalization_forward::primitive_desc(d, c.engine));
-  });
-  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, dnnl::memory(md, c.engine, const_cast<float*>(x))},
-                                             {DNNL_ARG_DST, dnnl::memory(md, c.engine, y)},
-                                             {DNNL_ARG_MEAN, dnnl::memory(cmd, c.engine, mean)},
-                                             {DNNL_ARG_VARIANCE, dnnl::memory(cmd, c.engine, var)}};
-  if (weight) args.emplace(DNNL_ARG_SCALE, dnnl::memory(cmd, c.engine, const_cast<float*>(weight)));
-  if (bias) args.emplace(DNNL_ARG_SHIFT, dnnl::memory(cmd, c.engine, const_cast<float*>(bias)));
   prim.execute(c.stream, args);
   c.stream.wait();
 }

@@ -148,10 +148,12 @@ bool max_pool2d_fast(const PoolGeometry& g, const float* x, float* y, int64_t* i
       }
     }
   }
+  count_path(Primitive::MaxPool2d, Path::Fast);  // only when the result is used
   return true;
 }
 
 void avg_pool2d_fast(const PoolGeometry& g, bool exclude_pad, const float* x, float* y) {
+  count_path(Primitive::AvgPool2d, Path::Fast);
   const PoolPrim p = get_prim(g, exclude_pad ? PoolAlg::AvgExclude : PoolAlg::AvgInclude);
   PoolCache& c = cache();
   p.prim.execute(c.stream, {{DNNL_ARG_SRC, dnnl::memory(p.src, c.engine, const_cast<float*>(x))},

@@ -38,6 +38,7 @@ bool blas_layout(const MatRef<float>& m, char& trans, int64_t& ld) {
 }  // namespace
 
 void gemm_fast(const MatRef<float>& a, const MatRef<float>& b, float* c, int64_t ldc, float beta) {
+  count_path(Primitive::Gemm, Path::Fast);
   char ta, tb;
   int64_t lda, ldb;
   KERN_CHECK(blas_layout(a, ta, lda) && blas_layout(b, tb, ldb), "gemm: operands need a unit stride");
@@ -49,6 +50,7 @@ void gemm_fast(const MatRef<float>& a, const MatRef<float>& b, float* c, int64_t
 
 template <typename T>
 void gemm_reference(const MatRef<T>& a, const MatRef<T>& b, T* c, int64_t ldc, T beta) {
+  count_path(Primitive::Gemm, Path::Reference);
   using Strided = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
                              Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>>;
   using Out = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,

@@ -37,6 +37,7 @@ Tensor softmax_forward(const Tensor& x, int64_t dim, const char* op) {
     backend::softmax_fast(xc.data_ptr<float>(), out.data_ptr<float>(), a.outer, a.n, a.inner, Log);
     return out;
   }
+  backend::count_path(backend::Primitive::Softmax, backend::Path::Reference);
   detail::dispatch_float(x.dtype(), op, [&]<typename T>() {
     const T* p = static_cast<const T*>(xc.raw_data());
     T* o = static_cast<T*>(out.raw_data());
@@ -80,7 +81,7 @@ Tensor softmax(const Tensor& x, int64_t dim) {
     const Tensor& y = c.output;
     if (y.dim() == 0) return G{c.grad * 0.0};  // softmax of a scalar is the constant 1
     return G{y * (c.grad - sum(c.grad * y, {dim}, true))};
-  });
+  }, SavedValues::none().output());
 }
 
 Tensor log_softmax(const Tensor& x, int64_t dim) {
@@ -91,7 +92,7 @@ Tensor log_softmax(const Tensor& x, int64_t dim) {
     const Tensor& y = c.output;
     if (y.dim() == 0) return G{c.grad * 0.0};  // log_softmax of a scalar is the constant 0
     return G{c.grad - exp(y) * sum(c.grad, {dim}, true)};
-  });
+  }, SavedValues::none().output());
 }
 
 }  // namespace kern

@@ -224,6 +224,12 @@ std::optional<backend::DepthwiseGeometry> as_depthwise(const backend::ConvGeomet
   return backend::DepthwiseGeometry{g.N, g.C_in, g.H, g.W, g.kH, g.kW, g.padding[0], g.padding[1]};
 }
 
+// The reference loops count as DepthwiseConv2d on a geometry the direct kernels take.
+void count_reference(const backend::ConvGeometry& g) {
+  backend::count_path(as_depthwise(g) ? backend::Primitive::DepthwiseConv2d : backend::Primitive::Conv2d,
+                      backend::Path::Reference);
+}
+
 Tensor raw_forward(const backend::ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& b) {
   Tensor out = empty({g.N, g.C_out, g.Ho, g.Wo}, x.dtype());
   if (out.numel() == 0) return out;
@@ -242,6 +248,7 @@ Tensor raw_forward(const backend::ConvGeometry& g, const Tensor& x, const Tensor
         return;
       }
     }
+    count_reference(g);
     forward_ref<T>(g, xc.template data_ptr<T>(), wc.template data_ptr<T>(), bp, out.template data_ptr<T>());
   });
   return out;
@@ -262,6 +269,7 @@ Tensor raw_backward_input(const backend::ConvGeometry& g, const Tensor& gy, cons
         return;
       }
     }
+    count_reference(g);
     backward_input_ref<T>(g, gc.template data_ptr<T>(), wc.template data_ptr<T>(), out.template data_ptr<T>());
   });
   return out;
@@ -282,6 +290,7 @@ Tensor raw_backward_weight(const backend::ConvGeometry& g, const Tensor& gy, con
         return;
       }
     }
+    count_reference(g);
     backward_weight_ref<T>(g, gc.template data_ptr<T>(), xc.template data_ptr<T>(), out.template data_ptr<T>());
   });
   return out;
@@ -314,7 +323,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
     if (c.needs[1]) grads[1] = conv2d_backward_weight(c.grad, x, w.shape(), p);
     if (c.inputs.size() > 2 && c.needs[2]) grads[2] = sum(c.grad, {0, 2, 3});
     return grads;
-  });
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));  // x for the weight's gradient, w for the input's
 }
 
 Tensor conv2d_backward_input(const Tensor& grad_out, const Tensor& weight, const Shape& input_shape,
@@ -330,7 +339,7 @@ Tensor conv2d_backward_input(const Tensor& grad_out, const Tensor& weight, const
     const Tensor& w = c.inputs[1];
     return G{c.needs[0] ? conv2d(c.grad, w, {}, p) : Tensor(),
              c.needs[1] ? conv2d_backward_weight(gy, c.grad, w.shape(), p) : Tensor()};
-  });
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
 }
 
 Tensor conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
@@ -346,7 +355,7 @@ Tensor conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, const Sha
     const Tensor& x = c.inputs[1];
     return G{c.needs[0] ? conv2d(x, c.grad, {}, p) : Tensor(),
              c.needs[1] ? conv2d_backward_input(gy, c.grad, x.shape(), p) : Tensor()};
-  });
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
 }
 
 }  // namespace kern

@@ -36,6 +36,7 @@ Tensor unary_forward(const Tensor& x, const char* op, backend::Eltwise alg, F f,
     backend::eltwise_fast(alg, x.data_ptr<float>(), out.data_ptr<float>(), x.numel(), alpha, beta);
     return out;
   }
+  backend::count_path(backend::Primitive::Eltwise, backend::Path::Reference);
   return unary_forward(x, op, f);
 }
 
@@ -72,14 +73,15 @@ constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 // ---- arithmetic
 Tensor add(const Tensor& a, const Tensor& b) {
   return record_op("add", binary_forward(a, b, "add", [](auto x, auto y) { return x + y; }), {a, b},
-                   [](const BackwardContext& c) { return G{c.grad, c.grad}; });
+                   [](const BackwardContext& c) { return G{c.grad, c.grad}; }, SavedValues::none());
 }
 
 Tensor sub(const Tensor& a, const Tensor& b) {
   return record_op("sub", binary_forward(a, b, "sub", [](auto x, auto y) { return x - y; }), {a, b},
                    [](const BackwardContext& c) {
                      return G{c.grad, c.needs[1] ? neg(c.grad) : Tensor()};
-                   });
+                   },
+                   SavedValues::none());
 }
 
 Tensor mul(const Tensor& a, const Tensor& b) {
@@ -87,7 +89,8 @@ Tensor mul(const Tensor& a, const Tensor& b) {
                    [](const BackwardContext& c) {
                      return G{c.needs[0] ? c.grad * c.inputs[1] : Tensor(),
                               c.needs[1] ? c.grad * c.inputs[0] : Tensor()};
-                   });
+                   },
+                   SavedValues::none().input_for(0, {1}).input_for(1, {0}));
 }
 
 Tensor div(const Tensor& a, const Tensor& b) {
@@ -96,12 +99,13 @@ Tensor div(const Tensor& a, const Tensor& b) {
                      const Tensor& b = c.inputs[1];
                      return G{c.needs[0] ? c.grad / b : Tensor(),
                               c.needs[1] ? neg(c.grad * c.inputs[0] / (b * b)) : Tensor()};
-                   });
+                   },
+                   SavedValues::none().input_for(0, {1}).input(1));
 }
 
 Tensor neg(const Tensor& x) {
   return record_op("neg", unary_forward(x, "neg", [](auto v) { return -v; }), {x},
-                   [](const BackwardContext& c) { return G{neg(c.grad)}; });
+                   [](const BackwardContext& c) { return G{neg(c.grad)}; }, SavedValues::none());
 }
 
 Tensor pow(const Tensor& x, double p) {
@@ -114,7 +118,7 @@ Tensor pow(const Tensor& x, double p) {
     if (p == 1.0) return G{c.grad};
     if (p == 2.0) return G{c.grad * c.inputs[0] * 2.0};
     return G{c.grad * pow(c.inputs[0], p - 1.0) * p};
-  });
+  }, SavedValues::none().input(0));
 }
 
 Tensor pow(const Tensor& a, const Tensor& b) {
@@ -123,7 +127,7 @@ Tensor pow(const Tensor& a, const Tensor& b) {
     const Tensor &a = c.inputs[0], &b = c.inputs[1];
     return G{c.needs[0] ? c.grad * b * pow(a, b - 1.0) : Tensor(),
              c.needs[1] ? c.grad * c.output * log(a) : Tensor()};
-  });
+  }, SavedValues::none().input(0).input_for(1, {0}).output());
 }
 
 Tensor square(const Tensor& x) { return pow(x, 2.0); }
@@ -133,29 +137,30 @@ Tensor reciprocal(const Tensor& x) { return 1.0 / x; }
 // ---- transcendental
 Tensor exp(const Tensor& x) {
   return record_op("exp", unary_forward(x, "exp", backend::Eltwise::Exp, [](auto v) { return std::exp(v); }), {x},
-                   [](const BackwardContext& c) { return G{c.grad * c.output}; });
+                   [](const BackwardContext& c) { return G{c.grad * c.output}; }, SavedValues::none().output());
 }
 
 Tensor log(const Tensor& x) {
   return record_op("log", unary_forward(x, "log", backend::Eltwise::Log, [](auto v) { return std::log(v); }), {x},
-                   [](const BackwardContext& c) { return G{c.grad / c.inputs[0]}; });
+                   [](const BackwardContext& c) { return G{c.grad / c.inputs[0]}; }, SavedValues::none().input(0));
 }
 
 Tensor log1p(const Tensor& x) {
   return record_op("log1p", unary_forward(x, "log1p", [](auto v) { return std::log1p(v); }), {x},
-                   [](const BackwardContext& c) { return G{c.grad / (c.inputs[0] + 1.0)}; });
+                   [](const BackwardContext& c) { return G{c.grad / (c.inputs[0] + 1.0)}; }, SavedValues::none().input(0));
 }
 
 Tensor sqrt(const Tensor& x) {
   return record_op("sqrt", unary_forward(x, "sqrt", backend::Eltwise::Sqrt, [](auto v) { return std::sqrt(v); }), {x},
-                   [](const BackwardContext& c) { return G{c.grad / (c.output * 2.0)}; });
+                   [](const BackwardContext& c) { return G{c.grad / (c.output * 2.0)}; }, SavedValues::none().output());
 }
 
 Tensor rsqrt(const Tensor& x) {
   return record_op("rsqrt", unary_forward(x, "rsqrt", [](auto v) { return 1 / std::sqrt(v); }), {x},
                    [](const BackwardContext& c) {
                      return G{c.grad * c.output * c.output * c.output * -0.5};
-                   });
+                   },
+                   SavedValues::none().output());
 }
 
 Tensor sign(const Tensor& x) {
@@ -164,17 +169,17 @@ Tensor sign(const Tensor& x) {
 
 Tensor abs(const Tensor& x) {
   return record_op("abs", unary_forward(x, "abs", backend::Eltwise::Abs, [](auto v) { return std::abs(v); }), {x},
-                   [](const BackwardContext& c) { return G{c.grad * sign(c.inputs[0])}; });
+                   [](const BackwardContext& c) { return G{c.grad * sign(c.inputs[0])}; }, SavedValues::none().input(0));
 }
 
 Tensor sin(const Tensor& x) {
   return record_op("sin", unary_forward(x, "sin", [](auto v) { return std::sin(v); }), {x},
-                   [](const BackwardContext& c) { return G{c.grad * cos(c.inputs[0])}; });
+                   [](const BackwardContext& c) { return G{c.grad * cos(c.inputs[0])}; }, SavedValues::none().input(0));
 }
 
 Tensor cos(const Tensor& x) {
   return record_op("cos", unary_forward(x, "cos", [](auto v) { return std::cos(v); }), {x},
-                   [](const BackwardContext& c) { return G{neg(c.grad * sin(c.inputs[0]))}; });
+                   [](const BackwardContext& c) { return G{neg(c.grad * sin(c.inputs[0]))}; }, SavedValues::none().input(0));
 }
 
 Tensor erf(const Tensor& x) {
@@ -182,14 +187,16 @@ Tensor erf(const Tensor& x) {
                    [](const BackwardContext& c) {
                      // d erf / dx = 2/sqrt(pi) exp(-x^2)
                      return G{c.grad * exp(neg(square(c.inputs[0]))) * (2.0 * kInvSqrt2Pi * M_SQRT2)};
-                   });
+                   },
+                   SavedValues::none().input(0));
 }
 
 Tensor tanh(const Tensor& x) {
   return record_op("tanh", unary_forward(x, "tanh", backend::Eltwise::Tanh, [](auto v) { return std::tanh(v); }), {x},
                    [](const BackwardContext& c) {
                      return G{c.grad * (1.0 - c.output * c.output)};
-                   });
+                   },
+                   SavedValues::none().output());
 }
 
 Tensor sigmoid(const Tensor& x) {
@@ -199,13 +206,13 @@ Tensor sigmoid(const Tensor& x) {
   });
   return record_op("sigmoid", out, {x}, [](const BackwardContext& c) {
     return G{c.grad * c.output * (1.0 - c.output)};
-  });
+  }, SavedValues::none().output());
 }
 
 // ---- activations
 Tensor relu(const Tensor& x) {
   return record_op("relu", unary_forward(x, "relu", backend::Eltwise::Relu, [](auto v) { return v > 0 ? v : decltype(v)(0); }),
-                   {x}, [](const BackwardContext& c) { return G{relu_backward(c.grad, c.inputs[0])}; });
+                   {x}, [](const BackwardContext& c) { return G{relu_backward(c.grad, c.inputs[0])}; }, SavedValues::none().input(0));
 }
 
 // g where x > 0, else 0: ReLU's backward in one pass (no mask tensor, no second multiply).
@@ -217,7 +224,7 @@ Tensor relu_backward(const Tensor& g, const Tensor& x) {
   Tensor out = binary_forward(g, x, "relu_backward", [](auto gv, auto v) { return v > 0 ? gv : decltype(gv)(0); });
   return record_op("relu_backward", out, {g, x}, [](const BackwardContext& c) {
     return G{c.needs[0] ? relu_backward(c.grad, c.inputs[1]) : Tensor(), Tensor()};
-  });
+  }, SavedValues::none().input_for(1, {0}));
 }
 
 Tensor gelu(const Tensor& x, std::string_view approximate) {
@@ -233,7 +240,7 @@ Tensor gelu(const Tensor& x, std::string_view approximate) {
     using T = decltype(v);
     return static_cast<T>(0.5) * v * (T(1) + std::erf(v * static_cast<T>(kInvSqrt2)));
   });
-  return record_op("gelu", out, {x}, [](const BackwardContext& c) { return G{gelu_backward(c.grad, c.inputs[0])}; });
+  return record_op("gelu", out, {x}, [](const BackwardContext& c) { return G{gelu_backward(c.grad, c.inputs[0])}; }, SavedValues::none().input(0));
 }
 
 // g * gelu'(x) with gelu'(x) = Phi(x) + x phi(x): one fused pass (oneDNN's GELU backward on
@@ -247,6 +254,7 @@ Tensor gelu_backward(const Tensor& g, const Tensor& x) {
     backend::eltwise_backward_fast(backend::Eltwise::GeluErf, x.data_ptr<float>(), g.data_ptr<float>(),
                                    out.data_ptr<float>(), x.numel());
   } else {
+    backend::count_path(backend::Primitive::Eltwise, backend::Path::Reference);
     out = binary_forward(g, x, "gelu_backward", [](auto gv, auto v) {
       using T = decltype(v);
       const T cdf = T(0.5) * (T(1) + std::erf(v * static_cast<T>(kInvSqrt2)));
@@ -260,7 +268,7 @@ Tensor gelu_backward(const Tensor& g, const Tensor& x) {
     // d/dg = gelu'(x) = Phi(x) + x phi(x);  d/dx = g * gelu''(x) = g * phi(x) (2 - x^2)
     return G{c.needs[0] ? c.grad * ((erf(x * kInvSqrt2) + 1.0) * 0.5 + x * pdf) : Tensor(),
              c.needs[1] ? c.grad * c.inputs[0] * pdf * (2.0 - square(x)) : Tensor()};
-  });
+  }, SavedValues::none().input_for(0, {1}).input(1));
 }
 
 Tensor silu(const Tensor& x) { return x * sigmoid(x); }
@@ -278,7 +286,7 @@ Tensor softplus(const Tensor& x, double beta, double threshold) {
     const Tensor& x = c.inputs[0];
     Tensor linear = (x * beta) > threshold;
     return G{c.grad * (linear + (1.0 - linear) * sigmoid(x * beta))};
-  });
+  }, SavedValues::none().input(0));
 }
 
 Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
@@ -291,7 +299,7 @@ Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi
   return record_op("clamp", out, {x}, [l, h](const BackwardContext& c) {
     const Tensor& x = c.inputs[0];
     return G{c.grad * ((x >= l) * (x <= h))};
-  });
+  }, SavedValues::none().input(0));
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
@@ -323,7 +331,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
     const Tensor& mask = c.inputs[2];
     return G{c.needs[0] ? c.grad * mask : Tensor(), c.needs[1] ? c.grad * (1.0 - mask) : Tensor(),
              Tensor()};
-  });
+  }, SavedValues::none().input(2));  // the mask only
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, double b) { return where(cond, a, detail::scalar_like(b, a)); }
@@ -333,7 +341,7 @@ Tensor maximum(const Tensor& a, const Tensor& b) {
   return record_op("maximum", out, {a, b}, [](const BackwardContext& c) {
     Tensor m = c.inputs[0] >= c.inputs[1];
     return G{c.needs[0] ? c.grad * m : Tensor(), c.needs[1] ? c.grad * (1.0 - m) : Tensor()};
-  });
+  }, SavedValues::none().input(0).input(1));
 }
 
 Tensor minimum(const Tensor& a, const Tensor& b) {
@@ -341,7 +349,7 @@ Tensor minimum(const Tensor& a, const Tensor& b) {
   return record_op("minimum", out, {a, b}, [](const BackwardContext& c) {
     Tensor m = c.inputs[0] <= c.inputs[1];
     return G{c.needs[0] ? c.grad * m : Tensor(), c.needs[1] ? c.grad * (1.0 - m) : Tensor()};
-  });
+  }, SavedValues::none().input(0).input(1));
 }
 
 Tensor isfinite(const Tensor& x) {

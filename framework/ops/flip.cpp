@@ -56,7 +56,8 @@ Tensor flip(const Tensor& x, const Dims& dims) {
     strides[d] = -strides[d];
   }
   Tensor out = copy_view(x, x.shape(), strides, offset);
-  return record_op("flip", out, {x}, [dims](const BackwardContext& c) { return G{flip(c.grad, dims)}; });
+  return record_op("flip", out, {x}, [dims](const BackwardContext& c) { return G{flip(c.grad, dims)}; },
+                   SavedValues::none());
 }
 
 Tensor rot90(const Tensor& x, int64_t k, const Dims& dims) {
@@ -97,7 +98,8 @@ Tensor rot90(const Tensor& x, int64_t k, const Dims& dims) {
   Tensor out = copy_view(x, shape, strides, offset);
   const Dims dd = dims;
   return record_op("rot90", out, {x},
-                   [k, dd](const BackwardContext& c) { return G{rot90(c.grad, -k, dd)}; });
+                   [k, dd](const BackwardContext& c) { return G{rot90(c.grad, -k, dd)}; },
+                   SavedValues::none());
 }
 
 }  // namespace kern

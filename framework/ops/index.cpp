@@ -53,9 +53,11 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   });
   if (!is_floating(x.dtype())) return out;
   const Shape in_shape = x.shape();
-  return record_op("index_select", out, {x}, [dim, index, in_shape](const BackwardContext& c) {
-    return G{index_add(zeros(in_shape, c.grad.dtype()), dim, index, c.grad)};
-  });
+  // The index is an input (never differentiated) so that writing into it after the forward
+  // makes backward fail instead of scattering to the wrong rows.
+  return record_op("index_select", out, {x, index}, [dim, in_shape](const BackwardContext& c) {
+    return G{index_add(zeros(in_shape, c.grad.dtype()), dim, c.inputs[1], c.grad), Tensor()};
+  }, SavedValues::none().input(1));
 }
 
 Tensor index_add(const Tensor& self, int64_t dim, const Tensor& index, const Tensor& src) {
@@ -89,9 +91,9 @@ Tensor index_add(const Tensor& self, int64_t dim, const Tensor& index, const Ten
         for (int64_t i = 0; i < a.inner; ++i) dst[i] += row[i];
       }
   });
-  return record_op("index_add", out, {self, src}, [dim, index](const BackwardContext& c) {
-    return G{c.grad, c.needs[1] ? index_select(c.grad, dim, index) : Tensor()};
-  });
+  return record_op("index_add", out, {self, src, index}, [dim](const BackwardContext& c) {
+    return G{c.grad, c.needs[1] ? index_select(c.grad, dim, c.inputs[2]) : Tensor(), Tensor()};
+  }, SavedValues::none().input_for(2, {1}));
 }
 
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
@@ -129,9 +131,9 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
   });
   if (!is_floating(x.dtype())) return out;
   const Shape in_shape = x.shape();
-  return record_op("gather", out, {x}, [dim, index, in_shape](const BackwardContext& c) {
-    return G{scatter_add(zeros(in_shape, c.grad.dtype()), dim, index, c.grad)};
-  });
+  return record_op("gather", out, {x, index}, [dim, in_shape](const BackwardContext& c) {
+    return G{scatter_add(zeros(in_shape, c.grad.dtype()), dim, c.inputs[1], c.grad), Tensor()};
+  }, SavedValues::none().input(1));
 }
 
 Tensor scatter_add(const Tensor& self, int64_t dim, const Tensor& index, const Tensor& src) {
@@ -197,9 +199,9 @@ Tensor scatter_add(const Tensor& self, int64_t dim, const Tensor& index, const T
       }
     }
   });
-  return record_op("scatter_add", out, {self, src}, [dim, index](const BackwardContext& c) {
-    return G{c.grad, c.needs[1] ? gather(c.grad, dim, index) : Tensor()};
-  });
+  return record_op("scatter_add", out, {self, src, index}, [dim](const BackwardContext& c) {
+    return G{c.grad, c.needs[1] ? gather(c.grad, dim, c.inputs[2]) : Tensor(), Tensor()};
+  }, SavedValues::none().input_for(2, {1}));
 }
 
 Tensor one_hot(const Tensor& labels, int64_t num_classes, DType dtype) {

@@ -64,7 +64,7 @@ Tensor mm(const Tensor& a, const Tensor& b) {
   return record_op("mm", out, {a, b}, [](const BackwardContext& c) {
     return G{c.needs[0] ? mm(c.grad, c.inputs[1].t()) : Tensor(),
              c.needs[1] ? mm(c.inputs[0].t(), c.grad) : Tensor()};
-  });
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
 }
 
 Tensor bmm(const Tensor& a, const Tensor& b) {
@@ -82,7 +82,7 @@ Tensor bmm(const Tensor& a, const Tensor& b) {
   return record_op("bmm", out, {a, b}, [](const BackwardContext& c) {
     return G{c.needs[0] ? bmm(c.grad, transpose(c.inputs[1], 1, 2)) : Tensor(),
              c.needs[1] ? bmm(transpose(c.inputs[0], 1, 2), c.grad) : Tensor()};
-  });
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
 }
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
@@ -155,7 +155,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
             c.needs[1] ? mm(g2.t(), reshape(x, {-1, in})) : Tensor()};
     if (c.inputs.size() == 3) grads.push_back(c.needs[2] ? sum(g2, {0}) : Tensor());
     return grads;
-  });
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
 }
 
 Tensor outer(const Tensor& a, const Tensor& b) {

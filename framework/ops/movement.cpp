@@ -84,7 +84,7 @@ Tensor view(const Tensor& x, const Shape& target) {
              x.shape(), "; use reshape (it copies)");
   const Shape in_shape = x.shape();
   return record_op("view", make_view(x, shape, *st, x.storage_offset()), {x},
-                   [in_shape](const BackwardContext& c) { return G{reshape(c.grad, in_shape)}; });
+                   [in_shape](const BackwardContext& c) { return G{reshape(c.grad, in_shape)}; }, SavedValues::none());
 }
 
 Tensor reshape(const Tensor& x, const Shape& target) {
@@ -100,7 +100,7 @@ Tensor contiguous(const Tensor& x) {
     NoGradGuard ng;
     out.copy_(x);
   }
-  return record_op("contiguous", out, {x}, [](const BackwardContext& c) { return G{c.grad}; });
+  return record_op("contiguous", out, {x}, [](const BackwardContext& c) { return G{c.grad}; }, SavedValues::none());
 }
 
 Tensor permute(const Tensor& x, const Dims& dims) {
@@ -116,7 +116,7 @@ Tensor permute(const Tensor& x, const Dims& dims) {
     strides[i] = x.strides()[d];
   }
   return record_op("permute", make_view(x, shape, strides, x.storage_offset()), {x},
-                   [inverse](const BackwardContext& c) { return G{permute(c.grad, inverse)}; });
+                   [inverse](const BackwardContext& c) { return G{permute(c.grad, inverse)}; }, SavedValues::none());
 }
 
 Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
@@ -145,7 +145,8 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
                      pads[2 * (nd - 1 - dim)] = start;
                      pads[2 * (nd - 1 - dim) + 1] = n - start - length;
                      return G{pad(c.grad, pads)};
-                   });
+                   },
+                   SavedValues::none());
 }
 
 Tensor select(const Tensor& x, int64_t dim, int64_t index) {
@@ -177,7 +178,7 @@ Tensor expand(const Tensor& x, const Shape& target) {
   if (shape == x.shape()) return x;
   const Shape in_shape = x.shape();
   return record_op("expand", make_view(x, shape, strides, x.storage_offset()), {x},
-                   [in_shape](const BackwardContext& c) { return G{sum_to(c.grad, in_shape)}; });
+                   [in_shape](const BackwardContext& c) { return G{sum_to(c.grad, in_shape)}; }, SavedValues::none());
 }
 
 Tensor squeeze(const Tensor& x, int64_t dim) {
@@ -249,7 +250,7 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
       at += sizes[i];
     }
     return g;
-  });
+  }, SavedValues::none());
 }
 
 Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
@@ -324,7 +325,7 @@ Tensor pad(const Tensor& x, const std::vector<int64_t>& pads, double value) {
     for (size_t d = 0; d < in_shape.size(); ++d)
       if (g.shape()[d] != in_shape[d]) g = narrow(g, static_cast<int64_t>(d), before[d], in_shape[d]);
     return G{g};
-  });
+  }, SavedValues::none());
 }
 
 }  // namespace kern

@@ -6,9 +6,13 @@
 //   dx = rstd * (gy_hat - mean(gy_hat) - x_hat * mean(gy_hat * x_hat))   (means over the
 //        normalized elements), dweight = sum g * x_hat, dbias = sum g.
 // Eval-mode batch_norm is an affine map per channel, composed from elementwise ops.
-// float32 layer_norm forwards run on oneDNN on the fast backend. A oneDNN training-mode
-// batch_norm forward exists (backend::batch_norm_train_fast, which also returns the batch
-// mean and variance) but is off, see kOneDnnBatchNorm.
+// float32 layer_norm forwards run on oneDNN on the fast backend. batch_norm has one
+// implementation, the loops below, on both backends: oneDNN 2.6 has no jit batch
+// normalization for plain NCHW data, only its generic ncsp kernel, which was slower than
+// these loops when measured (training forward, float32, one thread, min of 40 runs:
+// [8, 64, 32, 32] 0.81 ms vs 0.67, [256, 512] 1.40 vs 0.74, [128, 32, 24, 24] 4.35 vs 3.74,
+// [64, 32, 28, 28] 3.17 vs 2.41; its jit kernel needs NHWC, and transposing costs more than it
+// saves), so it was removed (issue 12).
 #include <kern/autograd.hpp>
 #include <kern/ops.hpp>
 
@@ -22,12 +26,6 @@ namespace kern {
 using G = std::vector<Tensor>;
 
 namespace {
-
-// oneDNN 2.6 has no jit batch normalization for plain NCHW data, only its generic ncsp
-// kernel, which is slower than the loops below: single-threaded forward [8, 64, 32, 32]
-// 1.10 ms vs 0.94 ms, [256, 512] 1.09 vs 0.85, [128, 32, 24, 24] 17.3 vs 13.4 (its jit
-// kernel needs NHWC, and transposing costs more than it saves). Flip this to use it.
-constexpr bool kOneDnnBatchNorm = false;
 
 void check_param(const Tensor& p, const Tensor& x, const Shape& want, const char* op, const char* name) {
   if (!p.defined()) return;
@@ -80,6 +78,7 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
                              bc.defined() ? bc.data_ptr<float>() : nullptr, out.data_ptr<float>(), rows, M,
                              static_cast<float>(eps));
   } else {
+    backend::count_path(backend::Primitive::LayerNorm, backend::Path::Reference);
     detail::dispatch_float(x.dtype(), "layer_norm", [&]<typename T>() {
       const T* p = static_cast<const T*>(xc.raw_data());
       const T* pw = wc.defined() ? static_cast<const T*>(wc.raw_data()) : nullptr;
@@ -112,11 +111,18 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
     NormGrads n = norm_backward(x, c.grad, w, dims, eps, c.needs[0], c.needs[1]);
     // weight / bias gradients are [*, normalized_shape]; the engine sums the leading dims.
     return G{n.gx, n.g_xhat_prod, c.needs[2] ? c.grad : Tensor()};
-  });
+  }, SavedValues::none().input(0).input_for(1, {0}));
 }
 
-Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
-                  const Tensor& bias, bool training, double momentum, double eps) {
+namespace {
+
+// Shapes and argument checks of batch_norm; x is [N, C, *] viewed as [N, C, S].
+struct BatchNormShape {
+  int64_t N, C, S;
+  Shape bshape;  // [C, 1, ..., 1]: per-channel parameters broadcast against [N, C, *]
+};
+BatchNormShape check_batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                                const Tensor& weight, const Tensor& bias, double eps) {
   detail::check_floating(x, "batch_norm");
   KERN_CHECK(x.dim() >= 2, "batch_norm: input must be [N, C, *], got shape ", x.shape());
   const int64_t N = x.shape()[0], C = x.shape()[1];
@@ -129,41 +135,43 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
   KERN_CHECK(running_mean.defined() == running_var.defined(), "batch_norm: running_mean and running_var must ",
              "both be given or both be omitted (input ", x.shape(), ")");
   KERN_CHECK(eps >= 0, "batch_norm: eps must be >= 0, got ", eps);
-  // Per-channel parameters broadcast as [C, 1, ..., 1] against [N, C, *].
   Shape bshape(x.dim() - 1, 1);
   bshape[0] = C;
+  return {N, C, S, bshape};
+}
 
-  if (!training) {
-    KERN_CHECK(running_mean.defined(), "batch_norm: eval mode needs running_mean and running_var (input ",
-               x.shape(), ")");
-    // y = x * scale + shift with scale = weight * rstd, shift = bias - running_mean * scale.
-    Tensor rstd = rsqrt(running_var.detach() + eps);
-    Tensor scale = weight.defined() ? weight * rstd : rstd;
-    Tensor shift = -(running_mean.detach() * scale);
-    if (bias.defined()) shift = shift + bias;
-    return x * reshape(scale, bshape) + reshape(shift, bshape);
-  }
+// Eval mode: y = x * scale + shift with scale = weight * rstd, shift = bias - running_mean *
+// scale, an affine map per channel composed from differentiable ops.
+Tensor batch_norm_eval(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
+                       const Tensor& bias, double eps, const Shape& bshape) {
+  KERN_CHECK(running_mean.defined(), "batch_norm: eval mode needs running_mean and running_var (input ", x.shape(),
+             ")");
+  Tensor rstd = rsqrt(running_var.detach() + eps);
+  Tensor scale = weight.defined() ? weight * rstd : rstd;
+  Tensor shift = -(running_mean.detach() * scale);
+  if (bias.defined()) shift = shift + bias;
+  return x * reshape(scale, bshape) + reshape(shift, bshape);
+}
 
-  const int64_t count = N * S;
-  KERN_CHECK(count > 1, "batch_norm: expected more than 1 value per channel when training, got input ",
-             x.shape());
+// Training-mode forward (no autograd): out = normalized x with the batch statistics, and
+// each channel's batch mean and biased variance (computed in double, two passes).
+struct BatchStats {
+  Tensor out;
+  std::vector<double> mean, var;
+};
+BatchStats batch_norm_train_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+                                    const BatchNormShape& sh) {
+  const int64_t N = sh.N, C = sh.C, S = sh.S, count = N * S;
   Tensor xc = contiguous(x.detach());
   Tensor wc = weight.defined() ? contiguous(weight.detach()) : Tensor();
   Tensor bc = bias.defined() ? contiguous(bias.detach()) : Tensor();
-  Tensor out = empty(x.shape(), x.dtype());
-  std::vector<double> mean_c(C), var_c(C);  // batch mean and biased variance
-  if (kOneDnnBatchNorm && backend::use_fast(x.dtype()) && x.numel() > 0) {
-    std::vector<float> m(C), v(C);
-    backend::batch_norm_train_fast(xc.data_ptr<float>(), wc.defined() ? wc.data_ptr<float>() : nullptr,
-                                   bc.defined() ? bc.data_ptr<float>() : nullptr, out.data_ptr<float>(), m.data(),
-                                   v.data(), N, C, S, static_cast<float>(eps));
-    mean_c.assign(m.begin(), m.end());
-    var_c.assign(v.begin(), v.end());
-  } else detail::dispatch_float(x.dtype(), "batch_norm", [&]<typename T>() {
+  BatchStats r{empty(x.shape(), x.dtype()), std::vector<double>(C), std::vector<double>(C)};
+  std::vector<double>&mean_c = r.mean, &var_c = r.var;
+  detail::dispatch_float(x.dtype(), "batch_norm", [&]<typename T>() {
     const T* p = static_cast<const T*>(xc.raw_data());
     const T* pw = wc.defined() ? static_cast<const T*>(wc.raw_data()) : nullptr;
     const T* pb = bc.defined() ? static_cast<const T*>(bc.raw_data()) : nullptr;
-    T* o = static_cast<T*>(out.raw_data());
+    T* o = static_cast<T*>(r.out.raw_data());
     // x viewed as [N, C, S]: statistics per channel (parallel over channels), two passes.
 #pragma omp parallel for schedule(static) if (C > 1 && x.numel() > (1 << 14))
     for (int64_t c = 0; c < C; ++c) {
@@ -192,28 +200,46 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
       for (int64_t i = 0; i < S; ++i) yr[i] = row[i] * scale + shift;
     }
   });
+  return r;
+}
 
-  if (running_mean.defined()) {
-    // PyTorch: running = (1 - momentum) * running + momentum * batch, with the unbiased
-    // batch variance; in place, outside autograd.
-    NoGradGuard ng;
-    std::vector<double> unbiased(C);
-    for (int64_t c = 0; c < C; ++c) unbiased[c] = var_c[c] * static_cast<double>(count) / static_cast<double>(count - 1);
-    Tensor bm = from_vector<double>(mean_c, cshape).to(x.dtype());
-    Tensor bv = from_vector<double>(unbiased, cshape).to(x.dtype());
-    Tensor rm = running_mean, rv = running_var;  // handles to the caller's buffers
-    rm.copy_(rm * (1.0 - momentum) + bm * momentum);
-    rv.copy_(rv * (1.0 - momentum) + bv * momentum);
-  }
+// PyTorch: running = (1 - momentum) * running + momentum * batch, with the unbiased batch
+// variance; in place (bumping the buffers' versions), outside autograd.
+void update_running_stats(const Tensor& running_mean, const Tensor& running_var, const BatchStats& stats,
+                          int64_t count, double momentum, DType dtype) {
+  NoGradGuard ng;
+  const int64_t C = static_cast<int64_t>(stats.mean.size());
+  std::vector<double> unbiased(C);
+  for (int64_t c = 0; c < C; ++c)
+    unbiased[c] = stats.var[c] * static_cast<double>(count) / static_cast<double>(count - 1);
+  Tensor bm = from_vector<double>(stats.mean, {C}).to(dtype);
+  Tensor bv = from_vector<double>(unbiased, {C}).to(dtype);
+  Tensor rm = running_mean, rv = running_var;  // handles to the caller's buffers
+  rm.copy_(rm * (1.0 - momentum) + bm * momentum);
+  rv.copy_(rv * (1.0 - momentum) + bv * momentum);
+}
+
+}  // namespace
+
+Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
+                  const Tensor& bias, bool training, double momentum, double eps) {
+  const BatchNormShape sh = check_batch_norm(x, running_mean, running_var, weight, bias, eps);
+  if (!training) return batch_norm_eval(x, running_mean, running_var, weight, bias, eps, sh.bshape);
+  const int64_t count = sh.N * sh.S;
+  KERN_CHECK(count > 1, "batch_norm: expected more than 1 value per channel when training, got input ",
+             x.shape());
+  BatchStats stats = batch_norm_train_forward(x, weight, bias, eps, sh);
+  if (running_mean.defined()) update_running_stats(running_mean, running_var, stats, count, momentum, x.dtype());
 
   Dims dims{0};
   for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
-  return record_op("batch_norm", out, {x, weight, bias}, [dims, bshape, eps](const BackwardContext& c) {
+  const Shape bshape = sh.bshape;
+  return record_op("batch_norm", stats.out, {x, weight, bias}, [dims, bshape, eps](const BackwardContext& c) {
     const Tensor &x = c.inputs[0], &w = c.inputs[1];
     NormGrads n = norm_backward(x, c.grad, w.defined() ? reshape(w, bshape) : Tensor(), dims, eps, c.needs[0],
                                 c.needs[1]);
     return G{n.gx, c.needs[1] ? sum(n.g_xhat_prod, dims) : Tensor(), c.needs[2] ? sum(c.grad, dims) : Tensor()};
-  });
+  }, SavedValues::none().input(0).input_for(1, {0}));
 }
 
 }  // namespace kern

@@ -148,6 +148,7 @@ Tensor avg_pool_apply(const PoolGeom& g, const Tensor& src, bool adjoint) {
   Tensor sc = contiguous(src.detach());
   Tensor out = adjoint ? zeros({g.N, g.C, g.H, g.W}, src.dtype()) : empty({g.N, g.C, g.Ho, g.Wo}, src.dtype());
   if (!adjoint && avg_forward_fast(g, sc, out)) return out;
+  if (!adjoint) backend::count_path(backend::Primitive::AvgPool2d, backend::Path::Reference);
   detail::dispatch_float(src.dtype(), adjoint ? "avg_pool2d_backward" : "avg_pool2d", [&]<typename T>() {
     const T* in = sc.template data_ptr<T>();
     T* o = out.template data_ptr<T>();
@@ -180,14 +181,14 @@ Tensor avg_adjoint(const Tensor& grad_out, const PoolGeom& g);
 Tensor avg_forward(const Tensor& x, const PoolGeom& g) {
   Tensor out = avg_pool_apply(g, x, false);
   return record_op(g.adaptive ? "adaptive_avg_pool2d" : "avg_pool2d", out, {x},
-                   [g](const BackwardContext& c) { return G{avg_adjoint(c.grad, g)}; });
+                   [g](const BackwardContext& c) { return G{avg_adjoint(c.grad, g)}; }, SavedValues::none());
 }
 
 // A^T as an op: grad_out [N, C, Ho, Wo] -> [N, C, H, W]; its backward is avg_forward.
 Tensor avg_adjoint(const Tensor& grad_out, const PoolGeom& g) {
   Tensor out = avg_pool_apply(g, grad_out, true);
   return record_op(g.adaptive ? "adaptive_avg_pool2d_backward" : "avg_pool2d_backward", out, {grad_out},
-                   [g](const BackwardContext& c) { return G{avg_forward(c.grad, g)}; });
+                   [g](const BackwardContext& c) { return G{avg_forward(c.grad, g)}; }, SavedValues::none());
 }
 
 }  // namespace
@@ -201,6 +202,7 @@ Tensor max_pool2d(const Tensor& x, const Pool2dParams& params) {
   const bool fast = backend::use_fast(x.dtype()) && out.numel() > 0 && xc.numel() > 0 &&
                     backend::max_pool2d_fast(backend_geometry(g), xc.data_ptr<float>(), out.data_ptr<float>(),
                                              idx.data_ptr<int64_t>());
+  if (!fast) backend::count_path(backend::Primitive::MaxPool2d, backend::Path::Reference);
   if (!fast) detail::dispatch_float(x.dtype(), "max_pool2d", [&]<typename T>() {
     const T* in = xc.template data_ptr<T>();
     T* o = out.template data_ptr<T>();
@@ -258,7 +260,7 @@ Tensor max_pool2d(const Tensor& x, const Pool2dParams& params) {
     Tensor gy = c.grad.reshape({N, C, -1});
     Tensor plane = zeros({N, C, in_shape[2] * in_shape[3]}, c.grad.dtype());
     return G{scatter_add(plane, 2, flat_idx, gy).reshape(in_shape)};
-  });
+  }, SavedValues::none());  // the indices are the op's own (not returned)
 }
 
 Tensor avg_pool2d(const Tensor& x, const Pool2dParams& params) {

@@ -138,12 +138,14 @@ ValuesIndices extreme_dim(const Tensor& x, int64_t dim, bool keepdim, const char
   const int64_t d = dim;
   Tensor idx_keep = kd ? indices : unsqueeze(indices, d);
   if (x.dim() == 0) idx_keep = reshape(indices, {});
-  values = record_op(IsMax ? "max" : "min", values, {x}, [d, kd, idx_keep](const BackwardContext& c) {
+  // The indices (which the caller also gets) are an input, so writing into them after the
+  // forward makes backward fail instead of routing the gradient to the wrong elements.
+  values = record_op(IsMax ? "max" : "min", values, {x, idx_keep}, [d, kd](const BackwardContext& c) {
     const Tensor& in = c.inputs[0];
-    if (in.dim() == 0) return G{c.grad};
+    if (in.dim() == 0) return G{c.grad, Tensor()};
     Tensor g = kd ? c.grad : unsqueeze(c.grad, d);
-    return G{scatter_add(zeros_like(in), d, idx_keep, g)};
-  });
+    return G{scatter_add(zeros_like(in), d, c.inputs[1], g), Tensor()};
+  }, SavedValues::none().input(1));
   return {values, indices};
 }
 
@@ -163,7 +165,7 @@ Tensor sum(const Tensor& x, const Dims& dims, bool keepdim) {
       g = reshape(g, s);
     }
     return G{expand(g, in_shape)};
-  });
+  }, SavedValues::none());
 }
 
 Tensor mean(const Tensor& x, const Dims& dims, bool keepdim) {

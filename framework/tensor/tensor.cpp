@@ -5,6 +5,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -125,7 +126,7 @@ Tensor Tensor::clone() const {
   out.copy_(*this);
   return record_op("clone", out, {*this}, [](const BackwardContext& c) {
     return std::vector<Tensor>{c.grad};
-  });
+  }, SavedValues::none());
 }
 
 Tensor Tensor::to(DType target) const {
@@ -139,19 +140,95 @@ Tensor Tensor::to(DType target) const {
   const DType source = dtype();
   return record_op("to", out, {*this}, [source](const BackwardContext& c) {
     return std::vector<Tensor>{c.grad.to(source)};
-  });
+  }, SavedValues::none());
 }
 
+uint64_t Tensor::version() const {
+  const auto& st = impl().storage;
+  return st ? st->version.load(std::memory_order_relaxed) : 0;
+}
+
+void Tensor::bump_version() const {
+  if (const auto& st = impl().storage) st->version.fetch_add(1, std::memory_order_relaxed);
+}
+
+namespace {
+
+// copy_ and fill_ are not recorded by autograd: writing into a tensor that requires grad
+// while grad mode is on would leave its graph describing values it no longer holds.
+void check_inplace_grad_mode(const Tensor& t, const char* op) {
+  if (!t.requires_grad() || !grad_mode_enabled()) return;
+  KERN_CHECK(!t.is_leaf(), op, ": in-place write into a leaf that requires grad (", t.dtype(), " ", t.shape(),
+             "); wrap it in NoGradGuard (initialization, optimizer updates) as in PyTorch");
+  throw Error(fmt::format("{}: in-place write into a tensor that requires grad ({} {}, produced by op '{}') while "
+                          "grad mode is on; kern's {} is not recorded by autograd: wrap it in NoGradGuard, or build "
+                          "the new value with differentiable ops",
+                          op, t.dtype(), t.shape(), t.grad_fn()->name(), op));
+}
+
+// Can two elements of `t` share a memory location? Exact for kern's views (all come from a
+// dense layout by permute / narrow / select / view / expand): after sorting the dims of size
+// > 1 by stride, each stride must exceed the extent of the smaller ones.
+bool has_internal_overlap(const Tensor& t) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size)
+  for (int64_t d = 0; d < t.dim(); ++d)
+    if (t.shape()[d] > 1) dims.emplace_back(std::abs(t.strides()[d]), t.shape()[d]);
+  std::sort(dims.begin(), dims.end());
+  int64_t extent = 0;  // max element offset spanned by the dims so far
+  for (auto [stride, size] : dims) {
+    if (stride <= extent) return true;
+    extent += stride * (size - 1);
+  }
+  return false;
+}
+
+// The byte range [lo, hi) that `t`'s elements occupy in its storage (empty for no elements).
+std::pair<int64_t, int64_t> byte_range(const Tensor& t) {
+  if (t.numel() == 0) return {0, 0};
+  const int64_t es = static_cast<int64_t>(dtype_size(t.dtype()));
+  int64_t lo = t.storage_offset(), hi = t.storage_offset();
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    const int64_t span = t.strides()[d] * (t.shape()[d] - 1);
+    (span < 0 ? lo : hi) += span;
+  }
+  return {lo * es, (hi + 1) * es};
+}
+
+bool memory_overlaps(const Tensor& a, const Tensor& b) {
+  if (!a.shares_storage(b)) return false;
+  auto [alo, ahi] = byte_range(a);
+  auto [blo, bhi] = byte_range(b);
+  return alo < bhi && blo < ahi;
+}
+
+bool same_view(const Tensor& a, const Tensor& b) {
+  return a.shares_storage(b) && a.dtype() == b.dtype() && a.storage_offset() == b.storage_offset() &&
+         a.shape() == b.shape() && a.strides() == b.strides();
+}
+
+}  // namespace
+
 Tensor& Tensor::copy_(const Tensor& src) {
-  KERN_CHECK(!(requires_grad() && is_leaf() && grad_mode_enabled()),
-             "copy_: in-place write into a leaf that requires grad; wrap it in NoGradGuard");
+  check_inplace_grad_mode(*this, "copy_");
   Shape bs = broadcast_shapes(src.shape(), shape(), "copy_");
   KERN_CHECK(bs == shape(), "copy_: source of shape ", src.shape(), " does not broadcast to ", shape());
+  KERN_CHECK(!has_internal_overlap(*this), "copy_: the destination (", dtype(), " ", shape(), ", strides ",
+             fmt::format("{}", fmt::join(strides(), ", ")), ") has elements that share memory (an expand()ed view?); which source "
+             "element would win is undefined: copy into a contiguous() tensor instead");
+  bump_version();
+  if (same_view(*this, src)) return *this;  // x.copy_(x): nothing to move
+  // A source overlapping the destination would be overwritten while it is read: read it
+  // from a temporary (PyTorch 1.13 raises here instead).
+  Tensor from = src;
+  if (memory_overlaps(*this, src)) {
+    from = empty(src.shape(), src.dtype());
+    from.copy_(src.detach());
+  }
   detail::dispatch_all(dtype(), [&]<typename TO>() {
-    detail::dispatch_all(src.dtype(), [&]<typename TI>() {
+    detail::dispatch_all(from.dtype(), [&]<typename TI>() {
       TO* o = static_cast<TO*>(raw_data());
-      const TI* s = static_cast<const TI*>(src.raw_data());
-      detail::StridedLoop<2> loop(shape(), {strides(), detail::broadcast_strides(src, shape())});
+      const TI* s = static_cast<const TI*>(from.raw_data());
+      detail::StridedLoop<2> loop(shape(), {strides(), detail::broadcast_strides(from, shape())});
       loop.run([&](const std::array<int64_t, 2>& off, int64_t n, const std::array<int64_t, 2>& st) {
         for (int64_t i = 0; i < n; ++i) o[off[0] + i * st[0]] = static_cast<TO>(s[off[1] + i * st[1]]);
       });
@@ -161,6 +238,8 @@ Tensor& Tensor::copy_(const Tensor& src) {
 }
 
 Tensor& Tensor::fill_(double value) {
+  check_inplace_grad_mode(*this, "fill_");
+  bump_version();
   detail::dispatch_all(dtype(), [&]<typename T>() {
     T* o = static_cast<T*>(raw_data());
     const T v = static_cast<T>(value);

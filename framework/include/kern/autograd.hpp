@@ -8,14 +8,65 @@
 // create_graph = true records a graph of the backward pass itself: derivatives of any order
 // are exact. Gradients returned for broadcast inputs are reduced to the input's shape once,
 // in the engine (sum_to), never inside an op.
+//
+// In-place writes and saved tensors (PyTorch's version counters). Every tensor's storage
+// carries a version that each in-place write bumps: copy_, fill_, the nn::init functions,
+// optimizer steps (also under NoGradGuard), BatchNorm's running-stat update, and anything
+// that calls Tensor::bump_version(). Views and detach() share it (they share the storage).
+// record_op notes the version of each input and of the output; before a node's backward
+// runs, the engine compares the current versions of the tensors that backward *reads* with
+// the noted ones and throws a kern::Error naming the op, the input (index, dtype, shape) or
+// the output, and both versions, instead of computing a gradient from overwritten values.
+// What a backward reads is declared per op with SavedValues (default: every input and the
+// output, always safe); ops whose backward only uses shapes (add, sub, views, sum, cat, ...)
+// declare none(), so writing into their inputs afterwards is fine, as in PyTorch. An input
+// can be read only for another input's gradient (mul, mm, conv2d: x is read only for the
+// weight's gradient); it is then checked only when that gradient is computed. Consequences:
+//   - opt.step() after backward() is fine; between forward and backward it throws if an op
+//     whose backward reads the parameter (matmul by another tensor that needs a gradient,
+//     conv2d's input gradient, mul, ...) recorded it;
+//   - BatchNorm's running statistics are not read by the training-mode backward;
+//   - in eval mode the backward reads running_mean (the weight's gradient depends on it),
+//     so updating the statistics between that forward and its backward throws.
 #include <kern/tensor.hpp>
 
+#include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace kern {
 
+/// Which recorded values a backward function reads (beyond shapes and dtypes): only these
+/// are checked for in-place modification before it runs (see the file comment).
+class SavedValues {
+ public:
+  /// Every input and the output (record_op's default: right for any backward).
+  static SavedValues all() { return SavedValues(true); }
+  /// Nothing: the backward uses only the incoming gradient and shapes (add, views, sum, ...).
+  static SavedValues none() { return SavedValues(false); }
+  /// inputs[j]'s values are read whenever the backward runs.
+  SavedValues& input(size_t j) { return input_for(j, {}); }
+  /// inputs[j]'s values are read only to compute the gradients of `for_grads` (input
+  /// indices < 64); empty means always. mul(a, b): input_for(0, {1}).input_for(1, {0}).
+  SavedValues& input_for(size_t j, std::initializer_list<size_t> for_grads);
+  /// The output's values are read (exp, tanh, sigmoid, softmax, ...).
+  SavedValues& output() {
+    output_ = true;
+    return *this;
+  }
+  /// Does a backward that computes the gradients flagged in `needs` read inputs[j]?
+  bool reads_input(size_t j, const std::vector<bool>& needs) const;
+  bool reads_output() const { return all_ || output_; }
+
+ private:
+  explicit SavedValues(bool all) : all_(all) {}
+  bool all_;
+  bool output_ = false;
+  std::vector<std::pair<size_t, uint64_t>> reads_;  // (input, mask of gradients; ~0 = always)
+};
 /// What a backward function receives.
 struct BackwardContext {
   const Tensor& grad;                 // d loss / d output, shaped like the output
@@ -30,8 +81,8 @@ using BackwardFn = std::function<std::vector<Tensor>(const BackwardContext&)>;
 
 class Node {
  public:
-  Node(std::string op, std::vector<Tensor> inputs, BackwardFn fn, uint64_t seq)
-      : op_(std::move(op)), inputs_(std::move(inputs)), fn_(std::move(fn)), seq_(seq) {}
+  Node(std::string op, std::vector<Tensor> inputs, BackwardFn fn, uint64_t seq, SavedValues saved)
+      : op_(std::move(op)), inputs_(std::move(inputs)), fn_(std::move(fn)), seq_(seq), saved_(std::move(saved)) {}
   const std::string& name() const { return op_; }
   const std::vector<Tensor>& inputs() const { return inputs_; }
   uint64_t sequence_nr() const { return seq_; }
@@ -39,20 +90,25 @@ class Node {
 
  private:
   friend class Engine;
-  friend Tensor record_op(std::string_view, Tensor, std::vector<Tensor>, BackwardFn);
+  friend Tensor record_op(std::string_view, Tensor, std::vector<Tensor>, BackwardFn, SavedValues);
   std::string op_;
   std::vector<Tensor> inputs_;
   BackwardFn fn_;
   uint64_t seq_;
+  SavedValues saved_;
+  std::vector<uint64_t> input_versions_;  // inputs_[i]'s version when recorded
+  uint64_t output_version_ = 0;
   std::weak_ptr<TensorImpl> output_;
   std::string context_;  // input shapes/dtypes, for error and anomaly messages
 };
 
 /// Records `output` as produced by op `name` from `inputs` when grad mode is on and any
 /// input requires grad; returns `output` (now carrying its grad_fn). Ops call this after
-/// computing their forward result. This is also the public way to add a custom op.
+/// computing their forward result. This is also the public way to add a custom op. `saved`
+/// declares which values the backward reads, for the in-place check (see the file comment);
+/// the default, all(), is always correct and at worst rejects a harmless in-place write.
 Tensor record_op(std::string_view name, Tensor output, std::vector<Tensor> inputs,
-                 BackwardFn backward);
+                 BackwardFn backward, SavedValues saved = SavedValues::all());
 
 struct GradOptions {
   bool retain_graph = false;  // keep the graph for another backward (implied by create_graph)

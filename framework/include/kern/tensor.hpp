@@ -7,6 +7,7 @@
 #include <kern/generator.hpp>
 #include <kern/shape.hpp>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -22,6 +23,10 @@ struct Storage {
   void* data = nullptr;
   std::size_t nbytes = 0;
   std::shared_ptr<void> keepalive;
+  /// Bumped by every in-place write into the buffer (copy_, fill_, init functions, optimizer
+  /// steps); shared by every view and detach() of it, as PyTorch's version counter. Autograd
+  /// compares it with the value it saw when an op recorded the tensor (see autograd.hpp).
+  std::atomic<uint64_t> version{0};
   /// A fresh 64-byte-aligned buffer (contents uninitialized).
   static std::shared_ptr<Storage> allocate(std::size_t nbytes);
 };
@@ -89,16 +94,30 @@ class Tensor {
   /// Reverse-mode differentiation from this tensor into every leaf's .grad.
   void backward(const Tensor& grad_output = {}, bool retain_graph = false,
                 bool create_graph = false) const;
-  /// Same data, cut from the graph.
+  /// Same data, cut from the graph (it shares the version counter, like every view).
   Tensor detach() const;
+  /// The in-place version counter of this tensor's storage (PyTorch's `_version`): every
+  /// in-place write into any view of the storage increments it.
+  uint64_t version() const;
+  /// Marks the storage as modified in place. kern's own in-place writes call it; code that
+  /// writes through data_ptr() into a tensor that an op may have recorded must call it too,
+  /// so that a backward reading the old values fails instead of computing a wrong gradient.
+  void bump_version() const;
 
   // ---- conversion and copies
   Tensor to(DType dtype) const;
   Tensor contiguous() const;
   Tensor clone() const;
   /// In-place copy of `src` (broadcast to this shape) into this tensor's elements, outside
-  /// autograd. Used by optimizers and initializers under NoGradGuard.
+  /// autograd. Used by optimizers and initializers under NoGradGuard. Not recorded, so a
+  /// tensor that requires grad is rejected while grad mode is on (PyTorch rejects leaves;
+  /// kern also rejects non-leaves, whose recorded graph the write would make wrong). A
+  /// destination whose elements overlap (an expand()ed view) is rejected; a source that
+  /// overlaps the destination is read through a temporary, so the result is always the
+  /// values `src` had before the call. Bumps the version counter.
   Tensor& copy_(const Tensor& src);
+  /// Sets every element to `value`; the same grad-mode rule as copy_ (an expand()ed
+  /// destination is fine here: every element gets the same value). Bumps the version.
   Tensor& fill_(double value);
 
   // ---- views (share storage; differentiable)

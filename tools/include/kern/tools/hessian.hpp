@@ -71,6 +71,8 @@ struct HessianOptions {
 
 /// Sets every module of `model` to the requested mode and snapshots its buffers; the
 /// destructor restores each module's mode and the buffers' values (BatchNorm running stats).
+/// Only buffers written in between (their version changed) are copied back, so a graph that
+/// read an untouched buffer (eval-mode BatchNorm) stays valid for backward.
 class ModeGuard {
  public:
   ModeGuard(nn::Module& model, Mode mode);
@@ -80,7 +82,11 @@ class ModeGuard {
 
  private:
   std::vector<std::pair<std::shared_ptr<nn::Module>, bool>> modes_;
-  std::vector<std::pair<Tensor, Tensor>> buffers_;  // (live buffer, saved copy)
+  struct SavedBuffer {
+    Tensor live, saved;
+    uint64_t version;  // live.version() when saved
+  };
+  std::vector<SavedBuffer> buffers_;
   nn::Module* root_;
   bool root_training_;
 };
