@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <vector>
 
 namespace kern::data {
@@ -69,7 +70,12 @@ Tensor read_idx(const std::string& path) {
                "': truncated data (the header ends inside dimension ", d, ")");
     shape.push_back((int64_t{b[0]} << 24) | (int64_t{b[1]} << 16) | (int64_t{b[2]} << 8) | b[3]);
   }
-  const int64_t count = shape.numel();  // each factor < 2^32, ndim <= 3: no overflow
+  // Three sizes below 2^32 each can multiply past 2^63 (2^31 * 2^31 * 2): checked, so that
+  // a wrapped-around count can neither pass the size check below nor size a buffer.
+  const std::optional<int64_t> checked_count = shape.checked_numel();
+  KERN_CHECK(checked_count.has_value(), "read_idx: '", path, "': corrupt header: sizes ", shape,
+             " declare more elements than int64 can count");
+  const int64_t count = *checked_count;
 
   // Grow the buffer with the data actually present (never trust the header's sizes).
   std::vector<uint8_t> bytes;

@@ -15,6 +15,7 @@ using G = std::vector<Tensor>;
 namespace {
 
 Tensor make_view(const Tensor& x, Shape shape, std::vector<int64_t> strides, int64_t offset) {
+  (void)shape.numel();  // throws when the element count overflows (expand to [2^62, 8])
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = x.impl().storage;
   impl->shape = std::move(shape);
@@ -26,17 +27,20 @@ Tensor make_view(const Tensor& x, Shape shape, std::vector<int64_t> strides, int
 
 // Resolves a single -1 in a target shape.
 Shape infer_shape(const Shape& target, int64_t numel, const char* op, const Shape& from) {
-  Shape s = target;
-  int64_t known = 1, infer = -1;
+  Shape s = target, known_sizes;
+  int64_t infer = -1;
   for (size_t i = 0; i < s.size(); ++i) {
     if (s[i] == -1) {
       KERN_CHECK(infer < 0, op, ": only one dimension can be -1 in ", target);
       infer = static_cast<int64_t>(i);
     } else {
       KERN_CHECK(s[i] >= 0, op, ": invalid size ", s[i], " in ", target);
-      known *= s[i];
+      known_sizes.push_back(s[i]);
     }
   }
+  const auto known_numel = known_sizes.checked_numel();
+  KERN_CHECK(known_numel.has_value(), op, ": shape ", target, " has more elements than int64 can count");
+  const int64_t known = *known_numel;
   if (infer >= 0) {
     KERN_CHECK(known != 0 && numel % known == 0, op, ": shape ", target, " is invalid for input of shape ", from);
     s[infer] = numel / known;
