@@ -101,8 +101,14 @@ TEST_CASE("every regression input gives its expected error or loads", "[regressi
       ++by_reader[0];
       read = [&] {
         Tensor t = data::read_idx(path);
-        // What crashed before: the first row of a tensor whose numel had wrapped to 0.
-        if (t.dim() > 0 && t.size(0) > 0) (void)t.select(0, 0).sum().item();
+        // What crashed before: the first row of a tensor whose numel had wrapped to 0; the
+        // last row of an empty tensor with huge sizes (its offset overflowed).
+        (void)t.to(DType::Float64).sum().item();  // overflowed the reduced count once
+        if (t.dim() > 0 && t.size(0) > 0) {
+          (void)t.select(0, 0).to(DType::Float64).sum().item();
+          (void)t.select(0, t.size(0) - 1).contiguous();
+          (void)flip(t, {0});
+        }
       };
     } else if (want.reader == "safetensors") {
       ++by_reader[1];

@@ -70,7 +70,25 @@ TEST_CASE("zero-element tensors are contiguous and never walk their outer dims",
     REQUIRE(t.sum().item() == 0.0);
     REQUIRE(z.select(0, 12345).numel() == 0);
     REQUIRE(z.narrow(0, 5, 1000).contiguous().numel() == 0);
+    // Offsets of views into huge empty tensors are not computed (they overflowed: fuzz_idx).
+    Tensor e3 = zeros({2147538646, 0, 4294967295});
+    REQUIRE(e3.select(0, 2147538645).shape() == Shape{0, 4294967295});
+    REQUIRE(flip(e3, {0, 2}).shape() == e3.shape());
+    REQUIRE(rot90(e3, 1, {0, 2}).shape() == Shape{4294967295, 0, 2147538646});
+    // Reductions and [outer, n, inner] loops over such shapes neither overflow nor walk
+    // 2^62 empty rows (sum's reduced count overflowed: fuzz_idx).
+    Tensor e4 = zeros({2147483903, 4294967168, 0});
+    REQUIRE(e4.sum().item() == 0.0);
+    REQUIRE(e4.sum({0, 1}).shape() == Shape{0});
+    REQUIRE(softmax(z, 1).numel() == 0);
+    REQUIRE(softmax(z, 0).numel() == 0);
+    REQUIRE(index_select(z, 0, arange(3)).shape() == Shape{3, 0});
+    REQUIRE(flatten(e3, 1, 2).shape() == Shape{2147538646, 0});
   });
+  // Results that cannot exist are errors, not wrapped sizes.
+  REQUIRE_THROWS_AS(sum(zeros({2147483903, 4294967168, 0}), {2}), Error);  // [2^31, 2^32] floats
+  REQUIRE_THROWS_AS(flatten(zeros({k2p62, 4, 0}), 0, 1), Error);           // merged size 2^64
+  REQUIRE_THROWS_AS(mean(zeros({k2p62, 4, 0}), {0, 1}), Error);             // 2^64 per mean
   REQUIRE(elapsed < std::chrono::seconds(1));
 }
 

@@ -141,7 +141,10 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
              ") is out of range for dim ", dim, " of size ", n, " (shape ", x.shape(), ")");
   Shape shape = x.shape();
   shape[dim] = length;
-  const int64_t offset = x.storage_offset() + start * x.strides()[dim];
+  // A view without elements keeps x's offset: it reads nothing, and start * stride can
+  // overflow there ([2^31, 0, 2^32 - 1] has stride 2^32 - 1 in dim 0; found by fuzz_idx).
+  const int64_t offset =
+      shape.numel() == 0 ? x.storage_offset() : x.storage_offset() + start * x.strides()[dim];
   const int64_t nd = x.dim();
   return record_op("narrow", make_view(x, shape, x.strides(), offset), {x},
                    [dim, start, n, length, nd](const BackwardContext& c) {
@@ -212,9 +215,8 @@ Tensor flatten(const Tensor& x, int64_t start_dim, int64_t end_dim) {
   end_dim = wrap_dim(end_dim, x.dim(), "flatten");
   KERN_CHECK(start_dim <= end_dim, "flatten: start_dim ", start_dim, " > end_dim ", end_dim);
   Shape shape(x.shape().begin(), x.shape().begin() + start_dim);
-  int64_t m = 1;
-  for (int64_t d = start_dim; d <= end_dim; ++d) m *= x.shape()[d];
-  shape.push_back(m);
+  // The merged size, overflow-checked (only a tensor without elements can get there).
+  shape.push_back(Shape(x.shape().begin() + start_dim, x.shape().begin() + end_dim + 1).numel());
   shape.insert(shape.end(), x.shape().begin() + end_dim + 1, x.shape().end());
   return reshape(x, shape);
 }

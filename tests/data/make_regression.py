@@ -25,6 +25,14 @@ expected = {}
 # Crash inputs a fuzzer (fuzz/, `make fuzz`) found, copied here verbatim: name -> (reader,
 # error substring, what went wrong). The script keeps them and lists them in expected.json.
 FUZZ_FINDINGS = {
+    # [2147538646, 0, 2^32 - 1]: no elements, but select(0, last) computed the view's offset
+    # 2147538645 * (2^32 - 1), a signed overflow (UBSan; movement.cpp narrow).
+    "fuzz_idx_last_row_offset_overflow.idx": ("idx", "", "select of the last row of an empty "
+                                              "tensor overflowed its offset"),
+    # [2147483903, 4294967168, 0]: sum over all dims multiplied the reduced sizes before
+    # reaching the 0 (signed overflow in reduce.cpp's sum_kernel).
+    "fuzz_idx_sum_reduced_size_overflow.idx": ("idx", "", "sum of an empty tensor with huge "
+                                               "sizes overflowed the reduced count"),
 }
 
 
