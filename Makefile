@@ -10,7 +10,7 @@ BENCH_DEPS := python3-torch libopenblas0-pthread
 # `make fuzz`: libFuzzer (clang 16's compiler-rt) with ASan + UBSan, in its own build folder.
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
-FUZZ_DEPS := clang-16 libclang-rt-16-dev libomp-16-dev
+FUZZ_DEPS := clang-16 libclang-rt-16-dev libomp-16-dev llvm-16
 FUZZ_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g \
               -Wno-pass-failed
 

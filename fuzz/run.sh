@@ -14,6 +14,9 @@ if [ $# -gt 0 ]; then seconds=$1; shift; fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 targets=${*:-safetensors idx checkpoint cli}
 status=0
+# Symbolized stack traces in reports (make fuzz installs llvm-16).
+symbolizer=/usr/lib/llvm-16/bin/llvm-symbolizer
+[ -x "$symbolizer" ] && export ASAN_SYMBOLIZER_PATH="$symbolizer"
 for t in $targets; do
   exe="$build/fuzz/fuzz_$t"
   work="$build/fuzz/runs/$t"
