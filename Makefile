@@ -7,8 +7,14 @@ BENCH ?=
 DEPS := cmake g++ make pkg-config libdnnl-dev libeigen3-dev libfmt-dev catch2 nlohmann-json3-dev \
         zlib1g-dev libcli11-dev ocl-icd-opencl-dev dataset-fashion-mnist python3 python3-matplotlib
 BENCH_DEPS := python3-torch libopenblas0-pthread
+# `make fuzz`: libFuzzer (clang 16's compiler-rt) with ASan + UBSan, in its own build folder.
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_DEPS := clang-16 libclang-rt-16-dev libomp-16-dev llvm-16
+FUZZ_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g \
+              -Wno-pass-failed
 
-.PHONY: all deps bench-deps configure build test demo bench install clean
+.PHONY: all deps bench-deps fuzz-deps configure build test demo bench fuzz install clean
 
 all: build
 
@@ -34,8 +40,20 @@ bench: build bench-deps
 	@/usr/bin/python3 bench/run_bench.py --kern-bench $(BUILD)/bench/kern_bench \
 	  --out $(BUILD)/bench/results.jsonl $(if $(BENCH),--bench $(BENCH),)
 
+fuzz-deps:
+	@./.ci/install-deps $(FUZZ_DEPS)
+
+# Runs every target of fuzz/ for FUZZ_SECONDS (default 60) from its seed corpus; fails if
+# any finds a crash, a sanitizer report, a timeout or a broken invariant (fuzz/run.sh).
+fuzz: deps fuzz-deps
+	@cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-16 \
+	  -DCMAKE_CXX_FLAGS="$(FUZZ_FLAGS)" -DKERN_FUZZ=ON -DKERN_BUILD_TESTS=OFF \
+	  -DKERN_BUILD_EXAMPLES=OFF -DKERN_BUILD_BENCH=OFF >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j$(JOBS) --target kern_fuzz
+	@fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
+
 install: build
 	@cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX),)
 
 clean:
-	@rm -rf $(BUILD)
+	@rm -rf $(BUILD) $(FUZZ_BUILD)

@@ -9,9 +9,14 @@
 #include <kern/kern.hpp>
 #include <kern/optim/optim.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 
 namespace nn = kern::nn;
@@ -26,12 +31,26 @@ std::shared_ptr<nn::Sequential> make_model() {
       nn::Flatten(), nn::Linear(1024, 128), nn::ReLU(), nn::Linear(128, 10));
 }
 
+// Throws unless `dir` exists (created if needed) and a file can be created in it: found
+// before training starts, not when the first epoch's checkpoint is saved.
+void check_writable_dir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  KERN_CHECK(!ec, "--out '", dir, "': cannot create the directory: ", ec.message());
+  const std::string probe = fmt::format("{}/.fashion_mnist-write-test-{}", dir, ::getpid());
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  KERN_CHECK(fd >= 0, "--out '", dir, "': the directory is not writable (", std::strerror(errno), ")");
+  ::close(fd);
+  ::unlink(probe.c_str());
+}
+
 // Fraction of correctly classified test images (eval mode, no graph).
 double evaluate(nn::Module& model, const kern::data::TensorDataset& test, const kern::data::Normalize& norm) {
   kern::NoGradGuard no_grad;
   model.eval();
   int64_t correct = 0;
   const int64_t n = test.size();
+  KERN_CHECK(n > 0, "evaluate: the test set is empty");
   for (int64_t start = 0; start < n; start += 1000) {
     auto batch = test.batch(start, std::min<int64_t>(1000, n - start));
     Tensor pred = kern::argmax(model(norm(batch.x)), 1);
@@ -74,10 +93,14 @@ int main(int argc, char** argv) {
   }
 
   try {
+    check_writable_dir(out_dir);
     kern::set_num_threads(threads);
     kern::manual_seed(seed);
     auto train = kern::data::FashionMNIST::train(data_dir);
     auto test = kern::data::FashionMNIST::test(data_dir);
+    const std::string where = data_dir.empty() ? std::string(kern::data::FashionMNIST::kDefaultDir) : data_dir;
+    KERN_CHECK(train.size() > 0, "the training set in '", where, "' has 0 images: nothing to train on");
+    KERN_CHECK(test.size() > 0, "the test set in '", where, "' has 0 images: nothing to evaluate on");
     const kern::data::Normalize norm({0.286}, {0.353});
     kern::data::DataLoader loader(train, {.batch_size = batch_size, .shuffle = true, .seed = seed});
 
@@ -94,7 +117,6 @@ int main(int argc, char** argv) {
       schedule.set_step(step);
       fmt::print("resumed from {} at step {} (epoch {})\n", resume, step, step / steps_per_epoch);
     }
-    std::filesystem::create_directories(out_dir);
     double accuracy = -1.0;
     for (int64_t epoch = step / steps_per_epoch; epoch < epochs; ++epoch) {
       loader.set_epoch(epoch);

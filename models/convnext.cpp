@@ -234,9 +234,9 @@ ConvNeXtOptions convnext_options(const std::string& variant, const ModelOptions&
 
 // Every variant of the table, under its name.
 [[maybe_unused]] static const bool registered = [] {
-  for (const auto& [name, v] : variants())
+  for (const auto& [name, v] : variants())  // `name = name`: clang < 16 cannot capture a binding
     register_model(
-        name, [name](const ModelOptions& o) { return std::make_shared<ConvNeXt>(convnext_options(name, o)); },
+        name, [name = name](const ModelOptions& o) { return std::make_shared<ConvNeXt>(convnext_options(name, o)); },
         ModelInfo{.width = v.dims.front()});
   return true;
 }();

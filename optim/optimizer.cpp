@@ -161,7 +161,33 @@ bool parse_key(const std::string& key, std::string_view prefix, size_t& index, s
 
 }  // namespace
 
-void Optimizer::load_state_dict(const StateDict& sd) {
+namespace {
+
+// A state dict's lr or weight_decay: a finite non-negative 0-dim float scalar.
+double group_scalar(const std::string& opt, const std::string& key, const Tensor& t) {
+  KERN_CHECK(t.numel() == 1 && t.dim() == 0 && is_floating(t.dtype()), opt,
+             ": load_state_dict: key '", key, "' must be a 0-dim float scalar, got shape ",
+             t.shape(), " ", t.dtype());
+  const double v = t.item_double();
+  KERN_CHECK(std::isfinite(v) && v >= 0.0, opt, ": load_state_dict: key '", key, "' holds ", v,
+             ", not a finite non-negative number");
+  return v;
+}
+
+// A state dict's step counter: a 0-dim float scalar holding a whole number in [0, 2^53]
+// (exact in double; checked without a float -> int conversion, which is UB for 1e300 or NaN).
+void check_step(const std::string& opt, const std::string& key, const Tensor& t) {
+  KERN_CHECK(t.dim() == 0 && is_floating(t.dtype()), opt, ": load_state_dict: key '", key,
+             "' must be a 0-dim float scalar, got shape ", t.shape(), " ", t.dtype());
+  const double s = t.item_double();
+  KERN_CHECK(std::isfinite(s) && s >= 0.0 && s <= 0x1p53 && s == std::floor(s), opt,
+             ": load_state_dict: key '", key, "' holds ", s,
+             ", not a whole step count in [0, 2^53]");
+}
+
+}  // namespace
+
+Optimizer::PreparedState Optimizer::prepare_state_dict(const StateDict& sd) const {
   const auto names = state_names();
   const std::set<std::string> name_set(names.begin(), names.end());
   const auto params = parameters();
@@ -179,12 +205,7 @@ void Optimizer::load_state_dict(const StateDict& sd) {
                  idx, " but the optimizer has ", groups_.size(), " groups");
       KERN_CHECK(rest == "lr" || rest == "weight_decay", name_, ": load_state_dict: unexpected key '",
                  key, "' (groups hold lr and weight_decay)");
-      KERN_CHECK(t.numel() == 1 && t.dim() == 0 && is_floating(t.dtype()), name_,
-                 ": load_state_dict: key '", key, "' must be a 0-dim float scalar, got shape ",
-                 t.shape(), " ", t.dtype());
-      const double v = t.item_double();
-      KERN_CHECK(v >= 0.0, name_, ": load_state_dict: key '", key, "' holds negative value ", v);
-      (rest == "lr" ? lrs : wds)[idx] = v;
+      (rest == "lr" ? lrs : wds)[idx] = group_scalar(name_, key, t);
     } else if (parse_key(key, "state.", idx, rest)) {
       KERN_CHECK(idx < num_params_, name_, ": load_state_dict: key '", key, "' names parameter ",
                  idx, " but the optimizer has ", num_params_, " parameters");
@@ -192,12 +213,7 @@ void Optimizer::load_state_dict(const StateDict& sd) {
                  name_, " keeps ", fmt::format("{}", fmt::join(names, ", ")), ")");
       const Tensor& p = params[idx];
       if (rest == "step") {
-        KERN_CHECK(t.dim() == 0 && is_floating(t.dtype()), name_, ": load_state_dict: key '", key,
-                   "' must be a 0-dim float scalar, got shape ", t.shape(), " ", t.dtype());
-        const double s = t.item_double();
-        KERN_CHECK(s >= 0.0 && s == static_cast<double>(static_cast<int64_t>(s)), name_,
-                   ": load_state_dict: key '", key, "' holds ", s,
-                   ", not a non-negative whole step count");
+        check_step(name_, key, t);
       } else {
         KERN_CHECK(t.shape() == p.shape(), name_, ": load_state_dict: key '", key, "' has shape ",
                    t.shape(), " but parameter ", idx, " has shape ", p.shape());
@@ -221,22 +237,33 @@ void Optimizer::load_state_dict(const StateDict& sd) {
                  "' (parameter ", i, " has other state keys)");
   }
 
-  // Everything validated: copy in (converted to the parameter's dtype, contiguous, detached).
+  // Everything validated: copies (converted to the parameter's dtype, contiguous, detached).
   NoGradGuard ng;
+  PreparedState out;
   for (size_t g = 0; g < groups_.size(); ++g) {
-    groups_[g].lr = *lrs[g];
-    groups_[g].weight_decay = *wds[g];
+    out.lrs.push_back(*lrs[g]);
+    out.weight_decays.push_back(*wds[g]);
   }
+  out.state.resize(num_params_);
   for (size_t i = 0; i < num_params_; ++i) {
-    std::map<std::string, Tensor> s;
     for (auto& [n, t] : state[i]) {
       const DType dt = n == "step" ? DType::Float64 : params[i].dtype();
       Tensor c = empty(t.shape(), dt);
       c.copy_(t);
-      s[n] = c;
+      out.state[i][n] = c;
     }
-    state_[i] = std::move(s);
   }
+  return out;
 }
+
+void Optimizer::commit_state_dict(PreparedState&& prepared) noexcept {
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    groups_[g].lr = prepared.lrs[g];
+    groups_[g].weight_decay = prepared.weight_decays[g];
+  }
+  for (size_t i = 0; i < num_params_; ++i) state_[i] = std::move(prepared.state[i]);
+}
+
+void Optimizer::load_state_dict(const StateDict& sd) { commit_state_dict(prepare_state_dict(sd)); }
 
 }  // namespace kern::optim

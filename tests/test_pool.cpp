@@ -84,7 +84,7 @@ TEST_CASE("pooling gradients", "[pool][gradcheck]") {
   };
   for (const auto& [name, p] : cases) {
     INFO(name);
-    testing::Fn mx = [&](const std::vector<Tensor>& t) { return max_pool2d(t[0], p); };
+    testing::Fn mx = [&, p = p](const std::vector<Tensor>& t) { return max_pool2d(t[0], p); };
     KERN_GRADCHECK(mx, {x});
     for (bool include : {true, false}) {
       INFO("count_include_pad " << include);
@@ -111,7 +111,7 @@ TEST_CASE("pooling second derivatives", "[pool][gradgradcheck]") {
   };
   for (const auto& [name, p] : cases) {
     INFO(name);
-    testing::Fn mx = [&](const std::vector<Tensor>& t) { return square(max_pool2d(tanh(t[0]), p)); };
+    testing::Fn mx = [&, p = p](const std::vector<Tensor>& t) { return square(max_pool2d(tanh(t[0]), p)); };
     KERN_GRADGRADCHECK(mx, {x});
     for (bool include : {true, false}) {
       INFO("count_include_pad " << include);

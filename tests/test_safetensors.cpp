@@ -1,62 +1,20 @@
 // safetensors: round trips, the PyTorch fixture, atomic save, the malformed-file corpus
 // (tests/data/malformed/, made by tests/data/make_malformed.py) and the `kern inspect` tool.
-#include <fcntl.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
-#include <chrono>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <kern/io/safetensors.hpp>
 #include <kern/kern.hpp>
 #include <nlohmann/json.hpp>
-#include <sstream>
-#include <thread>
 
-extern char** environ;
+#include "io_test_util.hpp"
 
 using namespace kern;
-namespace fs = std::filesystem;
+using namespace kern::test;
 
 namespace {
 
 const std::string kData = KERN_TEST_DATA_DIR;
 const std::string kMalformed = kData + "/malformed";
-
-/// A fresh directory under /tmp, removed at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "kern_safetensors_XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(path, fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
-}
 
 std::string error_of(const std::function<void()>& f) {
   try {
@@ -88,47 +46,6 @@ std::string bytes_of(const std::vector<T>& v) {
   return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
 }
 
-struct RunResult {
-  bool exited = false;
-  int status = -1;  // exit status when exited
-  int signal = 0;   // terminating signal otherwise
-  std::string out, err;
-};
-
-/// Runs a program (no shell) with stdout/stderr captured; kills it after 60 s.
-RunResult run_program(const std::vector<std::string>& args, const TempDir& dir) {
-  const std::string out_path = dir.file("stdout.txt"), err_path = dir.file("stderr.txt");
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  const int rc = ::posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  REQUIRE(rc == 0);
-  int ws = 0;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (::waitpid(pid, &ws, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &ws, 0);
-      FAIL("timed out (hang): " << args.back());
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  RunResult r;
-  r.exited = WIFEXITED(ws);
-  r.status = r.exited ? WEXITSTATUS(ws) : -1;
-  r.signal = WIFSIGNALED(ws) ? WTERMSIG(ws) : 0;
-  r.out = read_bytes(out_path);
-  r.err = read_bytes(err_path);
-  return r;
-}
-
-const std::string kKern = std::string(KERN_BINARY_DIR) + "/bin/kern";
 
 }  // namespace
 
@@ -358,7 +275,7 @@ TEST_CASE("load_safetensors rejects every file of the malformed corpus", "[safet
     const std::string msg = error_of([&] { io::load_safetensors(path); });
     REQUIRE_THAT(msg, Catch::Contains(expected));
     REQUIRE_THAT(msg, Catch::Contains(path));
-    REQUIRE_THAT(error_of([&] { io::load_safetensors_from_bytes(read_bytes(path), file); }),
+    REQUIRE_THAT(error_of([&, file = file] { io::load_safetensors_from_bytes(read_bytes(path), file); }),
                  Catch::Contains(expected));
   }
   // Messages name the tensor as well as the problem.

@@ -1,7 +1,11 @@
 // Checkpoint files on top of safetensors (see kern/io/checkpoint.hpp).
 #include <kern/io/checkpoint.hpp>
 
+#include <kern/autograd.hpp>
 #include <kern/generator.hpp>
+
+#include <charconv>
+#include <unordered_map>
 
 namespace kern::io {
 
@@ -44,23 +48,63 @@ Checkpoint read_checkpoint(const std::string& path) {
   }
   auto step = f.metadata.find("kern.step");
   KERN_CHECK(step != f.metadata.end(), "load_checkpoint: ", path, ": missing kern.step");
-  try {
-    size_t used = 0;
-    ck.step = std::stoll(step->second, &used);
-    if (used != step->second.size()) throw std::invalid_argument("trailing characters");
-  } catch (const std::exception&) {
-    throw Error("load_checkpoint: " + path + ": kern.step '" + step->second + "' is not an integer");
+  const std::string& text = step->second;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), ck.step);
+  KERN_CHECK(ec == std::errc() && end == text.data() + text.size(), "load_checkpoint: ", path,
+             ": kern.step '", text.substr(0, 40), "' is not an integer");
+  KERN_CHECK(ck.step >= 0, "load_checkpoint: ", path, ": kern.step ", ck.step,
+             " is negative (a step count starts at 0)");
+  if (auto r = f.metadata.find("kern.rng_state"); r != f.metadata.end()) {
+    ck.rng_state = r->second;
+    try {
+      checkpoint_detail::checkpoint_generator(ck);
+    } catch (const Error& e) {
+      throw Error(::kern::detail::concat("load_checkpoint: ", path, ": kern.rng_state: ", e.what()));
+    }
   }
-  if (auto r = f.metadata.find("kern.rng_state"); r != f.metadata.end()) ck.rng_state = r->second;
   for (auto& [k, v] : f.metadata)
     if (!starts_with(k, "kern.")) ck.metadata[k] = v;
   return ck;
 }
 
+namespace checkpoint_detail {
+
+NamedTensors convert_to_targets(const NamedTensors& given, const NamedTensors& targets,
+                                const std::string& path) {
+  std::unordered_map<std::string, DType> dtypes;
+  for (const auto& [name, t] : targets)
+    if (t.defined()) dtypes.emplace(name, t.dtype());
+  NoGradGuard no_grad;
+  NamedTensors out;
+  out.reserve(given.size());
+  for (const auto& [name, t] : given) {
+    auto it = dtypes.find(name);
+    if (it == dtypes.end() || !t.defined() || t.dtype() == it->second) {
+      out.emplace_back(name, t);  // unknown keys and shapes are the model's to report
+      continue;
+    }
+    try {
+      out.emplace_back(name, t.to(it->second));
+    } catch (const Error& e) {
+      throw Error(::kern::detail::concat("load_checkpoint: ", path, ": tensor 'model.", name, "': ", e.what()));
+    }
+  }
+  return out;
+}
+
+std::optional<Generator> checkpoint_generator(const Checkpoint& ck) {
+  if (ck.rng_state.empty()) return std::nullopt;
+  Generator g;
+  g.set_state(ck.rng_state);
+  return g;
+}
+
+}  // namespace checkpoint_detail
+
 void capture_rng(Checkpoint& ck) { ck.rng_state = default_generator().state(); }
 
 void restore_rng(const Checkpoint& ck) {
-  if (!ck.rng_state.empty()) default_generator().set_state(ck.rng_state);
+  if (auto g = checkpoint_detail::checkpoint_generator(ck)) default_generator() = *g;
 }
 
 }  // namespace kern::io

@@ -1,11 +1,6 @@
-// safetensors reading: validated, zero-copy from an mmap (writing: safetensors_write.cpp).
-//
-// Reading checks, in order: the 8-byte length prefix, the header length against the file
-// and a 100 MB cap (the reference implementation's limit), UTF-8 and JSON nesting depth (so
-// the parser can neither misread bytes nor recurse without bound), JSON syntax, the header's
-// structure, then every entry's dtype, shape and data_offsets, and finally that the tensors
-// tile the data section exactly (no overlap, no hole, no trailing bytes), as the reference
-// Rust validator does. Only then is tensor data touched.
+// safetensors reading: zero-copy from an mmap, or copied on request (LoadOptions::copy).
+// The header is validated by safetensors_header.cpp before a byte of tensor data is touched;
+// writing is in safetensors_write.cpp.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -13,10 +8,9 @@
 
 #include <algorithm>
 #include <bit>
+#include <cerrno>
 #include <cstring>
 #include <kern/io/safetensors.hpp>
-#include <limits>
-#include <set>
 
 #include "safetensors_util.hpp"
 
@@ -80,210 +74,27 @@ using namespace internal;
 
 namespace {
 
-constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // as MAX_HEADER_SIZE in safetensors (Rust)
-constexpr int kMaxJsonDepth = 64;                  // a valid header nests 3 deep
-
-/// Deepest [ / { nesting outside strings (the header is known to be valid UTF-8).
-int json_depth(std::string_view s) {
-  int depth = 0, max_depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < s.size(); ++i) {
-    const char c = s[i];
-    if (in_string) {
-      if (c == '\\')
-        ++i;
-      else if (c == '"')
-        in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      max_depth = std::max(max_depth, ++depth);
-      if (max_depth > kMaxJsonDepth) return max_depth;
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return max_depth;
+/// A tensor of entry `e` over `storage` (contiguous, offset 0).
+Tensor make_tensor(Entry& e, std::shared_ptr<Storage> storage) {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = std::move(storage);
+  impl->strides = contiguous_strides(e.shape);
+  impl->shape = std::move(e.shape);
+  impl->dtype = e.dtype;
+  return Tensor(std::move(impl));
 }
 
-struct Entry {
-  std::string name;
-  DType dtype = DType::Float32;
-  Shape shape;
-  uint64_t begin = 0, end = 0;
-};
-
-DType parse_dtype(const std::string& label, const std::string& name, const Json& v) {
-  auto it = v.find("dtype");
-  if (it == v.end()) fail_tensor(label, name, "missing \"dtype\"");
-  if (!it->is_string()) fail_tensor(label, name, "\"dtype\" is not a string: ", shown(*it));
-  const auto& s = it->get_ref<const std::string&>();
-  if (s == "F32") return DType::Float32;
-  if (s == "F64") return DType::Float64;
-  if (s == "I64") return DType::Int64;
-  static const std::set<std::string> known = {
-      "BOOL", "U8",      "I8",      "U16",     "I16",     "U32",     "I32", "U64", "F16",
-      "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4",  "C64"};
-  if (known.count(s))
-    fail_tensor(label, name, "dtype ", s,
-                " is not supported by kern (supported: F32, F64, I64; convert the tensor first)");
-  fail_tensor(label, name, "unknown dtype ", quote_name(s));
-}
-
-Shape parse_shape(const std::string& label, const std::string& name, const Json& v, DType dtype) {
-  auto it = v.find("shape");
-  if (it == v.end()) fail_tensor(label, name, "missing \"shape\"");
-  if (!it->is_array()) fail_tensor(label, name, "\"shape\" is not an array: ", shown(*it));
-  Shape shape;
-  // Both the element count and the contiguous strides (products of max(d, 1)) must fit in
-  // int64, and so must the byte size.
-  int64_t numel = 1, stride_product = 1;
-  for (const auto& d : *it) {
-    if (!d.is_number_integer())
-      fail_tensor(label, name, "shape ", shown(*it), " has a non-integer dimension ", shown(d));
-    if (d.is_number_unsigned() &&
-        d.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-      fail_tensor(label, name, "shape ", shown(*it), " has a dimension that overflows int64");
-    const int64_t n = d.get<int64_t>();
-    if (n < 0) fail_tensor(label, name, "shape ", shown(*it), " has a negative dimension ", n);
-    if (__builtin_mul_overflow(numel, n, &numel) ||
-        __builtin_mul_overflow(stride_product, std::max<int64_t>(n, 1), &stride_product))
-      fail_tensor(label, name, "shape ", shown(*it),
-                  " overflows: its element count does not fit in int64");
-    shape.push_back(n);
-  }
-  int64_t nbytes;
-  if (__builtin_mul_overflow(numel, static_cast<int64_t>(dtype_size(dtype)), &nbytes))
-    fail_tensor(label, name, "shape ", shown(*it), " overflows: ", numel, " elements of ",
-                dtype_size(dtype), " bytes do not fit in int64");
-  return shape;
-}
-
-std::pair<uint64_t, uint64_t> parse_offsets(const std::string& label, const std::string& name,
-                                            const Json& v) {
-  auto it = v.find("data_offsets");
-  if (it == v.end()) fail_tensor(label, name, "missing \"data_offsets\"");
-  if (!it->is_array() || it->size() != 2)
-    fail_tensor(label, name, "\"data_offsets\" must be [begin, end], got ", shown(*it));
-  for (const auto& o : *it)
-    if (!o.is_number_unsigned())  // nlohmann parses every non-negative integer as unsigned
-      fail_tensor(label, name, "\"data_offsets\" ", shown(*it),
-                  " must hold two non-negative integers");
-  const uint64_t begin = (*it)[0].get<uint64_t>(), end = (*it)[1].get<uint64_t>();
-  if (begin > end)
-    fail_tensor(label, name, "data_offsets [", begin, ", ", end, "] have begin > end");
-  return {begin, end};
-}
-
-/// Validates the whole file; on success returns the entries (sorted by name) and metadata.
-/// `data` holds `size` bytes: the complete file.
-std::vector<Entry> parse_header(const char* data, uint64_t size, const std::string& label,
-                                std::map<std::string, std::string>& metadata,
-                                uint64_t& data_start) {
-  if (size < 8)
-    fail(label, "file is ", size, " bytes, shorter than the 8-byte header length prefix");
-  uint64_t n;
-  std::memcpy(&n, data, 8);
-  if (n > kMaxHeaderBytes)
-    fail(label, "header length ", n, " exceeds the 100 MB limit (corrupt or not safetensors)");
-  if (n > size - 8)
-    fail(label, "header length ", n, " runs past the end of the file (", size - 8,
-         " bytes follow the length prefix); the file is truncated or corrupt");
-  const std::string_view header(data + 8, n);
-  data_start = 8 + n;
-  const uint64_t data_size = size - data_start;
-
-  if (size_t bad = find_invalid_utf8(header); bad != std::string_view::npos)
-    fail(label, "header is not valid UTF-8 (bad byte at header offset ", bad, ")");
-  if (json_depth(header) > kMaxJsonDepth)
-    fail(label, "header JSON is nested more than ", kMaxJsonDepth, " levels deep");
-
-  std::set<std::string> seen;
-  std::string duplicate;
-  bool has_duplicate = false;
-  Json h;
-  try {
-    h = Json::parse(header.begin(), header.end(),
-                    [&](int depth, Json::parse_event_t ev, Json& parsed) {
-                      if (ev == Json::parse_event_t::key && depth == 1 && !has_duplicate &&
-                          !seen.insert(parsed.get<std::string>()).second) {
-                        duplicate = parsed.get<std::string>();
-                        has_duplicate = true;
-                      }
-                      return true;
-                    });
-  } catch (const Json::exception& e) {
-    fail(label, "header is not valid JSON: ", e.what());
-  }
-  if (!h.is_object()) fail(label, "header is not a JSON object (it is a ", h.type_name(), ")");
-  if (has_duplicate) fail(label, "header has the key ", quote_name(duplicate), " more than once");
-
-  std::vector<Entry> entries;
-  entries.reserve(h.size());
-  for (const auto& [key, v] : h.items()) {
-    if (key == "__metadata__") {
-      if (!v.is_object())
-        fail(label, "__metadata__ must be a map of strings to strings, got ", shown(v));
-      for (const auto& [mk, mv] : v.items()) {
-        if (!mv.is_string())
-          fail(label, "__metadata__ must be a map of strings to strings; value of ", quote_name(mk),
-               " is ", shown(mv));
-        metadata[mk] = mv.get<std::string>();
-      }
-      continue;
-    }
-    if (!v.is_object()) fail_tensor(label, key, "entry is not a JSON object: ", shown(v));
-    Entry e;
-    e.name = key;
-    e.dtype = parse_dtype(label, key, v);
-    e.shape = parse_shape(label, key, v, e.dtype);
-    std::tie(e.begin, e.end) = parse_offsets(label, key, v);
-    if (e.end > data_size)
-      fail_tensor(label, key, "data_offsets [", e.begin, ", ", e.end,
-                  "] run past the end of the data section (", data_size, " bytes)");
-    const uint64_t nbytes = static_cast<uint64_t>(e.shape.numel()) * dtype_size(e.dtype);
-    if (e.end - e.begin != nbytes)
-      fail_tensor(label, key, "data_offsets [", e.begin, ", ", e.end, "] span ", e.end - e.begin,
-                  " bytes but ", safetensors_dtype_name(e.dtype), " shape ", e.shape, " needs ",
-                  nbytes, " bytes (wrong byte size)");
-    entries.push_back(std::move(e));
-  }
-
-  // The tensors must tile [0, data_size) exactly.
-  std::vector<const Entry*> by_offset;
-  for (const auto& e : entries) by_offset.push_back(&e);
-  std::sort(by_offset.begin(), by_offset.end(), [](const Entry* a, const Entry* b) {
-    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
-  });
-  uint64_t covered = 0;
-  const Entry* prev = nullptr;
-  for (const Entry* e : by_offset) {
-    if (e->begin < covered)
-      fail_tensor(label, e->name, "data_offsets [", e->begin, ", ", e->end, "] overlap tensor ",
-                  quote_name(prev->name), " [", prev->begin, ", ", prev->end, "]");
-    if (e->begin > covered)
-      fail_tensor(label, e->name, "data_offsets [", e->begin, ", ", e->end,
-                  "] leave a hole of unused bytes [", covered, ", ", e->begin,
-                  ") in the data section");
-    covered = e->end;
-    prev = e;
-  }
-  if (covered != data_size)
-    fail(label, "data section has ", data_size, " bytes but the tensors cover only ", covered,
-         " (trailing bytes; truncated header or corrupt file)");
-  return entries;
-}
-
-/// Builds the tensors. With a `mapping`, tensors whose bytes are aligned to their element
-/// size view the mapping (zero-copy); otherwise the bytes are copied.
+/// Builds the tensors from the whole file's bytes in memory. With a `mapping`, tensors whose
+/// bytes are aligned to their element size view the mapping (zero-copy); otherwise the bytes
+/// are copied.
 SafetensorsFile build(const char* data, uint64_t size, const std::string& label,
                       const std::shared_ptr<void>& mapping) {
+  Header h = parse_header(std::string_view(data, data ? size : 0), size, label);
   SafetensorsFile out;
-  uint64_t data_start = 0;
-  std::vector<Entry> entries = parse_header(data, size, label, out.metadata, data_start);
-  out.tensors.reserve(entries.size());
-  for (auto& e : entries) {
-    const char* p = data + data_start + e.begin;
+  out.metadata = std::move(h.metadata);
+  out.tensors.reserve(h.entries.size());
+  for (auto& e : h.entries) {
+    const char* p = data + h.data_start + e.begin;
     const size_t nbytes = e.end - e.begin;
     std::shared_ptr<Storage> storage;
     if (mapping && reinterpret_cast<uintptr_t>(p) % dtype_size(e.dtype) == 0) {
@@ -295,12 +106,7 @@ SafetensorsFile build(const char* data, uint64_t size, const std::string& label,
       storage = Storage::allocate(nbytes);
       if (nbytes) std::memcpy(storage->data, p, nbytes);
     }
-    auto impl = std::make_shared<TensorImpl>();
-    impl->storage = std::move(storage);
-    impl->strides = contiguous_strides(e.shape);
-    impl->shape = std::move(e.shape);
-    impl->dtype = e.dtype;
-    out.tensors.emplace_back(std::move(e.name), Tensor(std::move(impl)));
+    out.tensors.emplace_back(std::move(e.name), make_tensor(e, std::move(storage)));
   }
   return out;
 }
@@ -366,6 +172,7 @@ SafetensorsFile load_safetensors_from_bytes(std::string_view bytes, const std::s
 }
 
 namespace {
+
 struct Mapping {
   void* addr = nullptr;
   size_t len = 0;
@@ -373,35 +180,71 @@ struct Mapping {
     if (addr) ::munmap(addr, len);
   }
 };
+
+/// An open file descriptor, closed on scope exit.
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+/// Reads exactly n bytes at `offset`; throws naming the file when it ends early (it was
+/// truncated while being read) or the read fails.
+void read_at(int fd, char* dst, size_t n, uint64_t offset, const std::string& path) {
+  while (n > 0) {
+    const ssize_t got = ::pread(fd, dst, std::min<size_t>(n, size_t{1} << 30),
+                                static_cast<off_t>(offset));
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) fail(path, "read failed at offset ", offset, ": ", std::strerror(errno));
+    if (got == 0)
+      fail(path, "the file ended at offset ", offset, " while being read (truncated meanwhile?)");
+    dst += got;
+    n -= static_cast<size_t>(got);
+    offset += static_cast<uint64_t>(got);
+  }
+}
+
+/// LoadOptions::copy: the header and then every tensor straight into memory kern owns, with
+/// pread (no mapping, so a later change of the file cannot reach the tensors).
+SafetensorsFile read_copy(int fd, uint64_t size, const std::string& path) {
+  char prefix[8] = {};
+  if (size >= 8) read_at(fd, prefix, 8, 0, path);
+  const uint64_t n = header_length(prefix, size, path);
+  std::string head(8 + n, '\0');
+  read_at(fd, head.data(), head.size(), 0, path);
+  Header h = parse_header(head, size, path);
+  SafetensorsFile out;
+  out.metadata = std::move(h.metadata);
+  out.tensors.reserve(h.entries.size());
+  for (auto& e : h.entries) {
+    const size_t nbytes = e.end - e.begin;
+    auto storage = Storage::allocate(nbytes);
+    if (nbytes) read_at(fd, static_cast<char*>(storage->data), nbytes, h.data_start + e.begin, path);
+    out.tensors.emplace_back(std::move(e.name), make_tensor(e, std::move(storage)));
+  }
+  return out;
+}
+
 }  // namespace
 
-SafetensorsFile load_safetensors(const std::string& path) {
+SafetensorsFile load_safetensors(const std::string& path, const LoadOptions& options) {
   // O_NONBLOCK: opening a FIFO must not wait for a writer (it is rejected just below).
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) fail(path, "cannot open: ", std::strerror(errno));
+  Fd fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};
+  if (fd.fd < 0) fail(path, "cannot open: ", std::strerror(errno));
   struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    fail(path, "cannot stat: ", std::strerror(err));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail(path, "not a regular file");
-  }
+  if (::fstat(fd.fd, &st) != 0) fail(path, "cannot stat: ", std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) fail(path, "not a regular file");
   const auto size = static_cast<uint64_t>(st.st_size);
-  if (size < 8) {
-    ::close(fd);
-    build(nullptr, size, path, nullptr);  // throws the "shorter than 8 bytes" error
-  }
+  if (options.copy) return read_copy(fd.fd, size, path);
+  if (size < 8) header_length(nullptr, size, path);  // throws "shorter than the 8-byte prefix"
   // MAP_PRIVATE + PROT_WRITE: the file is opened read-only and never modified, but a loaded
   // tensor updated in place (an optimizer step) gets private copy-on-write pages instead of
-  // a SIGSEGV. (Truncating the file while it is mapped would SIGBUS; save_safetensors
-  // replaces files by rename, which keeps the old inode alive for existing mappings.)
-  void* addr = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-  const int err = errno;
-  ::close(fd);
-  if (addr == MAP_FAILED) fail(path, "cannot mmap ", size, " bytes: ", std::strerror(err));
+  // a SIGSEGV. Pages not yet written still read the file: truncating it while the tensors
+  // live gives SIGBUS (see LoadOptions; save_safetensors replaces files by rename, which
+  // keeps the old inode alive for existing mappings).
+  void* addr = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd.fd, 0);
+  if (addr == MAP_FAILED) fail(path, "cannot mmap ", size, " bytes: ", std::strerror(errno));
   auto mapping = std::make_shared<Mapping>();
   mapping->addr = addr;
   mapping->len = size;

@@ -1,12 +1,17 @@
 #pragma once
-// Internal to framework/io/safetensors*.cpp: error helpers shared by reading and writing.
+// Internal to framework/io/safetensors*.cpp: error helpers shared by reading and writing, and
+// the header validation of safetensors_header.cpp.
 // (nlohmann-json stays out of kern's public headers.)
 #include <fmt/format.h>
 
 #include <kern/error.hpp>
+#include <kern/shape.hpp>
+#include <kern/dtype.hpp>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace kern::io::internal {
 
@@ -34,5 +39,29 @@ template <typename... Args>
   throw Error(
       ::kern::detail::concat("safetensors: ", label, ": tensor ", quote_name(name), ": ", args...));
 }
+
+/// One validated tensor entry of a header: its bytes are [begin, end) of the data section.
+struct Entry {
+  std::string name;
+  DType dtype = DType::Float32;
+  Shape shape;
+  uint64_t begin = 0, end = 0;
+};
+
+/// A validated header (safetensors_header.cpp): entries sorted by name, the metadata, and
+/// the file offset where the data section starts (8 + header length).
+struct Header {
+  std::vector<Entry> entries;
+  std::map<std::string, std::string> metadata;
+  uint64_t data_start = 0;
+};
+
+/// The header length declared by the 8 bytes at `prefix`, checked against the file size and
+/// the 100 MB cap. `prefix` may be null only when file_size < 8 (which throws).
+uint64_t header_length(const char* prefix, uint64_t file_size, const std::string& label);
+
+/// Validates a file of `file_size` bytes from its first bytes `head` (at least the prefix and
+/// the header it declares; more is ignored): everything but the tensor data itself.
+Header parse_header(std::string_view head, uint64_t file_size, const std::string& label);
 
 }  // namespace kern::io::internal

@@ -1,5 +1,7 @@
 // safetensors writing (atomic: temp file, fsync, rename) and tensor checksums.
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -8,9 +10,11 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <kern/autograd.hpp>
 #include <kern/io/safetensors.hpp>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -97,7 +101,68 @@ void emit(const Plan& plan, const std::vector<std::pair<std::string, Tensor>>& t
   }
 }
 
-/// A temporary file next to the target, removed unless commit() renamed it into place.
+// Temporary files are named ".<target name>.tmp-<pid>-<counter>-<8 hex digits>" in the
+// target's directory, and their writer holds an exclusive flock on them until they are
+// renamed or removed. A writer killed (kill -9, power loss) leaves its temp file behind;
+// the next save to the same target removes such orphans (remove_stale_temp_files).
+
+/// The writer's pid when `name` is one of kern's temp names for target file `target_name`.
+std::optional<pid_t> temp_file_pid(std::string_view name, std::string_view target_name) {
+  const std::string prefix = fmt::format(".{}.tmp-", target_name);
+  if (name.size() <= prefix.size() || name.substr(0, prefix.size()) != prefix) return std::nullopt;
+  std::string_view rest = name.substr(prefix.size());  // "<pid>-<counter>-<hex8>"
+  auto digits = [&](size_t& n) {
+    n = 0;
+    while (n < rest.size() && rest[n] >= '0' && rest[n] <= '9') ++n;
+    return n > 0 && n <= 20;
+  };
+  size_t n = 0;
+  if (!digits(n) || n > 9 || n == rest.size() || rest[n] != '-') return std::nullopt;
+  const pid_t pid = static_cast<pid_t>(std::stol(std::string(rest.substr(0, n))));
+  rest.remove_prefix(n + 1);
+  if (!digits(n) || n == rest.size() || rest[n] != '-') return std::nullopt;
+  rest.remove_prefix(n + 1);
+  if (rest.size() != 8 || !std::all_of(rest.begin(), rest.end(), [](char c) {
+        return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+      }))
+    return std::nullopt;
+  return pid;
+}
+
+/// Removes kern's temp files for `target` left behind by writers that died: a file is
+/// removed only when (a) its name has kern's pattern for this target, (b) no process holds
+/// its writer's flock (a live writer, on this machine or sharing the filesystem, always
+/// does), and (c) the pid in its name is not a live process here, or the file has not been
+/// modified for a day (the pid was reused). Best effort: errors are ignored, a save never
+/// fails because of them. Returns the number of files removed.
+size_t remove_stale_temp_files(const std::filesystem::path& target) {
+  namespace fs = std::filesystem;
+  const auto dir = target.parent_path().empty() ? fs::path(".") : target.parent_path();
+  const std::string target_name = target.filename().string();
+  size_t removed = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const std::optional<pid_t> pid = temp_file_pid(name, target_name);
+    if (!pid || *pid == ::getpid()) continue;  // ours may be a concurrent save of this process
+    const std::string path = it->path().string();
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) continue;
+    struct stat st {};
+    const bool locked_by_writer = ::flock(fd, LOCK_EX | LOCK_NB) != 0;
+    if (!locked_by_writer && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+      const bool writer_dead = ::kill(*pid, 0) != 0 && errno == ESRCH;
+      const bool day_old = std::time(nullptr) - st.st_mtime > 24 * 3600;
+      if ((writer_dead || day_old) && ::unlink(path.c_str()) == 0) ++removed;
+    }
+    ::close(fd);  // releases our lock
+  }
+  return removed;
+}
+
+/// A temporary file next to the target, removed unless commit() renamed it into place. Its
+/// exclusive flock, held from creation until after the rename, tells remove_stale_temp_files
+/// that its writer is alive.
 class TempFile {
  public:
   TempFile(const std::filesystem::path& target, const std::string& label) : label_(label) {
@@ -115,10 +180,15 @@ class TempFile {
         fail(label_, "cannot create temporary file ", path_, ": ", std::strerror(errno));
     }
     if (fd_ < 0) fail(label_, "cannot create a unique temporary file in ", dir.string());
+    // Nobody else can hold the lock of a file created just now; a failure (a filesystem
+    // without flock) only means a cleaner on another machine could not see us.
+    ::flock(fd_, LOCK_EX | LOCK_NB);
+    lock_fd_ = ::dup(fd_);  // keeps the lock through close(fd_) until after the rename
   }
   ~TempFile() {
     if (fd_ >= 0) ::close(fd_);
     if (!committed_) ::unlink(path_.c_str());
+    if (lock_fd_ >= 0) ::close(lock_fd_);
   }
   TempFile(const TempFile&) = delete;
   TempFile& operator=(const TempFile&) = delete;
@@ -146,7 +216,7 @@ class TempFile {
 
  private:
   std::string label_, path_;
-  int fd_ = -1;
+  int fd_ = -1, lock_fd_ = -1;
   bool committed_ = false;
 };
 
@@ -176,6 +246,7 @@ void save_safetensors(const std::string& path,
   const std::filesystem::path tp(target);
   if (tp.filename().empty()) fail(path, "path names a directory, not a file");
 
+  remove_stale_temp_files(tp);
   TempFile tmp(tp, path);
   emit(plan, tensors, [&](const char* p, size_t n) { tmp.write(p, n); });
   tmp.commit(target);

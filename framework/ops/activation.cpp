@@ -26,6 +26,7 @@ struct Around {
 
 template <bool Log>
 Tensor softmax_forward(const Tensor& x, int64_t dim, const char* op) {
+  if (x.numel() == 0) return empty(x.shape(), x.dtype());  // no rows: never loop over them
   Tensor xc = contiguous(x.detach());
   Around a;
   const Shape& s = x.shape();

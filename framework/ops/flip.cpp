@@ -51,7 +51,7 @@ Tensor flip(const Tensor& x, const Dims& dims) {
   std::vector<int64_t> strides = x.strides();
   int64_t offset = 0;
   for (int64_t d = 0; d < nd; ++d) {
-    if (!flipped[d] || x.shape()[d] == 0) continue;
+    if (!flipped[d] || x.numel() == 0) continue;  // no elements: no offset (it could overflow)
     offset += (x.shape()[d] - 1) * strides[d];
     strides[d] = -strides[d];
   }
@@ -76,8 +76,9 @@ Tensor rot90(const Tensor& x, int64_t k, const Dims& dims) {
   Shape shape = s;
   std::vector<int64_t> strides = st;
   int64_t offset = 0;
-  // last(d): the offset of the last element along d (0 for an empty dim).
-  auto last = [&](int64_t d) { return s[d] > 0 ? (s[d] - 1) * st[d] : 0; };
+  // last(d): the offset of the last element along d.
+  // (0 without elements: with huge other sizes the product could overflow.)
+  auto last = [&](int64_t d) { return x.numel() > 0 ? (s[d] - 1) * st[d] : 0; };
   switch (kk) {
     case 1:  // out[.., i, .., j, ..] = x[.., j, .., s1 - 1 - i, ..]
       shape[d0] = s[d1], shape[d1] = s[d0];

@@ -21,6 +21,10 @@ struct Around {
 };
 Around around(const Shape& s, int64_t dim) {
   Around a;
+  a.n = s.empty() ? 1 : s[dim];
+  // Without elements nothing is visited (outer = inner = 0): no loop over the 2^62 empty
+  // rows of [2^62, 0], and no overflowing product of the other sizes.
+  if (s.numel() == 0) return {0, a.n, 0};
   for (int64_t d = 0; d < dim; ++d) a.outer *= s[d];
   a.n = s.empty() ? 1 : s[dim];
   for (size_t d = dim + 1; d < s.size(); ++d) a.inner *= s[d];

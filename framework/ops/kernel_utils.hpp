@@ -40,9 +40,14 @@ decltype(auto) dispatch_all(DType dt, F&& f) {
 /// Strides of `t` seen through a broadcast to `shape` (0 on broadcast dims).
 std::vector<int64_t> broadcast_strides(const Tensor& t, const Shape& shape);
 
+/// Throws kern::Error naming `op` unless every element of the floating tensor `src` converts
+/// to int64 without undefined behaviour (finite, in [-2^63, 2^63)). No-op for int64 `src`.
+void check_int64_convertible(const Tensor& src, const char* op);
+
 /// A loop nest over `shape` for K operands with the given element strides, with adjacent
 /// dims merged where every operand allows it. Calls inner(offsets[K], n, inner_strides[K])
 /// once per innermost row; rows are split across OpenMP threads when the work is large.
+/// A shape with no elements runs nothing (it never walks the outer dims of [2^62, 0]).
 template <size_t K>
 struct StridedLoop {
   Shape shape;
@@ -57,6 +62,11 @@ StridedLoop<K>::StridedLoop(const Shape& s, std::array<std::vector<int64_t>, K> 
   // Drop size-1 dims, then merge dim i into i+1 when contiguous for all operands.
   Shape sh;
   std::array<std::vector<int64_t>, K> str;
+  if (s.numel() == 0) {  // nothing to visit: one empty row
+    shape = {0};
+    for (size_t k = 0; k < K; ++k) strides[k] = {0};
+    return;
+  }
   for (size_t d = 0; d < s.size(); ++d) {
     if (s[d] == 1) continue;
     sh.push_back(s[d]);
@@ -87,6 +97,7 @@ template <typename F>
 void StridedLoop<K>::run(F&& inner) const {
   const int64_t nd = static_cast<int64_t>(shape.size());
   const int64_t n_inner = shape[nd - 1];
+  if (n_inner == 0) return;  // no elements (the constructor folds such shapes to {0})
   int64_t n_outer = 1;
   for (int64_t d = 0; d < nd - 1; ++d) n_outer *= shape[d];
   std::array<int64_t, K> inner_strides;

@@ -15,6 +15,7 @@ using G = std::vector<Tensor>;
 namespace {
 
 Tensor make_view(const Tensor& x, Shape shape, std::vector<int64_t> strides, int64_t offset) {
+  (void)shape.numel();  // throws when the element count overflows (expand to [2^62, 8])
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = x.impl().storage;
   impl->shape = std::move(shape);
@@ -26,17 +27,20 @@ Tensor make_view(const Tensor& x, Shape shape, std::vector<int64_t> strides, int
 
 // Resolves a single -1 in a target shape.
 Shape infer_shape(const Shape& target, int64_t numel, const char* op, const Shape& from) {
-  Shape s = target;
-  int64_t known = 1, infer = -1;
+  Shape s = target, known_sizes;
+  int64_t infer = -1;
   for (size_t i = 0; i < s.size(); ++i) {
     if (s[i] == -1) {
       KERN_CHECK(infer < 0, op, ": only one dimension can be -1 in ", target);
       infer = static_cast<int64_t>(i);
     } else {
       KERN_CHECK(s[i] >= 0, op, ": invalid size ", s[i], " in ", target);
-      known *= s[i];
+      known_sizes.push_back(s[i]);
     }
   }
+  const auto known_numel = known_sizes.checked_numel();
+  KERN_CHECK(known_numel.has_value(), op, ": shape ", target, " has more elements than int64 can count");
+  const int64_t known = *known_numel;
   if (infer >= 0) {
     KERN_CHECK(known != 0 && numel % known == 0, op, ": shape ", target, " is invalid for input of shape ", from);
     s[infer] = numel / known;
@@ -137,7 +141,10 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
              ") is out of range for dim ", dim, " of size ", n, " (shape ", x.shape(), ")");
   Shape shape = x.shape();
   shape[dim] = length;
-  const int64_t offset = x.storage_offset() + start * x.strides()[dim];
+  // A view without elements keeps x's offset: it reads nothing, and start * stride can
+  // overflow there ([2^31, 0, 2^32 - 1] has stride 2^32 - 1 in dim 0; found by fuzz_idx).
+  const int64_t offset =
+      shape.numel() == 0 ? x.storage_offset() : x.storage_offset() + start * x.strides()[dim];
   const int64_t nd = x.dim();
   return record_op("narrow", make_view(x, shape, x.strides(), offset), {x},
                    [dim, start, n, length, nd](const BackwardContext& c) {
@@ -209,9 +216,8 @@ Tensor flatten(const Tensor& x, int64_t start_dim, int64_t end_dim) {
   end_dim = wrap_dim(end_dim, x.dim(), "flatten");
   KERN_CHECK(start_dim <= end_dim, "flatten: start_dim ", start_dim, " > end_dim ", end_dim);
   Shape shape(x.shape().begin(), x.shape().begin() + start_dim);
-  int64_t m = 1;
-  for (int64_t d = start_dim; d <= end_dim; ++d) m *= x.shape()[d];
-  shape.push_back(m);
+  // The merged size, overflow-checked (only a tensor without elements can get there).
+  shape.push_back(Shape(x.shape().begin() + start_dim, x.shape().begin() + end_dim + 1).numel());
   shape.insert(shape.end(), x.shape().begin() + end_dim + 1, x.shape().end());
   return reshape(x, shape);
 }

@@ -44,11 +44,15 @@ Tensor sum_kernel(const Tensor& x, const std::vector<int64_t>& rd, const Shape& 
   std::vector<int64_t> kept, order;
   for (int64_t d = 0; d < x.dim(); ++d)
     if (std::find(rd.begin(), rd.end(), d) == rd.end()) kept.push_back(d);
-  int64_t K = 1, R = 1;
-  for (auto d : kept) K *= x.shape()[d];
-  for (auto d : rd) R *= x.shape()[d];
   const bool inner = !rd.empty() && rd.back() == x.dim() - 1;
   Tensor out = empty(out_shape, x.dtype());
+  // K kept (output) elements, each the sum of R. Without output elements there is nothing to
+  // do, and R (the product of the reduced sizes) may not even fit: [2^31, 2^32, 0] summed
+  // over dims 0 and 1 (found by fuzz_idx). With output elements, R is 0 or a factor of numel.
+  const int64_t K = out.numel();
+  Shape reduced_sizes;
+  for (auto d : rd) reduced_sizes.push_back(x.shape()[d]);
+  const int64_t R = K == 0 ? 0 : reduced_sizes.numel();
   NoGradGuard ng;
   detail::dispatch_float(x.dtype(), "sum", [&]<typename T>() {
     T* o = static_cast<T*>(out.raw_data());
@@ -171,8 +175,9 @@ Tensor sum(const Tensor& x, const Dims& dims, bool keepdim) {
 Tensor mean(const Tensor& x, const Dims& dims, bool keepdim) {
   detail::check_floating(x, "mean");
   auto rd = reduced_dims(x, dims, "mean");
-  int64_t n = 1;
-  for (auto d : rd) n *= x.shape()[d];
+  Shape reduced_sizes;  // their product is checked: it can overflow when x has no elements
+  for (auto d : rd) reduced_sizes.push_back(x.shape()[d]);
+  const int64_t n = reduced_sizes.numel();
   KERN_CHECK(n > 0, "mean: reduction over an empty dimension of shape ", x.shape());
   return sum(x, dims, keepdim) * (1.0 / static_cast<double>(n));
 }
@@ -180,8 +185,9 @@ Tensor mean(const Tensor& x, const Dims& dims, bool keepdim) {
 Tensor var(const Tensor& x, const Dims& dims, int64_t correction, bool keepdim) {
   detail::check_floating(x, "var");
   auto rd = reduced_dims(x, dims, "var");
-  int64_t n = 1;
-  for (auto d : rd) n *= x.shape()[d];
+  Shape reduced_sizes;  // their product is checked: it can overflow when x has no elements
+  for (auto d : rd) reduced_sizes.push_back(x.shape()[d]);
+  const int64_t n = reduced_sizes.numel();
   KERN_CHECK(n - correction > 0, "var: ", n, " elements with correction ", correction,
              " leave no degrees of freedom (shape ", x.shape(), ")");
   Tensor centered = x - mean(x, dims, true);

@@ -11,15 +11,23 @@ namespace kern {
 
 Tensor empty(const Shape& shape, DType dtype) {
   for (auto s : shape) KERN_CHECK(s >= 0, "empty: negative size in shape ", shape);
+  // Checked before anything is allocated: the element count, the byte size and the strides
+  // must all fit in int64 (a wrapped-around count would give a too-small buffer).
+  KERN_CHECK(shape.checked_numel().has_value(), "empty: shape ", shape,
+             " has more elements than int64 can count");
+  const int64_t nbytes = checked_nbytes(shape, static_cast<int64_t>(dtype_size(dtype)), "empty");
+  auto strides = contiguous_strides(shape);
   auto i = std::make_shared<TensorImpl>();
-  i->storage = Storage::allocate(static_cast<std::size_t>(shape.numel()) * dtype_size(dtype));
+  i->storage = Storage::allocate(static_cast<std::size_t>(nbytes));
   i->shape = shape;
-  i->strides = contiguous_strides(shape);
+  i->strides = std::move(strides);
   i->dtype = dtype;
   return Tensor(i);
 }
 
 Tensor full(const Shape& shape, double value, DType dtype) {
+  KERN_CHECK(is_floating(dtype) || fits_int64(value), "full: cannot fill an int64 tensor with ",
+             value);
   Tensor t = empty(shape, dtype);
   detail::dispatch_all(dtype, [&]<typename T>() {
     std::fill_n(static_cast<T*>(t.raw_data()), t.numel(), static_cast<T>(value));
@@ -35,8 +43,17 @@ Tensor ones_like(const Tensor& t) { return ones(t.shape(), t.dtype()); }
 Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.dtype()); }
 
 Tensor arange(double start, double end, double step, DType dtype) {
+  // Every bound is checked before the float -> int64 conversion of the length (converting
+  // NaN, Inf or a value past 2^63 is undefined behaviour in C++).
+  KERN_CHECK(std::isfinite(start) && std::isfinite(end) && std::isfinite(step), "arange: start ",
+             start, ", end ", end, " and step ", step, " must be finite");
   KERN_CHECK(step != 0, "arange: step must be nonzero");
-  const int64_t n = std::max<int64_t>(0, static_cast<int64_t>(std::ceil((end - start) / step)));
+  const double len = std::ceil((end - start) / step);  // may be Inf when end - start overflows
+  KERN_CHECK(len < 0x1p62, "arange: [", start, ", ", end, ") with step ", step, " has ", len,
+             " elements, too many to allocate");
+  const int64_t n = len > 0 ? static_cast<int64_t>(len) : 0;
+  KERN_CHECK(is_floating(dtype) || n == 0 || (fits_int64(start) && fits_int64(start + (n - 1) * step)),
+             "arange: values from ", start, " to ", start + (n - 1) * step, " do not fit int64");
   Tensor t = empty({n}, dtype);
   detail::dispatch_all(dtype, [&]<typename T>() {
     T* p = static_cast<T*>(t.raw_data());
@@ -61,7 +78,8 @@ Tensor rand(const Shape& shape, DType dtype, Generator* gen, double low, double 
   Tensor t = empty(shape, dtype);
   detail::dispatch_float(dtype, "rand", [&]<typename T>() {
     T* p = static_cast<T*>(t.raw_data());
-    for (int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<T>(low + (high - low) * g.uniform());
+    const int64_t n = t.numel();
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(low + (high - low) * g.uniform());
   });
   return t;
 }
@@ -71,7 +89,8 @@ Tensor randn(const Shape& shape, DType dtype, Generator* gen) {
   Tensor t = empty(shape, dtype);
   detail::dispatch_float(dtype, "randn", [&]<typename T>() {
     T* p = static_cast<T*>(t.raw_data());
-    for (int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<T>(g.normal());
+    const int64_t n = t.numel();
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(g.normal());
   });
   return t;
 }

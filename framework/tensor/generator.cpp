@@ -30,11 +30,33 @@ std::string Generator::state() const {
 }
 
 void Generator::set_state(const std::string& state) {
+  // Parsed into temporaries: a malformed state throws and leaves this generator unchanged.
+  // The format is state(): "<seed> <has_spare 0|1> <spare as hexfloat> <mt19937_64 state>".
   std::istringstream is(state);
+  uint64_t seed = 0;
+  int has_spare = -1;
   std::string spare_text;
-  is >> seed_ >> has_spare_ >> spare_text >> engine_;
-  KERN_CHECK(!is.fail(), "Generator::set_state: malformed generator state");
-  spare_ = std::strtod(spare_text.c_str(), nullptr);
+  std::mt19937_64 engine;
+  is >> seed;
+  KERN_CHECK(!is.fail(), "Generator::set_state: malformed state: the seed is not an unsigned integer");
+  is >> has_spare;
+  KERN_CHECK(!is.fail() && (has_spare == 0 || has_spare == 1),
+             "Generator::set_state: malformed state: the spare flag is not 0 or 1");
+  is >> spare_text;
+  char* end = nullptr;
+  const double spare = std::strtod(spare_text.c_str(), &end);
+  KERN_CHECK(!is.fail() && !spare_text.empty() && *end == '\0' && std::isfinite(spare),
+             "Generator::set_state: malformed state: the spare normal '", spare_text.substr(0, 40),
+             "' is not a finite number");
+  is >> engine;
+  KERN_CHECK(!is.fail(), "Generator::set_state: malformed state: the mt19937_64 engine state is ",
+             "missing or not 312 words and an index");
+  is >> std::ws;
+  KERN_CHECK(is.eof(), "Generator::set_state: malformed state: unexpected text after the engine state");
+  seed_ = seed;
+  has_spare_ = has_spare == 1;
+  spare_ = spare;
+  engine_ = engine;
 }
 
 Generator& default_generator() {

@@ -25,14 +25,32 @@ std::shared_ptr<Storage> Storage::allocate(std::size_t nbytes) {
   return s;
 }
 
+namespace detail {
+void throw_numel_overflow(const Shape& shape) {
+  throw Error(concat("shape ", shape, " has more elements than int64 can count (the product of ",
+                     "its sizes overflows)"));
+}
+}  // namespace detail
+
 std::vector<int64_t> contiguous_strides(const Shape& shape) {
   std::vector<int64_t> st(shape.size());
   int64_t acc = 1;
   for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
     st[d] = acc;
-    acc *= std::max<int64_t>(shape[d], 1);
+    // The stride of dim d-1; it is needed (and so must fit) only when there is a dim d-1.
+    if (d > 0)
+      KERN_CHECK(!__builtin_mul_overflow(acc, std::max<int64_t>(shape[d], 1), &acc), "shape ",
+                 shape, ": its contiguous strides overflow int64");
   }
   return st;
+}
+
+int64_t checked_nbytes(const Shape& shape, int64_t elem_size, const char* op) {
+  int64_t nbytes = 0;
+  KERN_CHECK(!__builtin_mul_overflow(shape.numel(), elem_size, &nbytes), op, ": shape ", shape,
+             " needs more than 2^63 bytes (", shape.numel(), " elements of ", elem_size,
+             " bytes)");
+  return nbytes;
 }
 
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
@@ -45,6 +63,8 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
                " cannot be broadcast together");
     out[i] = da == 1 ? db : da;
   }
+  KERN_CHECK(out.checked_numel().has_value(), op, ": the broadcast shape ", out, " of ", a, " and ",
+             b, " has more elements than int64 can count");
   return out;
 }
 
@@ -59,6 +79,9 @@ int64_t Tensor::size(int64_t d) const { return shape()[wrap_dim(d, dim(), "size"
 int64_t Tensor::stride(int64_t d) const { return strides()[wrap_dim(d, dim(), "stride")]; }
 
 bool Tensor::is_contiguous() const {
+  // A tensor without elements is contiguous whatever its strides (as in PyTorch): copying
+  // it must not walk its outer dims (a [2^62, 0] tensor has 2^62 empty rows).
+  if (numel() == 0) return true;
   int64_t expected = 1;
   for (int64_t d = dim() - 1; d >= 0; --d) {
     if (shape()[d] != 1 && strides()[d] != expected) return false;
@@ -82,6 +105,31 @@ double Tensor::item_double() const {
     return static_cast<double>(*static_cast<const T*>(raw_data()));
   });
 }
+
+int64_t Tensor::item_int64() const {
+  KERN_CHECK(numel() == 1, "item: expected a tensor with one element, got shape ", shape());
+  if (dtype() == DType::Int64) return *static_cast<const int64_t*>(raw_data());
+  const double v = item_double();
+  KERN_CHECK(fits_int64(v), "item: value ", v, " does not fit int64");
+  return static_cast<int64_t>(v);
+}
+
+namespace detail {
+// Throws unless every element of the floating tensor `src` converts to int64 without UB.
+void check_int64_convertible(const Tensor& src, const char* op) {
+  if (!is_floating(src.dtype())) return;
+  NoGradGuard ng;
+  const Tensor c = src.contiguous();
+  const int64_t n = c.numel();
+  dispatch_float(c.dtype(), op, [&]<typename T>() {
+    const T* p = static_cast<const T*>(c.raw_data());
+    for (int64_t i = 0; i < n; ++i)
+      KERN_CHECK(fits_int64(static_cast<double>(p[i])), op, ": cannot convert ", p[i],
+                 " (element ", i, " of a ", src.dtype(), " tensor of shape ", src.shape(),
+                 ") to int64: only finite values in [-2^63, 2^63) convert");
+  });
+}
+}  // namespace detail
 
 template <typename T>
 std::vector<T> Tensor::to_vector() const {
@@ -131,6 +179,7 @@ Tensor Tensor::clone() const {
 
 Tensor Tensor::to(DType target) const {
   if (target == dtype()) return *this;
+  if (target == DType::Int64) detail::check_int64_convertible(*this, "to");
   Tensor out = detail::dispatch_all(target, [&]<typename TO>() {
     return detail::dispatch_all(dtype(), [&]<typename TI>() {
       return detail::map_unary<TO, TI>(*this, target, [](TI v) { return static_cast<TO>(v); });
@@ -215,6 +264,7 @@ Tensor& Tensor::copy_(const Tensor& src) {
   KERN_CHECK(!has_internal_overlap(*this), "copy_: the destination (", dtype(), " ", shape(), ", strides ",
              fmt::format("{}", fmt::join(strides(), ", ")), ") has elements that share memory (an expand()ed view?); which source "
              "element would win is undefined: copy into a contiguous() tensor instead");
+  if (dtype() == DType::Int64) detail::check_int64_convertible(src, "copy_");
   bump_version();
   if (same_view(*this, src)) return *this;  // x.copy_(x): nothing to move
   // A source overlapping the destination would be overwritten while it is read: read it
@@ -239,6 +289,8 @@ Tensor& Tensor::copy_(const Tensor& src) {
 
 Tensor& Tensor::fill_(double value) {
   check_inplace_grad_mode(*this, "fill_");
+  KERN_CHECK(is_floating(dtype()) || fits_int64(value), "fill_: cannot fill an int64 tensor with ",
+             value);
   bump_version();
   detail::dispatch_all(dtype(), [&]<typename T>() {
     T* o = static_cast<T*>(raw_data());

@@ -4,7 +4,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <kern/io/safetensors.hpp>
 #include <memory>
@@ -49,8 +51,18 @@ int run_inspect(const InspectOptions& opt) {
                          name, width, dtype_name(t.dtype()), fmt::format("{}", t.shape()), c.sum,
                          c.abs_sum, c.crc32);
     }
-    std::fputs(out.c_str(), stdout);
-    return std::fflush(stdout) == 0 ? 0 : 2;
+    // A write error (a full disk, /dev/full) can surface at fputs or only at fflush; either
+    // way it is an error with a message, never a silent exit 0.
+    errno = 0;
+    const bool written = std::fputs(out.c_str(), stdout) >= 0;
+    if (!written || std::fflush(stdout) != 0 || std::ferror(stdout)) {
+      const int err = errno;
+      std::clearerr(stdout);
+      std::fprintf(stderr, "kern inspect: cannot write the output: %s\n",
+                   err ? std::strerror(err) : "write error");
+      return 2;
+    }
+    return 0;
   } catch (const std::exception& e) {
     // kern::Error for a malformed file; std::bad_alloc and the like fail the same way.
     std::fprintf(stderr, "kern inspect: %s\n", e.what());

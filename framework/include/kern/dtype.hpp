@@ -22,6 +22,11 @@ constexpr std::string_view dtype_name(DType d) {
   return "?";
 }
 
+/// True when converting `v` to int64 is defined: finite and in [-2^63, 2^63). Converting
+/// NaN, an infinity or a value out of that range is undefined behaviour in C++; kern checks
+/// with this first and throws kern::Error naming the op and the value instead.
+constexpr bool fits_int64(double v) { return v >= -0x1p63 && v < 0x1p63; }
+
 template <typename T> constexpr DType dtype_of();
 template <> constexpr DType dtype_of<float>() { return DType::Float32; }
 template <> constexpr DType dtype_of<double>() { return DType::Float64; }

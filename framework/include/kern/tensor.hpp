@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace kern {
@@ -70,12 +72,23 @@ class Tensor {
                dtype_of<T>());
     return static_cast<T*>(raw_data());
   }
-  /// The single value of a one-element tensor.
+  /// The single value of a one-element tensor. For an integer T the value must be a whole
+  /// number within T's range (NaN, Inf or 1e300 as int64 throw kern::Error instead of
+  /// converting with undefined behaviour); an int64 tensor is read without a double round trip.
   template <typename T = double>
   T item() const {
-    return static_cast<T>(item_double());
+    if constexpr (std::is_integral_v<T>) {
+      const int64_t v = item_int64();
+      KERN_CHECK(std::in_range<T>(v), "item: value ", v, " does not fit the requested type");
+      return static_cast<T>(v);
+    } else {
+      return static_cast<T>(item_double());
+    }
   }
   double item_double() const;
+  /// The single value as int64: exact for int64 tensors; a floating value must fit int64
+  /// (fits_int64) and is truncated toward zero, as static_cast.
+  int64_t item_int64() const;
   /// Copies the elements out in row-major order, converted to T.
   template <typename T>
   std::vector<T> to_vector() const;
@@ -105,6 +118,9 @@ class Tensor {
   void bump_version() const;
 
   // ---- conversion and copies
+  /// A copy converted to `dtype` (differentiable between float dtypes). To int64, values are
+  /// truncated toward zero; NaN, Inf and values outside [-2^63, 2^63) throw kern::Error naming
+  /// the first such element (PyTorch gives an unspecified value; C++ makes it UB).
   Tensor to(DType dtype) const;
   Tensor contiguous() const;
   Tensor clone() const;
@@ -115,9 +131,11 @@ class Tensor {
   /// destination whose elements overlap (an expand()ed view) is rejected; a source that
   /// overlaps the destination is read through a temporary, so the result is always the
   /// values `src` had before the call. Bumps the version counter.
+  /// (A floating `src` copied into an int64 tensor must hold values that fit int64, as in to().)
   Tensor& copy_(const Tensor& src);
   /// Sets every element to `value`; the same grad-mode rule as copy_ (an expand()ed
-  /// destination is fine here: every element gets the same value). Bumps the version.
+  /// destination is fine here: every element gets the same value). Bumps the version. For
+  /// int64 tensors `value` must fit int64.
   Tensor& fill_(double value);
 
   // ---- views (share storage; differentiable)

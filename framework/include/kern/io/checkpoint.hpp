@@ -9,10 +9,12 @@
 //
 // The templates accept anything with state_dict() / load_state_dict(...) (nn::Module,
 // optim::Optimizer), so framework/io does not depend on the layers above it.
+#include <kern/generator.hpp>
 #include <kern/io/safetensors.hpp>
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,13 +33,24 @@ struct Checkpoint {
 
 /// Writes a checkpoint atomically; throws kern::Error (and leaves `path` untouched) on failure.
 void write_checkpoint(const std::string& path, const Checkpoint& ck);
-/// Reads and validates a checkpoint written by write_checkpoint (errors name the file and field).
+/// Reads and validates a checkpoint written by write_checkpoint: the format, a non-negative
+/// integer kern.step, and a well-formed kern.rng_state (errors name the file and the field).
 Checkpoint read_checkpoint(const std::string& path);
 
 /// Captures the default generator's state into `ck.rng_state`.
 void capture_rng(Checkpoint& ck);
 /// Restores the default generator from `ck.rng_state` (no-op when empty).
 void restore_rng(const Checkpoint& ck);
+
+namespace checkpoint_detail {
+/// `given` with each tensor converted to the dtype of the same-named tensor of `targets`
+/// (a module's state_dict), so that loading it only copies. A conversion that cannot be
+/// done (NaN into an int64 buffer) throws naming `path` and the key.
+NamedTensors convert_to_targets(const NamedTensors& given, const NamedTensors& targets,
+                                const std::string& path);
+/// The generator a checkpoint's RNG state describes (nullopt when it has none).
+std::optional<Generator> checkpoint_generator(const Checkpoint& ck);
+}  // namespace checkpoint_detail
 
 template <typename Model, typename Optim>
 void save_checkpoint(const std::string& path, const Model& model, const Optim& optim, int64_t step = 0,
@@ -51,14 +64,49 @@ void save_checkpoint(const std::string& path, const Model& model, const Optim& o
   write_checkpoint(path, ck);
 }
 
-/// Loads model (strict) and optimizer state, restores the RNG, returns the saved step.
+namespace checkpoint_detail {
+// load_checkpoint without the file name added to its errors.
+template <typename Model, typename Optim>
+int64_t load_all_or_nothing(const std::string& path, Model& model, Optim& optim, bool restore_generator) {
+  Checkpoint ck = read_checkpoint(path);  // format, step, RNG state
+  std::optional<Generator> rng = restore_generator ? checkpoint_detail::checkpoint_generator(ck) : std::nullopt;
+  // Converted to the model's dtypes now, so that the model's own load (which validates every
+  // key and shape before it copies anything) cannot fail half-way through its copies.
+  const NamedTensors model_state = checkpoint_detail::convert_to_targets(ck.model, model.state_dict(), path);
+  if constexpr (requires { optim.commit_state_dict(optim.prepare_state_dict(ck.optimizer)); }) {
+    auto prepared = optim.prepare_state_dict(ck.optimizer);  // validated, nothing changed yet
+    model.load_state_dict(model_state, true);                // the last step that can fail
+    optim.commit_state_dict(std::move(prepared));
+  } else {
+    auto snapshot = optim.state_dict();
+    optim.load_state_dict(ck.optimizer);
+    try {
+      model.load_state_dict(model_state, true);
+    } catch (...) {
+      optim.load_state_dict(snapshot);
+      throw;
+    }
+  }
+  if (rng) default_generator() = *rng;
+  return ck.step;
+}
+}  // namespace checkpoint_detail
+
+/// Loads model (strict) and optimizer state, restores the default generator, returns the
+/// saved step. All or nothing: the file, the step, the RNG state, the optimizer state and
+/// the model state are all validated (and converted) before anything is changed, so on any
+/// kern::Error the model, the optimizer and the generator are as they were.
+/// (For an optimizer type without prepare_state_dict / commit_state_dict, its state is
+/// loaded first and restored from a snapshot if the model then rejects its state.)
 template <typename Model, typename Optim>
 int64_t load_checkpoint(const std::string& path, Model& model, Optim& optim, bool restore_generator = true) {
-  Checkpoint ck = read_checkpoint(path);
-  model.load_state_dict(ck.model, true);
-  optim.load_state_dict(ck.optimizer);
-  if (restore_generator) restore_rng(ck);
-  return ck.step;
+  try {
+    return checkpoint_detail::load_all_or_nothing(path, model, optim, restore_generator);
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    if (what.find(path) != std::string::npos) throw;  // already names the file
+    throw Error("load_checkpoint: " + path + ": " + what);
+  }
 }
 
 }  // namespace kern::io

@@ -32,12 +32,23 @@ struct SafetensorsFile {
   bool contains(const std::string& name) const;
 };
 
-/// Loads a safetensors file. The file is memory-mapped (MAP_PRIVATE: the file is never
-/// written; in-place updates of a loaded tensor go to private copy-on-write pages) and the
-/// tensors view the mapping without copying; their Storage keeps the mapping alive. A tensor
-/// whose data is not aligned to its element size in the file is copied instead.
-/// Files replaced by save_safetensors (atomic rename) do not disturb tensors already loaded.
-SafetensorsFile load_safetensors(const std::string& path);
+struct LoadOptions {
+  /// false (default): zero-copy. The file is memory-mapped (MAP_PRIVATE: the file is never
+  /// written; in-place updates of a loaded tensor go to private copy-on-write pages) and the
+  /// tensors view the mapping; their Storage keeps it alive. Pages are read from the file
+  /// when first touched, so while such tensors live the file must not be truncated or
+  /// rewritten in place: touching a page past the new end of the file raises SIGBUS, which
+  /// no exception can catch. Replacing the file by rename (as save_safetensors does) or
+  /// deleting it is safe: the mapping keeps the old inode.
+  /// true: every tensor is read (pread) into memory kern owns; the file may change or go
+  /// away as soon as load_safetensors returns. Costs a copy of the data.
+  bool copy = false;
+};
+
+/// Loads a safetensors file (zero-copy from a memory map unless `options.copy`; see
+/// LoadOptions). A tensor whose data is not aligned to its element size in the file is
+/// copied in either case.
+SafetensorsFile load_safetensors(const std::string& path, const LoadOptions& options = {});
 
 /// Parses safetensors bytes held in memory (tensors are copied out of `bytes`).
 /// `label` names the source in error messages.

@@ -71,9 +71,23 @@ class Optimizer {
 
   /// A copy of the optimizer state (hyperparameters of each group and per-parameter buffers).
   StateDict state_dict() const;
-  /// Replaces the state with `sd` (copied). Validates every key, shape and dtype first and
-  /// throws kern::Error naming the offending key; on error nothing is changed.
+  /// Replaces the state with `sd` (copied). Validates every key, shape, dtype and value first
+  /// and throws kern::Error naming the offending key; on error nothing is changed.
+  /// Equivalent to commit_state_dict(prepare_state_dict(sd)).
   void load_state_dict(const StateDict& sd);
+
+  /// A state dict validated against this optimizer and converted to its dtypes, ready to be
+  /// installed by commit_state_dict. Splitting the load lets io::load_checkpoint validate the
+  /// model, the optimizer and the RNG state before it changes any of them.
+  struct PreparedState {
+    std::vector<double> lrs, weight_decays;              // per group
+    std::vector<std::map<std::string, Tensor>> state;  // per parameter (fresh copies)
+  };
+  /// Validates and converts `sd` (throws as load_state_dict); changes nothing.
+  PreparedState prepare_state_dict(const StateDict& sd) const;
+  /// Installs a state from prepare_state_dict on this optimizer (its parameters unchanged
+  /// since); cannot fail.
+  void commit_state_dict(PreparedState&& prepared) noexcept;
 
  protected:
   /// `name` names the optimizer in error messages; `family` is its update rule's family;
