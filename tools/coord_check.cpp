@@ -5,6 +5,7 @@
 #include <kern/optim/sgd.hpp>
 #include <kern/tools/coord_check.hpp>
 
+#include <dlfcn.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -209,8 +210,15 @@ std::function<std::unique_ptr<optim::Optimizer>(nn::Module&)> sgd_with_records(d
 }
 
 std::string default_plot_script() {
-  // This file is tools/coord_check.cpp; the script sits beside it.
-  return (std::filesystem::path(__FILE__).parent_path() / "plot_coord_check.py").string();
+  // Installed: share/kern/ relative to this library (<prefix>/lib/libkern_tools.so ->
+  // <prefix>/share/kern/). Build tree: the source tree's tools/, an absolute path from CMake
+  // (__FILE__ can be relative, e.g. when ccache or Ninja compiles ../tools/coord_check.cpp).
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&default_plot_script), &info) != 0 && info.dli_fname) {
+    const auto installed = std::filesystem::path(info.dli_fname).parent_path() / KERN_LIB_TO_SCRIPTS / "plot_coord_check.py";
+    if (std::filesystem::exists(installed)) return installed.lexically_normal().string();
+  }
+  return (std::filesystem::path(KERN_TOOLS_SOURCE_DIR) / "plot_coord_check.py").string();
 }
 
 namespace {
