@@ -4,7 +4,8 @@
 # unset:
 #   1. runs the installed bin/kern (found its libraries through RUNPATH $ORIGIN/../lib),
 #   2. checks the plotting scripts are in share/kern/,
-#   3. configures, builds and runs the consumer project against it with find_package(kern).
+#   3. configures, builds and runs the consumer project against it with find_package(kern),
+#   4. checks that the consumer starts libgomp with kern's OpenMP default (tests/omp).
 # Usage: run.sh BUILD_DIR
 set -euo pipefail
 build_dir=$1
@@ -37,3 +38,4 @@ echo "ok: plotting scripts in share/kern/"
 cmake -S "$src_dir" -B "$work/build" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$work/build" >/dev/null
 "$work/build/consumer" "$prefix"
+"$src_dir/../omp/check_defaults.sh" "$work/build/consumer" "$prefix"
