@@ -14,7 +14,17 @@ FUZZ_DEPS := clang-16 libclang-rt-16-dev libomp-16-dev llvm-16
 FUZZ_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g \
               -Wno-pass-failed
 
-.PHONY: all deps bench-deps fuzz-deps configure build test demo bench fuzz install clean
+SANITIZE_BUILD ?= build-sanitize
+# What the test suite runs: the tests, the `kern` tool (install test), fashion_mnist (its
+# bad-input test). Examples and benchmarks are not built in the sanitizer tree.
+SANITIZE_TARGETS ?= kern_tests kern_cli fashion_mnist
+SANITIZE_SUPP := $(CURDIR)/.ci/sanitizers
+# ASan/UBSan/LSan options for every process the suite starts (kern_tests, the consumer, ...)
+SANITIZE_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:strict_string_checks=1:check_initialization_order=1:suppressions=$(SANITIZE_SUPP)/asan.supp \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=$(SANITIZE_SUPP)/ubsan.supp \
+  LSAN_OPTIONS=suppressions=$(SANITIZE_SUPP)/lsan.supp:print_suppressions=0
+
+.PHONY: all deps bench-deps fuzz-deps configure build test test-sanitize demo bench fuzz install clean
 
 all: build
 
@@ -32,6 +42,14 @@ build: configure
 
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j$(JOBS) --timeout 900
+
+# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (g++, -O1 -g) in its own
+# build folder; suppressions (each with its reason) are in .ci/sanitizers/.
+test-sanitize: deps
+	@cmake -S . -B $(SANITIZE_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" \
+	  -DKERN_SANITIZE=ON -DKERN_BUILD_BENCH=OFF >/dev/null
+	@cmake --build $(SANITIZE_BUILD) -j$(JOBS) --target $(SANITIZE_TARGETS)
+	@cd $(SANITIZE_BUILD) && $(SANITIZE_ENV) ctest --output-on-failure -j$(JOBS) --timeout 1800
 
 demo: build
 	@$(BUILD)/examples/fashion_mnist
@@ -56,4 +74,4 @@ install: build
 	@cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX),)
 
 clean:
-	@rm -rf $(BUILD) $(FUZZ_BUILD)
+	@rm -rf $(BUILD) $(FUZZ_BUILD) $(SANITIZE_BUILD)

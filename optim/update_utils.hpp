@@ -1,4 +1,7 @@
 #pragma once
+#ifndef KERN_BUILDING_OPTIM  // private to kern_optim: see CMakeLists.txt (layering)
+#error "optim/update_utils.hpp is private to kern_optim; include <kern/optim/...> instead"
+#endif
 // Internal helpers of optim/*.cpp (not a public header): dtype dispatch and in-place access to
 // a parameter's elements as one contiguous array.
 #include <kern/autograd.hpp>

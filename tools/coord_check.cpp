@@ -6,6 +6,7 @@
 #include <kern/param/param.hpp>
 #include <kern/tools/coord_check.hpp>
 
+#include <dlfcn.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -249,18 +250,19 @@ std::function<std::unique_ptr<optim::Optimizer>(nn::Module&)> sgd_with_records(d
 }
 
 std::string default_plot_script() {
-  // 1. $KERN_SCRIPT_DIR; 2. an installed tree: <prefix>/bin/<program> -> <prefix>/share/kern;
-  // 3. the source tree this file was compiled from (tools/, beside this file).
-  namespace fs = std::filesystem;
+  // 1. $KERN_SCRIPT_DIR; 2. installed: share/kern/ relative to this library
+  // (<prefix>/lib/libkern_tools.so -> <prefix>/share/kern/); 3. the build tree: the source
+  // tree's tools/, an absolute path from CMake (__FILE__ can be relative, e.g. under ccache
+  // with base_dir or Ninja compiling ../tools/coord_check.cpp).
   const std::string name = "plot_coord_check.py";
-  if (const char* dir = std::getenv("KERN_SCRIPT_DIR"); dir && *dir) return (fs::path(dir) / name).string();
-  std::error_code ec;
-  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec) {
-    const fs::path installed = exe.parent_path().parent_path() / "share" / "kern" / name;
-    if (fs::exists(installed, ec)) return installed.string();
+  if (const char* dir = std::getenv("KERN_SCRIPT_DIR"); dir && *dir) return (std::filesystem::path(dir) / name).string();
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&default_plot_script), &info) != 0 && info.dli_fname) {
+    const auto installed = std::filesystem::path(info.dli_fname).parent_path() / KERN_LIB_TO_SCRIPTS / name;
+    std::error_code ec;
+    if (std::filesystem::exists(installed, ec)) return installed.lexically_normal().string();
   }
-  return (fs::path(__FILE__).parent_path() / name).string();
+  return (std::filesystem::path(KERN_TOOLS_SOURCE_DIR) / name).string();
 }
 
 namespace {

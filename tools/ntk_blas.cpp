@@ -5,8 +5,8 @@
 // Products run in ONE OpenMP region each, with single-threaded GEMMs inside (oneDNN sgemm
 // and Eigen do not start threads inside a parallel region): a loop of kern::bmm/mm calls
 // would pay a thread barrier per product, which on a loaded machine costs more than the
-// products themselves. The GEMMs are the backend's own (framework/backend/gemm.cpp: oneDNN
-// sgemm for float32 on the fast backend, Eigen otherwise), called with the destination's
+// products themselves. The GEMMs are the backend's own through kern::gemm (kern/gemm.hpp:
+// oneDNN sgemm for float32 on the fast backend, Eigen otherwise), called with the destination's
 // leading dimension and beta, so results land (or accumulate) in place: no temporaries,
 // no copies, no per-call tensor overhead.
 // Eigen's AVX-512 paths trip GCC 12's -Wmaybe-uninitialized inside the intrinsics headers.
@@ -19,32 +19,16 @@
 #include <utility>
 #include <vector>
 
-#include "../framework/backend/backend.hpp"
+#include <kern/gemm.hpp>
+
 #include "ntk_internal.hpp"
 
 namespace kern::tools::detail {
 namespace {
 
 template <typename T>
-backend::MatRef<T> mat(const T* p, int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
+MatrixRef<T> mat(const T* p, int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
   return {p, rows, cols, rs, cs};
-}
-
-// True when the operand has a unit stride in one dim (what sgemm takes without a copy).
-template <typename T>
-bool blas_ok(const backend::MatRef<T>& m) {
-  return (m.col_stride == 1 && m.row_stride >= std::max<int64_t>(1, m.cols)) ||
-         (m.row_stride == 1 && m.col_stride >= std::max<int64_t>(1, m.rows));
-}
-
-// C[M, N] (row-major, leading dim ldc) = A B + beta C, on the calling thread when called
-// inside a parallel region. float32 on the fast backend: oneDNN sgemm (operands need
-// blas_ok); otherwise Eigen.
-template <typename T>
-void gemm(const backend::MatRef<T>& a, const backend::MatRef<T>& b, T* c, int64_t ldc, T beta) {
-  if constexpr (std::is_same_v<T, float>)
-    if (backend::use_fast(DType::Float32) && blas_ok(a) && blas_ok(b)) return backend::gemm_fast(a, b, c, ldc, beta);
-  backend::gemm_reference<T>(a, b, c, ldc, beta);
 }
 
 // K[r0 + i, c0 + j] += C[i, j] * q, q = Q[row / O, col / O] (or 1); with `mirror`, also
@@ -100,7 +84,7 @@ void mirror_lower(T* k, int64_t M) {
 }
 
 // K += G1 G2^T by blocks of ~80 rows (or columns), all block products in ONE parallel
-// region (dynamic schedule), each a single-threaded GEMM (gemm above). With `symmetric`
+// region (dynamic schedule), each a single-threaded kern::gemm. With `symmetric`
 // only the lower block triangle is multiplied: measured on these machines, the 80-row
 // blocks of 320 x 320 x K beat one full product by ~25% through the saved upper triangle,
 // and give the threads enough pieces to balance.
@@ -146,10 +130,10 @@ void add_gram_t(Tensor& K, const Tensor& G1, const Tensor& G2, bool symmetric, c
         // rows [i, i + ri) of G1 times rows [c0, c0 + cols) of G1 (symmetric) or G2, transposed
         const auto a = mat<T>(g1 + i * F, ri, F, F, 1), bt = mat<T>((j >= 0 ? g1 : g2) + c0 * F, F, cols, 1, F);
         if (!q) {
-          gemm<T>(a, bt, k + i * M2 + c0, M2, T(1));
+          kern::gemm<T>(a, bt, k + i * M2 + c0, M2, T(1));
         } else {
           buf.resize(ri * cols);
-          gemm<T>(a, bt, buf.data(), cols, T(0));
+          kern::gemm<T>(a, bt, buf.data(), cols, T(0));
           add_block<T>(k, M2, buf.data(), ri, cols, i, c0, q, ldq, O, j >= 0 && j != i);
         }
       } catch (...) {
@@ -203,15 +187,15 @@ void batched_matmul_t(const Tensor& a, const Tensor& b, Tensor& out) {
   using ColMap = Eigen::Map<const ColMat, 0, Eigen::OuterStride<Eigen::Dynamic>>;
   const bool a_row = sa[2] == 1, a_col = !a_row && sa[1] == 1;
   const bool b_row = sb[2] == 1, b_col = !b_row && sb[1] == 1;
-  const bool sgemm = std::is_same_v<T, float> && backend::use_fast(DType::Float32) && M * N * K >= kSgemmMinWork &&
-                     blas_ok(mat<T>(pa, M, K, sa[1], sa[2])) && blas_ok(mat<T>(pb, K, N, sb[1], sb[2])) &&
+  const bool sgemm = std::is_same_v<T, float> && get_backend() == Backend::Fast && M * N * K >= kSgemmMinWork &&
+                     gemm_fast_layout(mat<T>(pa, M, K, sa[1], sa[2])) && gemm_fast_layout(mat<T>(pb, K, N, sb[1], sb[2])) &&
                      sc[1] >= N;
   std::exception_ptr error;
 #pragma omp parallel for schedule(static) if (B > 1 && B * M * N * K > 65536)
   for (int64_t i = 0; i < B; ++i) {
     if (sgemm) {
       try {
-        gemm<T>(mat<T>(pa + i * sa[0], M, K, sa[1], sa[2]), mat<T>(pb + i * sb[0], K, N, sb[1], sb[2]),
+        kern::gemm<T>(mat<T>(pa + i * sa[0], M, K, sa[1], sa[2]), mat<T>(pb + i * sb[0], K, N, sb[1], sb[2]),
                 pc + i * sc[0], sc[1], T(0));
       } catch (...) {
 #pragma omp critical(kern_ntk_batched)
@@ -317,7 +301,7 @@ void pairwise_t(Tensor& K, const Tensor& Q, const Tensor& D1, const Tensor& D2, 
       try {
         const int64_t n0 = sym ? m : 0, cnt = N1 - n0;
         U.resize(cnt * R * O);
-        gemm<T>(mat<T>(q + n0 * S * ldq + m * S, cnt * S, S, ldq, 1), mat<T>(d2 + m * R * O, S, og * O, og * O, 1),
+        kern::gemm<T>(mat<T>(q + n0 * S * ldq + m * S, cnt * S, S, ldq, 1), mat<T>(d2 + m * R * O, S, og * O, og * O, 1),
                 U.data(), og * O, T(0));
         for (int64_t n = n0; n < N1; ++n) {
           const T* a = packed.data() + start[n] * O;

@@ -1,4 +1,7 @@
 #pragma once
+#ifndef KERN_BUILDING_TOOLS  // private to kern_tools: see CMakeLists.txt (layering)
+#error "tools/ntk_internal.hpp is private to kern_tools; include <kern/tools/...> instead"
+#endif
 // Internal helpers shared by the NTK methods (tools/ntk*.cpp). Not installed.
 #include <kern/kern.hpp>
 #include <kern/tools/ntk.hpp>

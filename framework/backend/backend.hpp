@@ -1,4 +1,7 @@
 #pragma once
+#ifndef KERN_BUILDING_FRAMEWORK  // private to kern_core: see CMakeLists.txt (layering)
+#error "framework/backend/backend.hpp is private to kern_core; include <kern/...> public headers instead (GEMM: <kern/gemm.hpp>)"
+#endif
 // Internal backend entry points. oneDNN and Eigen appear only in framework/backend/*.cpp.
 #include <kern/backend.hpp>
 #include <kern/tensor.hpp>

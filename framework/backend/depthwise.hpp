@@ -1,4 +1,7 @@
 #pragma once
+#ifndef KERN_BUILDING_FRAMEWORK  // private to kern_core: see CMakeLists.txt (layering)
+#error "framework/backend/depthwise.hpp is private to kern_core; include <kern/...> public headers instead"
+#endif
 // Internal: kern's direct depthwise convolution kernels (float32, stride 1, dilation 1,
 // one filter per channel). oneDNN 2.6 runs large depthwise kernels forward and every
 // depthwise weight gradient as im2col + GEMM; these loops work on a zero-padded copy of each

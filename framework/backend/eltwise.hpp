@@ -1,4 +1,7 @@
 #pragma once
+#ifndef KERN_BUILDING_FRAMEWORK  // private to kern_core: see CMakeLists.txt (layering)
+#error "framework/backend/eltwise.hpp is private to kern_core; include <kern/...> public headers instead"
+#endif
 // Internal: oneDNN eltwise forward for contiguous float32 buffers (the fast path of the
 // unary elementwise ops; JIT-vectorized exp/log/tanh/erf-GELU that std:: math cannot match).
 #include <cstdint>

@@ -1,4 +1,7 @@
 #pragma once
+#ifndef KERN_BUILDING_FRAMEWORK  // private to kern_core: see CMakeLists.txt (layering)
+#error "framework/io/safetensors_util.hpp is private to kern_core; include <kern/...> public headers instead"
+#endif
 // Internal to framework/io/safetensors*.cpp: error helpers shared by reading and writing, and
 // the header validation of safetensors_header.cpp.
 // (nlohmann-json stays out of kern's public headers.)

@@ -1,4 +1,7 @@
 #pragma once
+#ifndef KERN_BUILDING_FRAMEWORK  // private to kern_core: see CMakeLists.txt (layering)
+#error "framework/ops/kernel_utils.hpp is private to kern_core; include <kern/...> public headers instead"
+#endif
 // Internal helpers for op implementations: dtype dispatch and strided elementwise loops.
 // Not a public header.
 #include <kern/autograd.hpp>

@@ -1,4 +1,7 @@
 #pragma once
+#ifndef KERN_BUILDING_FRAMEWORK  // private to kern_core: see CMakeLists.txt (layering)
+#error "framework/tensor/allocator.hpp is private to kern_core; include <kern/...> public headers instead"
+#endif
 // Internal: the host allocator behind Storage::allocate.
 //
 // Why a cache: a training step allocates and frees the same large activation and gradient

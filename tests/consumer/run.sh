@@ -1,12 +1,41 @@
 #!/usr/bin/env bash
-# Installs the built kern into a temporary prefix, then configures, builds and runs the
-# consumer project against it with find_package(kern).
+# The install test. Installs the built kern into a temporary prefix, moves the prefix (an
+# installed tree must not depend on where it was installed), then, with LD_LIBRARY_PATH
+# unset:
+#   1. runs the installed bin/kern (found its libraries through RUNPATH $ORIGIN/../lib),
+#   2. checks the plotting scripts are in share/kern/,
+#   3. configures, builds and runs the consumer project against it with find_package(kern),
+#   4. checks that the consumer starts libgomp with kern's OpenMP default (tests/omp).
+# Usage: run.sh BUILD_DIR
 set -euo pipefail
 build_dir=$1
 src_dir=$(cd "$(dirname "$0")" && pwd)
+data_dir=$(cd "$src_dir/../data" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cmake --install "$build_dir" --prefix "$work/prefix" >/dev/null
-cmake -S "$src_dir" -B "$work/build" -DCMAKE_PREFIX_PATH="$work/prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
+unset LD_LIBRARY_PATH
+cmake --install "$build_dir" --prefix "$work/staging" >/dev/null
+mv "$work/staging" "$work/prefix"
+prefix=$work/prefix
+
+fail() { echo "install test FAILED: $*" >&2; exit 1; }
+
+# 1. the installed tool
+[ -x "$prefix/bin/kern" ] || fail "no bin/kern"
+"$prefix/bin/kern" --help >/dev/null || fail "bin/kern --help: $("$prefix/bin/kern" --help 2>&1 | tail -n 1)"
+"$prefix/bin/kern" inspect "$data_dir/mlp_tanh.safetensors" >"$work/inspect.txt" ||
+  fail "bin/kern inspect exited $?"
+grep -q "float" "$work/inspect.txt" || fail "bin/kern inspect printed no tensors"
+echo "ok: installed bin/kern runs without LD_LIBRARY_PATH"
+
+# 2. the plotting scripts
+for s in "$src_dir"/../../tools/*.py; do
+  [ -f "$prefix/share/kern/$(basename "$s")" ] || fail "share/kern/$(basename "$s") not installed"
+done
+echo "ok: plotting scripts in share/kern/"
+
+# 3. a downstream project
+cmake -S "$src_dir" -B "$work/build" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$work/build" >/dev/null
-LD_LIBRARY_PATH="$work/prefix/lib:${LD_LIBRARY_PATH:-}" "$work/build/consumer"
+"$work/build/consumer" "$prefix"
+"$src_dir/../omp/check_defaults.sh" "$work/build/consumer" "$prefix"

@@ -110,8 +110,8 @@ std::function<std::unique_ptr<optim::Optimizer>(nn::Module&)> adam_with_records(
 /// An optimizer factory: SGD with the model's parameterization records.
 std::function<std::unique_ptr<optim::Optimizer>(nn::Module&)> sgd_with_records(double lr);
 
-/// The plotting script: $KERN_SCRIPT_DIR/plot_coord_check.py, else <prefix>/share/kern/ of an
-/// installed program, else tools/plot_coord_check.py in the source tree kern was built from.
+/// The plotting script: $KERN_SCRIPT_DIR/plot_coord_check.py, else share/kern/ of an
+/// installed kern, else tools/plot_coord_check.py in the source tree kern was built from.
 std::string default_plot_script();
 /// Renders a JSON-lines file (from write_jsonl, one or more labels) to a log-log PNG with
 /// /usr/bin/python3 and matplotlib. Returns false, and prints why, when that fails.
