@@ -4,7 +4,9 @@
 #include <kern/autograd.hpp>
 #include <kern/generator.hpp>
 
+#include <algorithm>
 #include <charconv>
+#include <set>
 #include <unordered_map>
 
 namespace kern::io {
@@ -15,6 +17,13 @@ constexpr const char* kModel = "model.";
 constexpr const char* kOptim = "optim.";
 
 bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
+
+// The records a file's metadata carries (nullopt: none); errors name the file and the field.
+std::optional<param::Records> records_in(const std::map<std::string, std::string>& metadata, const std::string& path) {
+  auto it = metadata.find(param::kMetadataKey);
+  if (it == metadata.end()) return std::nullopt;
+  return param::from_json(it->second, path + ": " + param::kMetadataKey);
+}
 }  // namespace
 
 void write_checkpoint(const std::string& path, const Checkpoint& ck) {
@@ -29,6 +38,7 @@ void write_checkpoint(const std::string& path, const Checkpoint& ck) {
   meta["kern.format"] = kFormat;
   meta["kern.step"] = std::to_string(ck.step);
   if (!ck.rng_state.empty()) meta["kern.rng_state"] = ck.rng_state;
+  if (ck.records) meta[param::kMetadataKey] = param::to_json(*ck.records);
   save_safetensors(path, tensors, meta);
 }
 
@@ -62,9 +72,71 @@ Checkpoint read_checkpoint(const std::string& path) {
       throw Error(::kern::detail::concat("load_checkpoint: ", path, ": kern.rng_state: ", e.what()));
     }
   }
+  ck.records = records_in(f.metadata, path);
   for (auto& [k, v] : f.metadata)
     if (!starts_with(k, "kern.")) ck.metadata[k] = v;
   return ck;
+}
+
+void check_records(const std::string& path, const std::optional<param::Records>& stored, const nn::Module& model,
+                   RecordsPolicy policy) {
+  if (policy == RecordsPolicy::Ignore) return;
+  if (policy == RecordsPolicy::Apply) {
+    std::set<std::string> names;
+    for (const auto& [n, p] : model.named_parameters()) names.insert(n);
+    if (stored)
+      for (const auto& [n, r] : *stored)
+        KERN_CHECK(names.count(n), "load: ", path, ": ", param::kMetadataKey, " has a record for '", n, "', which ",
+                   model.name(), " does not have as a parameter");
+    return;
+  }
+  const std::vector<std::string> diff = param::compare_behaviour(stored.value_or(param::Records{}), param::records(model));
+  if (diff.empty()) return;
+  std::string msg = ::kern::detail::concat(
+      "load: ", path, ": the file's parameterization records (", param::kMetadataKey, ") differ from the model's in ",
+      diff.size(), " parameter", diff.size() == 1 ? "" : "s",
+      ": loading would change what the model computes or how it trains. Apply the same "
+      "parameterization to the model first (param::apply), or load with RecordsPolicy::Apply to take the "
+      "file's records (RecordsPolicy::Ignore to load the values only). Differences:");
+  const size_t shown = std::min<size_t>(diff.size(), 8);
+  for (size_t i = 0; i < shown; ++i) msg += "\n  " + diff[i];
+  if (shown < diff.size()) msg += ::kern::detail::concat("\n  ... and ", diff.size() - shown, " more");
+  throw Error(msg);
+}
+
+void commit_records(const std::optional<param::Records>& stored, nn::Module& model, RecordsPolicy policy) {
+  if (policy != RecordsPolicy::Apply) return;
+  if (stored) param::set_records(model, *stored);
+  else param::clear(model);
+}
+
+void save_model(const std::string& path, const nn::Module& model, const std::map<std::string, std::string>& metadata) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (auto& [name, t] : model.state_dict()) tensors.emplace_back(name, t.detach());
+  std::map<std::string, std::string> meta;
+  for (auto& [k, v] : metadata) {
+    KERN_CHECK(!starts_with(k, "kern."), "save_model: metadata key '", k, "' uses the reserved prefix 'kern.'");
+    meta[k] = v;
+  }
+  const param::Records recs = param::records(model);
+  if (!recs.empty()) meta[param::kMetadataKey] = param::to_json(recs);
+  save_safetensors(path, tensors, meta);
+}
+
+void load_model(const std::string& path, nn::Module& model, RecordsPolicy policy) {
+  try {
+    SafetensorsFile f = load_safetensors(path);
+    const std::optional<param::Records> stored = records_in(f.metadata, path);
+    check_records(path, stored, model, policy);
+    NamedTensors given(f.tensors.begin(), f.tensors.end());
+    const NamedTensors state = checkpoint_detail::convert_to_targets(given, model.state_dict(), path);
+    model.load_state_dict(state, true);  // validates every key and shape before it copies
+    commit_records(stored, model, policy);
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    if (what.find(path) != std::string::npos) throw;
+    throw Error("load_model: " + path + ": " + what);
+  }
 }
 
 namespace checkpoint_detail {

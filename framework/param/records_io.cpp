@@ -182,6 +182,21 @@ std::vector<std::string> compare(const Records& stored, const Records& model) {
   return out;
 }
 
+bool is_neutral(const ParamRecord& r) {
+  return r.multiplier == 1.0 && r.depth_mult == 1.0 && r.lr_mult_sgd == 1.0 && r.lr_mult_adam == 1.0 &&
+         r.wd_mult_sgd == 1.0 && r.wd_mult_adam == 1.0;
+}
+
+std::vector<std::string> compare_behaviour(const Records& stored, const Records& model) {
+  const auto acting = [](const Records& rs) {
+    Records out;
+    for (const auto& nr : rs)
+      if (!is_neutral(nr.second)) out.push_back(nr);
+    return out;
+  };
+  return compare(acting(stored), acting(model));
+}
+
 void set_records(nn::Module& model, const Records& records) {
   // Owning module and leaf name of every parameter, by dotted name.
   std::map<std::string, std::pair<nn::Module*, std::string>> owners;

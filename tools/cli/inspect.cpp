@@ -9,6 +9,7 @@
 #include <cstring>
 #include <exception>
 #include <kern/io/safetensors.hpp>
+#include <kern/param/param.hpp>
 #include <memory>
 #include <string>
 
@@ -31,6 +32,28 @@ std::string indent_continuations(const std::string& s, size_t indent) {
   return out;
 }
 
+/// The parameterization records of a model (metadata "kern.param") as a table, one line per
+/// parameter; text that is not valid records is shown as it is, with the reason.
+std::string describe_records(const std::string& json, const std::string& where) {
+  try {
+    const param::Records recs = param::from_json(json, where);
+    std::string scheme = recs.empty() ? "none" : std::string(param::scheme_name(recs.front().second.scheme));
+    for (const auto& [n, r] : recs)
+      if (param::scheme_name(r.scheme) != scheme) scheme = "mixed";
+    std::string out = fmt::format("  {}: parameterization records, scheme {}, {} parameter{}\n", param::kMetadataKey,
+                                  scheme, recs.size(), recs.size() == 1 ? "" : "s");
+    const std::string table = param::describe(recs);
+    for (size_t begin = 0, end; begin < table.size(); begin = end + 1) {
+      end = table.find('\n', begin);
+      if (end == std::string::npos) end = table.size();
+      out += "    " + table.substr(begin, end - begin) + "\n";
+    }
+    return out;
+  } catch (const Error& e) {
+    return fmt::format("  {}: {}\n    (not valid parameterization records: {})\n", param::kMetadataKey, json, e.what());
+  }
+}
+
 int run_inspect(const InspectOptions& opt) {
   try {
     const io::SafetensorsFile f = io::load_safetensors(opt.path);
@@ -38,7 +61,8 @@ int run_inspect(const InspectOptions& opt) {
     out += fmt::format("metadata: {} entr{}\n", f.metadata.size(),
                        f.metadata.size() == 1 ? "y" : "ies");
     for (const auto& [k, v] : f.metadata)
-      out += fmt::format("  {}: {}\n", k, indent_continuations(v, 4 + k.size()));
+      out += k == param::kMetadataKey ? describe_records(v, opt.path + ": " + k)
+                                      : fmt::format("  {}: {}\n", k, indent_continuations(v, 4 + k.size()));
     size_t width = 4, total_bytes = 0;
     for (const auto& [name, t] : f.tensors) {
       width = std::max(width, std::min<size_t>(name.size(), 60));

@@ -9,8 +9,18 @@
 //
 // The templates accept anything with state_dict() / load_state_dict(...) (nn::Module,
 // optim::Optimizer), so framework/io does not depend on the layers above it.
+//
+// Parameterization records (kern/param) are part of the model: saving an nn::Module stores
+// param::records(model) as JSON under the metadata key "kern.param", and loading compares
+// them with the model's before anything is changed (RecordsPolicy): a muP checkpoint does
+// not load silently into a model without muP. save_model / load_model do the same for the
+// model alone (a plain safetensors state_dict with the records in its metadata).
 #include <kern/generator.hpp>
 #include <kern/io/safetensors.hpp>
+#include <kern/nn/module.hpp>
+#include <kern/param/param.hpp>
+
+#include <type_traits>
 
 #include <cstdint>
 #include <map>
@@ -29,6 +39,27 @@ struct Checkpoint {
   int64_t step = 0;
   std::string rng_state;   // kern::default_generator() state
   std::map<std::string, std::string> metadata;  // user entries (keys must not start with "kern.")
+  /// The model's parameterization records (metadata "kern.param"); nullopt: the file has none.
+  std::optional<param::Records> records;
+};
+
+/// What loading does with the parameterization records a file carries.
+enum class RecordsPolicy {
+  /// Default. The file's records and the model's must agree in behaviour
+  /// (param::compare_behaviour: forward, depth, lr and weight-decay multipliers; records that
+  /// change nothing count as absent), else kern::Error listing every difference and nothing
+  /// is loaded. A muP checkpoint into a model built without param::apply throws.
+  Check,
+  /// The model takes the file's records (param::set_records; no record when the file has
+  /// none): load a muP checkpoint into a fresh create_model(...) of the same shapes.
+  Apply,
+  /// Records are neither checked nor changed (the file's are ignored).
+  Ignore,
+};
+
+struct LoadCheckpointOptions {
+  bool restore_generator = true;  // restore the default generator from the file
+  RecordsPolicy records = RecordsPolicy::Check;
 };
 
 /// Writes a checkpoint atomically; throws kern::Error (and leaves `path` untouched) on failure.
@@ -36,6 +67,14 @@ void write_checkpoint(const std::string& path, const Checkpoint& ck);
 /// Reads and validates a checkpoint written by write_checkpoint: the format, a non-negative
 /// integer kern.step, and a well-formed kern.rng_state (errors name the file and the field).
 Checkpoint read_checkpoint(const std::string& path);
+
+/// Validates `stored` (a file's records, nullopt when it has none) against `model`'s under
+/// `policy` without changing anything; throws kern::Error naming `path` and every
+/// difference (Check), or a record name the model lacks (Apply).
+void check_records(const std::string& path, const std::optional<param::Records>& stored, const nn::Module& model,
+                   RecordsPolicy policy);
+/// After check_records passed: gives `model` the file's records under RecordsPolicy::Apply.
+void commit_records(const std::optional<param::Records>& stored, nn::Module& model, RecordsPolicy policy);
 
 /// Captures the default generator's state into `ck.rng_state`.
 void capture_rng(Checkpoint& ck);
@@ -60,6 +99,10 @@ void save_checkpoint(const std::string& path, const Model& model, const Optim& o
   for (auto& kv : optim.state_dict()) ck.optimizer.emplace_back(kv.first, kv.second);
   ck.step = step;
   ck.metadata = std::move(metadata);
+  if constexpr (std::is_base_of_v<nn::Module, Model>) {
+    param::Records recs = param::records(model);
+    if (!recs.empty()) ck.records = std::move(recs);
+  }
   capture_rng(ck);
   write_checkpoint(path, ck);
 }
@@ -67,9 +110,10 @@ void save_checkpoint(const std::string& path, const Model& model, const Optim& o
 namespace checkpoint_detail {
 // load_checkpoint without the file name added to its errors.
 template <typename Model, typename Optim>
-int64_t load_all_or_nothing(const std::string& path, Model& model, Optim& optim, bool restore_generator) {
-  Checkpoint ck = read_checkpoint(path);  // format, step, RNG state
-  std::optional<Generator> rng = restore_generator ? checkpoint_detail::checkpoint_generator(ck) : std::nullopt;
+int64_t load_all_or_nothing(const std::string& path, Model& model, Optim& optim, const LoadCheckpointOptions& options) {
+  Checkpoint ck = read_checkpoint(path);  // format, step, RNG state, records
+  std::optional<Generator> rng = options.restore_generator ? checkpoint_detail::checkpoint_generator(ck) : std::nullopt;
+  if constexpr (std::is_base_of_v<nn::Module, Model>) check_records(path, ck.records, model, options.records);
   // Converted to the model's dtypes now, so that the model's own load (which validates every
   // key and shape before it copies anything) cannot fail half-way through its copies.
   const NamedTensors model_state = checkpoint_detail::convert_to_targets(ck.model, model.state_dict(), path);
@@ -87,26 +131,39 @@ int64_t load_all_or_nothing(const std::string& path, Model& model, Optim& optim,
       throw;
     }
   }
+  if constexpr (std::is_base_of_v<nn::Module, Model>) commit_records(ck.records, model, options.records);
   if (rng) default_generator() = *rng;
   return ck.step;
 }
 }  // namespace checkpoint_detail
 
 /// Loads model (strict) and optimizer state, restores the default generator, returns the
-/// saved step. All or nothing: the file, the step, the RNG state, the optimizer state and
-/// the model state are all validated (and converted) before anything is changed, so on any
-/// kern::Error the model, the optimizer and the generator are as they were.
+/// saved step. All or nothing: the file, the step, the RNG state, the parameterization
+/// records (options.records), the optimizer state and the model state are all validated (and
+/// converted) before anything is changed, so on any kern::Error the model, its records, the
+/// optimizer and the generator are as they were.
 /// (For an optimizer type without prepare_state_dict / commit_state_dict, its state is
 /// loaded first and restored from a snapshot if the model then rejects its state.)
 template <typename Model, typename Optim>
-int64_t load_checkpoint(const std::string& path, Model& model, Optim& optim, bool restore_generator = true) {
+int64_t load_checkpoint(const std::string& path, Model& model, Optim& optim, const LoadCheckpointOptions& options = {}) {
   try {
-    return checkpoint_detail::load_all_or_nothing(path, model, optim, restore_generator);
+    return checkpoint_detail::load_all_or_nothing(path, model, optim, options);
   } catch (const Error& e) {
     const std::string what = e.what();
     if (what.find(path) != std::string::npos) throw;  // already names the file
     throw Error("load_checkpoint: " + path + ": " + what);
   }
 }
+
+// ---- the model alone: a safetensors state_dict (keys as named_parameters / buffers, as
+// PyTorch's safetensors.torch.save_file(model.state_dict())) plus the records
+
+/// Writes `model`'s state_dict and its parameterization records (metadata "kern.param") to
+/// `path` atomically, with the user's `metadata` (keys must not start with "kern.").
+void save_model(const std::string& path, const nn::Module& model, const std::map<std::string, std::string>& metadata = {});
+/// Loads a state_dict file into `model` (strict: every key and shape must match; dtypes are
+/// converted as copy_ does), checking the file's records under `records` first. All or
+/// nothing. A file without "kern.param" (e.g. written by PyTorch) has no records.
+void load_model(const std::string& path, nn::Module& model, RecordsPolicy records = RecordsPolicy::Check);
 
 }  // namespace kern::io

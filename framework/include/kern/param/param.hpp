@@ -169,6 +169,14 @@ std::vector<std::string> compare(const Records& stored, const Records& model);
 /// a checkpoint's records does). Throws for a name the model does not have; the model's
 /// parameters not named keep no record.
 void set_records(nn::Module& model, const Records& records);
+/// True when a record changes nothing a model computes or an optimizer does: forward, depth,
+/// learning-rate and weight-decay multipliers all 1 (a parameter without a record behaves
+/// the same, e.g. every record of param::apply(model, Preset::standard())).
+bool is_neutral(const ParamRecord& record);
+/// What differs in behaviour between the records a file carries and a model's: compare()
+/// with neutral records treated as absent on both sides (a model saved under SP loads into a
+/// fresh model; a muP checkpoint does not). Empty when loading is safe.
+std::vector<std::string> compare_behaviour(const Records& stored, const Records& model);
 
 /// '*'-glob match (a '*' matches any run of characters, including dots).
 bool glob_match(std::string_view pattern, std::string_view name);
