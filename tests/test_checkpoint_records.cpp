@@ -1,7 +1,7 @@
 // Parameterization records are saved with the weights (metadata "kern.param") and checked
 // when loading: a muP checkpoint does not load silently into a model built without muP (it
 // would compute other logits), RecordsPolicy::Apply takes the file's records, and a failed
-// load changes nothing. Same for the model-only files of io::save_model / io::load_model.
+// load changes nothing. Same for the model-only files of io::save_state_dict / io::load_state_dict.
 #include <catch2/catch.hpp>
 
 #include <kern/io/checkpoint.hpp>
@@ -137,19 +137,19 @@ TEST_CASE("checkpoint records: the check compares behaviour, in both directions"
   auto ntk = mlp(64);
   param::apply(*ntk, param::Preset::ntk());
   const std::string ntk_path = dir.file("ntk.safetensors");
-  io::save_model(ntk_path, *ntk);
+  io::save_state_dict(ntk_path, *ntk);
   auto mup = mup_mlp();
   const auto before = values(*mup);
-  CHECK_THROWS_WITH(io::load_model(ntk_path, *mup),
+  CHECK_THROWS_WITH(io::load_state_dict(ntk_path, *mup),
                     Catch::Contains("scheme ntk in the file, mup in the model") && Catch::Contains("multiplier"));
   CHECK(same_values(*mup, before));
 }
 
-TEST_CASE("checkpoint records: save_model / load_model (state_dict files)", "[checkpoint][records]") {
+TEST_CASE("checkpoint records: save_state_dict / load_state_dict (state_dict files)", "[checkpoint][records]") {
   kern::test::TempDir dir;
   auto saved = mup_mlp();
   const std::string path = dir.file("model.safetensors");
-  io::save_model(path, *saved, {{"note", "width 64"}});
+  io::save_state_dict(path, *saved, {{"note", "width 64"}});
   const io::SafetensorsFile f = io::load_safetensors(path);
   CHECK(f.contains("4.weight"));  // keys as in the state_dict, as PyTorch's save_file writes
   CHECK(f.metadata.at("note") == "width 64");
@@ -157,25 +157,25 @@ TEST_CASE("checkpoint records: save_model / load_model (state_dict files)", "[ch
 
   const Tensor x = kern::randn({3, 6});
   auto fresh = mlp(64);
-  CHECK_THROWS_WITH(io::load_model(path, *fresh), Catch::Contains(path) && Catch::Contains("4.weight"));
-  io::load_model(path, *fresh, io::RecordsPolicy::Apply);
+  CHECK_THROWS_WITH(io::load_state_dict(path, *fresh), Catch::Contains(path) && Catch::Contains("4.weight"));
+  io::load_state_dict(path, *fresh, io::RecordsPolicy::Apply);
   CHECK(kern::max_abs_diff((*fresh)(x), (*saved)(x)) == 0.0);
 
   // A shape mismatch after the records passed: still nothing changes (records included).
   auto narrow = mup_mlp();
-  io::save_model(dir.file("narrow.safetensors"), *mlp(32));
+  io::save_state_dict(dir.file("narrow.safetensors"), *mlp(32));
   const auto before = values(*narrow);
   const auto records_before = param::records(*narrow);
-  CHECK_THROWS(io::load_model(dir.file("narrow.safetensors"), *narrow, io::RecordsPolicy::Apply));
+  CHECK_THROWS(io::load_state_dict(dir.file("narrow.safetensors"), *narrow, io::RecordsPolicy::Apply));
   CHECK(same_values(*narrow, before));
   CHECK(param::compare(param::records(*narrow), records_before).empty());
 
   // A record for a parameter the model does not have is an error under Apply.
   auto other = std::make_shared<nn::Sequential>(nn::Linear(6, 64), nn::ReLU(), nn::Linear(64, 3));
-  CHECK_THROWS_WITH(io::load_model(path, *other, io::RecordsPolicy::Apply),
+  CHECK_THROWS_WITH(io::load_state_dict(path, *other, io::RecordsPolicy::Apply),
                     Catch::Contains("does not have as a parameter"));
 
-  CHECK_THROWS_WITH(io::save_model(dir.file("x.safetensors"), *saved, {{"kern.param", "{}"}}),
+  CHECK_THROWS_WITH(io::save_state_dict(dir.file("x.safetensors"), *saved, {{"kern.param", "{}"}}),
                     Catch::Contains("reserved prefix"));
 }
 
@@ -183,7 +183,7 @@ TEST_CASE("kern inspect shows a checkpoint's parameterization records as a table
   kern::test::TempDir dir;
   auto saved = mup_mlp();
   const std::string path = dir.file("mup.safetensors");
-  io::save_model(path, *saved);
+  io::save_state_dict(path, *saved);
   const kern::test::RunResult r = kern::test::run_program({kern::test::kKern, "inspect", path}, dir);
   INFO(r.out << r.err);
   REQUIRE(r.status == 0);

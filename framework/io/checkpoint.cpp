@@ -110,12 +110,12 @@ void commit_records(const std::optional<param::Records>& stored, nn::Module& mod
   else param::clear(model);
 }
 
-void save_model(const std::string& path, const nn::Module& model, const std::map<std::string, std::string>& metadata) {
+void save_state_dict(const std::string& path, const nn::Module& model, const std::map<std::string, std::string>& metadata) {
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (auto& [name, t] : model.state_dict()) tensors.emplace_back(name, t.detach());
   std::map<std::string, std::string> meta;
   for (auto& [k, v] : metadata) {
-    KERN_CHECK(!starts_with(k, "kern."), "save_model: metadata key '", k, "' uses the reserved prefix 'kern.'");
+    KERN_CHECK(!starts_with(k, "kern."), "save_state_dict: metadata key '", k, "' uses the reserved prefix 'kern.'");
     meta[k] = v;
   }
   const param::Records recs = param::records(model);
@@ -123,7 +123,7 @@ void save_model(const std::string& path, const nn::Module& model, const std::map
   save_safetensors(path, tensors, meta);
 }
 
-void load_model(const std::string& path, nn::Module& model, RecordsPolicy policy) {
+void load_state_dict(const std::string& path, nn::Module& model, RecordsPolicy policy) {
   try {
     SafetensorsFile f = load_safetensors(path);
     const std::optional<param::Records> stored = records_in(f.metadata, path);
@@ -135,7 +135,7 @@ void load_model(const std::string& path, nn::Module& model, RecordsPolicy policy
   } catch (const Error& e) {
     const std::string what = e.what();
     if (what.find(path) != std::string::npos) throw;
-    throw Error("load_model: " + path + ": " + what);
+    throw Error("load_state_dict: " + path + ": " + what);
   }
 }
 

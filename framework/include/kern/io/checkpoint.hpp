@@ -13,8 +13,8 @@
 // Parameterization records (kern/param) are part of the model: saving an nn::Module stores
 // param::records(model) as JSON under the metadata key "kern.param", and loading compares
 // them with the model's before anything is changed (RecordsPolicy): a muP checkpoint does
-// not load silently into a model without muP. save_model / load_model do the same for the
-// model alone (a plain safetensors state_dict with the records in its metadata).
+// not load silently into a model without muP. io::save_state_dict / io::load_state_dict do the
+// same for the model alone (a plain safetensors state_dict with the records in its metadata).
 #include <kern/generator.hpp>
 #include <kern/io/safetensors.hpp>
 #include <kern/nn/module.hpp>
@@ -160,10 +160,10 @@ int64_t load_checkpoint(const std::string& path, Model& model, Optim& optim, con
 
 /// Writes `model`'s state_dict and its parameterization records (metadata "kern.param") to
 /// `path` atomically, with the user's `metadata` (keys must not start with "kern.").
-void save_model(const std::string& path, const nn::Module& model, const std::map<std::string, std::string>& metadata = {});
+void save_state_dict(const std::string& path, const nn::Module& model, const std::map<std::string, std::string>& metadata = {});
 /// Loads a state_dict file into `model` (strict: every key and shape must match; dtypes are
 /// converted as copy_ does), checking the file's records under `records` first. All or
 /// nothing. A file without "kern.param" (e.g. written by PyTorch) has no records.
-void load_model(const std::string& path, nn::Module& model, RecordsPolicy records = RecordsPolicy::Check);
+void load_state_dict(const std::string& path, nn::Module& model, RecordsPolicy records = RecordsPolicy::Check);
 
 }  // namespace kern::io
