@@ -17,8 +17,8 @@
 // SP's span two or more. examples/pytorch/mup_transfer_zoo.py is the same recipe in PyTorch
 // (muP written by hand as the mup library's Table 8), to tell the setup apart from kern.
 //
-//   mup_transfer_zoo [--widths 8,16,32,64] [--lr-min -13 --lr-max -6] [--epochs 4]
-//                    [--subsample 4000] [--seeds 2] [--params SP,muP] [--threads 1]
+//   mup_transfer_zoo [--widths 8,16,32,64] [--lr-min -13 --lr-max -6] [--epochs 3]
+//                    [--subsample 3000] [--seeds 2] [--params SP,muP] [--threads 1]
 //                    [--out run/mup_transfer_zoo] [--resume]
 // Results go to <out>/transfer.jsonl as they are measured (--resume skips the points already
 // there), then the optimum table, the verdict and <out>/transfer.png.
@@ -119,8 +119,8 @@ int main(int argc, char** argv) {
   CLI::App app{"muP learning-rate transfer on a small ConvNeXt, Fashion-MNIST 32x32 (SP vs muP)"};
   std::vector<int64_t> widths = {8, 16, 32, 64};
   std::string out_dir = "run/mup_transfer_zoo", data_dir, params_s = "SP,muP";
-  int lr_min = -13, lr_max = -6, epochs = 4, threads = 1, seeds = 2;
-  int64_t subsample = 4000, batch_size = 128, base_width = 0;
+  int lr_min = -13, lr_max = -6, epochs = 3, threads = 1, seeds = 2;
+  int64_t subsample = 3000, batch_size = 128, base_width = 0;
   uint64_t seed = 0;
   bool resume = false;
   app.add_option("--widths", widths, "widths w (dims w * (1, 2, 4, 8)), spanning 8x or more")->delimiter(',');

@@ -19,7 +19,7 @@ with m = w / base_width:
 Data order differs from kern's DataLoader: compare optima, not individual losses.
 
   /usr/bin/python3 examples/pytorch/mup_transfer_zoo.py --params muP --seeds 0,1 \\
-      [--widths 8,16,32,64 --lr-min -13 --lr-max -6 --epochs 4 --subsample 4000 --out DIR]
+      [--widths 8,16,32,64 --lr-min -13 --lr-max -6 --epochs 3 --subsample 3000 --out DIR]
 Writes DIR/transfer_pytorch.jsonl ({"kind": "transfer", ...}, mean over seeds) and prints the
 optimum per width (grid argmin and parabola vertex, log2 lr) and its spread in grid steps.
 """
@@ -163,8 +163,8 @@ def main():
     ap.add_argument("--widths", default="8,16,32,64")
     ap.add_argument("--lr-min", type=int, default=-13)
     ap.add_argument("--lr-max", type=int, default=-6)
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--subsample", type=int, default=4000)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--subsample", type=int, default=3000)
     ap.add_argument("--base-width", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="run/mup_transfer_zoo")
