@@ -8,12 +8,14 @@
 // re-executes the program once (/proc/self/exe, same pid, argv and open files) with the
 // default added to its environment, as the JDK's launcher does for its own variables.
 //
-// The default: GOMP_SPINCOUNT=10000. A thread that waits for work (between parallel regions)
-// or for a slower thread (at a region's end) spins about 0.1 ms, then sleeps in the kernel;
-// libgomp's own default spins 300000 iterations (about 3 ms). On an idle machine the short
-// spin still covers the gap between kern's back-to-back regions; on a busy one a waiting
-// thread gives its core back instead of burning its time slice while the thread it waits
-// for is descheduled (README: "Performance on a shared machine" has the measurements).
+// The default: OMP_WAIT_POLICY=passive. A thread that waits for work (between parallel
+// regions) or for a slower thread (at a region's end) sleeps in the kernel at once instead of
+// spinning (libgomp's default spins 300000 iterations, about 3 ms). On a busy machine a
+// spinning thread burns its time slice while the thread it waits for is descheduled: with two
+// busy processes on the 2 cores, mlp_train took 11x its idle time with libgomp's default,
+// 3.1x with a 10000-iteration spin and 2.2x passive. The price on an idle machine is the
+// wake-up latency: +5% on mlp_train, +11% on a convnext_atto forward (README: "Performance on
+// a shared machine" has the measurements; bench/shared_machine.py makes them).
 //
 // Nothing happens when the environment already sets OMP_WAIT_POLICY or GOMP_SPINCOUNT, when
 // KERN_OMP_DEFAULTS=0, when the program was started through the dynamic loader
@@ -29,7 +31,7 @@
 
 namespace {
 
-constexpr char kDefault[] = "GOMP_SPINCOUNT=10000";
+constexpr char kDefault[] = "OMP_WAIT_POLICY=passive";
 
 bool starts_with(const char* s, const char* prefix) { return std::strncmp(s, prefix, std::strlen(prefix)) == 0; }
 
