@@ -44,12 +44,13 @@ test: build
 	@cd $(BUILD) && ctest --output-on-failure -j$(JOBS) --timeout 900
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (g++, -O1 -g) in its own
-# build folder; suppressions (each with its reason) are in .ci/sanitizers/.
+# build folder, except the tests labelled `perf` (timing only: under the sanitizers they would
+# time ASan); suppressions (each with its reason) are in .ci/sanitizers/.
 test-sanitize: deps
 	@cmake -S . -B $(SANITIZE_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" \
 	  -DKERN_SANITIZE=ON -DKERN_BUILD_BENCH=OFF >/dev/null
 	@cmake --build $(SANITIZE_BUILD) -j$(JOBS) --target $(SANITIZE_TARGETS)
-	@cd $(SANITIZE_BUILD) && $(SANITIZE_ENV) ctest --output-on-failure -j$(JOBS) --timeout 1800
+	@cd $(SANITIZE_BUILD) && $(SANITIZE_ENV) ctest --output-on-failure -j$(JOBS) --timeout 1800 -LE perf
 
 demo: build
 	@$(BUILD)/examples/fashion_mnist
