@@ -15,6 +15,7 @@
 #include <kern/param/param.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <string>
@@ -448,4 +449,51 @@ TEST_CASE("grad_sample_zoo: bad calls throw kern::Error naming the module", "[gr
     const Tensor g = kern::randn({2, 2});
     CHECK_THROWS_WITH((*rule_of(*emb))(*emb, ids, g, g), Catch::Contains("Embedding") && Catch::Contains("out of range"));
   }
+}
+
+namespace {
+
+template <class F>
+double median_seconds(F&& f, int reps = 5) {
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+void time_rule_vs_loop(const std::string& what, nn::Module& m, const Tensor& x) {
+  Tensor y;
+  {
+    kern::NoGradGuard no_grad;
+    y = m(x);
+  }
+  const Tensor c = kern::randn(y.shape(), y.dtype());
+  const double rule = median_seconds([&] { rule_grads(m, x, c); });
+  const double loop = median_seconds([&] { loop_grads(m, x, c); });
+  fmt::print("{:<44} N = {:>3}: rule {:8.4f} s, loop of N backward passes {:8.4f} s, ratio {:6.1f}x\n", what,
+             x.size(0), rule, loop, loop / rule);
+}
+
+}  // namespace
+
+// Timings, not a test (hidden: run with build/tests/kern_tests "[grad_sample_zoo_perf]").
+TEST_CASE("grad_sample_zoo: rule vs per-sample loop timings", "[.][grad_sample_zoo_perf]") {
+  kern::manual_seed(30);
+  const int64_t N = 32;
+  auto block = std::make_shared<models::ConvNeXtBlock>(32, 7, 0.0, models::ConvNeXtOptions{.ls_init_value = 0.5});
+  block->eval();
+  time_rule_vs_loop("ConvNeXtBlock dim 32, k7, 16x16 (float32)", *block, kern::randn({N, 32, 16, 16}));
+  auto gconv = std::make_shared<models::GroupConv2d>(models::GroupConvOptions(8, 8, 3).group("p4m").padding(nn::kSame));
+  time_rule_vs_loop("GroupConv2d p4m 8->8, k3, 16x16 (float32)", *gconv, kern::randn({N, 8, 8, 16, 16}));
+  auto k = std::make_shared<models::LongConvKernel>(64, 1024, models::LongConvKernelOptions{.ma_window_len = 5});
+  k->eval();
+  time_rule_vs_loop("LongConvKernel H 64, L 1000, smoothing (float32)", *k, kern::randn({N, 64, 1000}));
+  auto sg = std::make_shared<models::SGConvKernel>(64, 1024, models::SGConvKernelOptions{.kernel_dim = 32});
+  time_rule_vs_loop("SGConvKernel H 64, L 1000 (float32)", *sg, kern::randn({N, 64, 1000}));
+  auto emb = std::make_shared<models::longconv::Embedding>(1000, 64);
+  time_rule_vs_loop("Embedding 1000 x 64, 128 tokens", *emb, kern::randint(0, 1000, {N, 128}));
 }
