@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <map>
 #include <memory>
 #include <string>
@@ -358,6 +359,9 @@ TEST_CASE("grad_sample_zoo: whole models through hooks (ConvNeXt, InceptionNeXt,
         models::P4CNNOptions{.group = "p4m", .num_classes = 3, .channels = 2, .num_layers = 3, .max_pool_after = 0});
     model->to(f64);
     param::apply(*model, param::Preset::ntk());
+    // multipliers != 1 on the lifting and group conv weights: 1/sqrt(fan_in)
+    REQUIRE(model->get_submodule("blocks.0.conv")->param_multiplier("weight") == Approx(1.0 / 3.0));
+    REQUIRE(model->get_submodule("blocks.1.conv")->param_multiplier("weight") == Approx(1.0 / std::sqrt(2.0 * 8 * 9)));
     randomize_running_stats(*model);
     model->eval();
     const Tensor x = kern::randn({2, 1, 6, 6}, f64);
