@@ -65,6 +65,8 @@ ConvNeXtMlp::ConvNeXtMlp(int64_t in_features, int64_t hidden_features, int64_t o
 
 Tensor ConvNeXtMlp::forward(const Tensor& x) { return (*fc2)((*act)((*fc1)(x))); }
 
+Tensor ConvNeXtMlp::forward_unhooked(const Tensor& x) { return fc2->forward(act->forward(fc1->forward(x))); }
+
 // ---- Block
 
 ConvNeXtBlock::ConvNeXtBlock(int64_t dim, int64_t kernel_size, double drop_path_rate, const ConvNeXtOptions& o)
@@ -86,13 +88,17 @@ ConvNeXtBlock::ConvNeXtBlock(int64_t dim, int64_t kernel_size, double drop_path_
     drop_path = register_module("drop_path", std::make_shared<nn::Identity>());
 }
 
+Tensor ConvNeXtBlock::branch(const Tensor& x, bool fire_hooks) {
+  // Leaf children: operator() fires their hooks, forward() does not.
+  auto call = [fire_hooks](nn::Module& m, const Tensor& t) { return fire_hooks ? m(t) : m.forward(t); };
+  auto call_mlp = [&](const Tensor& t) { return fire_hooks ? (*mlp)(t) : mlp->forward_unhooked(t); };
+  Tensor h = call(*conv_dw, x);                                  // [N, C, H, W]
+  if (conv_mlp_) return call_mlp(call(*norm, h));                // [N, C, H, W]
+  return call_mlp(call(*norm, h.permute({0, 2, 3, 1}))).permute({0, 3, 1, 2});  // via [N, H, W, C]
+}
+
 Tensor ConvNeXtBlock::forward(const Tensor& x) {
-  Tensor h = (*conv_dw)(x);                                      // [N, C, H, W]
-  if (conv_mlp_) {
-    h = (*mlp)((*norm)(h));                                      // [N, C, H, W]
-  } else {
-    h = (*mlp)((*norm)(h.permute({0, 2, 3, 1}))).permute({0, 3, 1, 2});  // via [N, H, W, C]
-  }
+  Tensor h = branch(x);  // [N, C, H, W]
   if (gamma.defined()) h = h * gamma().reshape({1, -1, 1, 1});
   return (*drop_path)(h) + x;
 }

@@ -40,18 +40,22 @@ InceptionDWConv2d::InceptionDWConv2d(int64_t dim, int64_t square_kernel_size,
   dwconv_h = register_module("dwconv_h", depthwise(gc, band_kernel_size, 1));
 }
 
-Tensor InceptionDWConv2d::forward(const Tensor& x) {
+Tensor InceptionDWConv2d::run(const Tensor& x, bool fire_hooks) {
   const int64_t dim = split_[0] + 3 * split_[1];
   KERN_CHECK(x.dim() == 4 && x.size(1) == dim, "InceptionDWConv2d: expected [N, ", dim,
              ", H, W], got ", x.shape());
+  auto call = [fire_hooks](nn::Module& m, const Tensor& t) { return fire_hooks ? m(t) : m.forward(t); };
   auto parts = split_with_sizes(x, split_, 1);  // x_id, x_hw, x_w, x_h
   std::vector<Tensor> out;
   if (split_[0] > 0) out.push_back(parts[0]);
-  out.push_back((*dwconv_hw)(parts[1]));
-  out.push_back((*dwconv_w)(parts[2]));
-  out.push_back((*dwconv_h)(parts[3]));
+  out.push_back(call(*dwconv_hw, parts[1]));
+  out.push_back(call(*dwconv_w, parts[2]));
+  out.push_back(call(*dwconv_h, parts[3]));
   return cat(out, 1);
 }
+
+Tensor InceptionDWConv2d::forward(const Tensor& x) { return run(x, true); }
+Tensor InceptionDWConv2d::forward_unhooked(const Tensor& x) { return run(x, false); }
 
 ConvMlp::ConvMlp(int64_t in_features, int64_t hidden_features) {
   fc1 = register_module("fc1", std::make_shared<nn::Conv2d>(in_features, hidden_features, 1));
@@ -63,6 +67,10 @@ ConvMlp::ConvMlp(int64_t in_features, int64_t hidden_features) {
 
 Tensor ConvMlp::forward(const Tensor& x) {
   return (*fc2)((*drop)((*act)((*norm)((*fc1)(x)))));
+}
+
+Tensor ConvMlp::forward_unhooked(const Tensor& x) {
+  return fc2->forward(drop->forward(act->forward(norm->forward(fc1->forward(x)))));
 }
 
 MetaNeXtBlock::MetaNeXtBlock(int64_t dim, const InceptionNeXtOptions& o, double mlp_ratio,
@@ -81,8 +89,13 @@ MetaNeXtBlock::MetaNeXtBlock(int64_t dim, const InceptionNeXtOptions& o, double 
     drop_path = register_module("drop_path", std::make_shared<nn::Identity>());
 }
 
+Tensor MetaNeXtBlock::branch(const Tensor& x, bool fire_hooks) {
+  if (fire_hooks) return (*mlp)((*norm)((*token_mixer)(x)));                    // [N, C, H, W]
+  return mlp->forward_unhooked(norm->forward(token_mixer->forward_unhooked(x)));  // same, no hooks
+}
+
 Tensor MetaNeXtBlock::forward(const Tensor& x) {
-  Tensor h = (*mlp)((*norm)((*token_mixer)(x)));  // [N, C, H, W]
+  Tensor h = branch(x);  // [N, C, H, W]
   if (gamma.defined()) h = h * gamma().reshape({1, -1, 1, 1});
   return (*drop_path)(h) + x;
 }

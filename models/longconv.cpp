@@ -100,7 +100,13 @@ nn::Param ParameterList::append(Tensor t, const nn::ParamOptions& options) {
 }  // namespace longconv
 
 // ---------------------------------------------------------------------------------------------
-// LongConvKernel
+// SequenceKernel, LongConvKernel
+
+Tensor SequenceKernel::forward(const Tensor& u) {
+  KERN_CHECK(u.defined() && u.dim() >= 2, name(), ": expected a sequence [B, H, L] (H = ", H_, "), got ",
+             u.defined() ? fmt::format("{}", u.shape()) : std::string("an undefined tensor"));
+  return fft_conv(u, kernel(u.size(-1)));  // [B, H, L]
+}
 
 LongConvKernel::LongConvKernel(int64_t H, int64_t l_max, const LongConvKernelOptions& o)
     : SequenceKernel(H, l_max), options_(o) {
@@ -136,11 +142,18 @@ LongConvKernel::LongConvKernel(int64_t H, int64_t l_max, const LongConvKernelOpt
 
 Tensor LongConvKernel::kernel(int64_t L) {
   KERN_CHECK(L >= 1, "LongConvKernel::kernel: sequence length L must be >= 1, got ", L);
-  Tensor k = weight().reshape({H_, l_max_});  // [H, l_max]
+  return kernel_from(weight().reshape({H_, l_max_}), L);  // [H, L]
+}
+
+Tensor LongConvKernel::kernel_from(const Tensor& w, int64_t L) {
+  KERN_CHECK(L >= 1, "LongConvKernel::kernel_from: sequence length L must be >= 1, got ", L);
+  KERN_CHECK(w.dim() >= 2 && w.size(-2) == H_ && w.size(-1) == l_max_, "LongConvKernel::kernel_from: w must be [..., H = ",
+             H_, ", l_max = ", l_max_, "], got ", w.shape());
+  Tensor k = w;  // [..., H, l_max]
   if (options_.ma_window_len > 1) k = moving_average(k, options_.ma_window_len);
   k = squash(k, options_.lam);
   if (options_.kernel_dropout > 0) k = dropout(k, options_.kernel_dropout, is_training());
-  return longconv::fit_length(k, L);  // [H, L]
+  return longconv::fit_length(k, L);  // [..., H, L]
 }
 
 std::string LongConvKernel::extra_repr() const {
@@ -207,7 +220,9 @@ Tensor LongConv::forward(const Tensor& x) {
              layout, ", got ", x.shape(), ")");
   const int64_t L = u.size(2);
   KERN_CHECK(L >= 1, "LongConv: sequence length L must be >= 1, got shape ", x.shape());
-  Tensor y = fft_conv(u, kernel->kernel(L), D().reshape({H}));  // [B, H, L]
+  // The kernel module convolves (its hooks see u and the convolution); then the skip D * u,
+  // as fft_conv(u, k, D) adds it.
+  Tensor y = (*kernel)(u) + u * D().reshape({H, 1});  // [B, H, L]
   y = (*dropout)((*activation)(y));
   y = y.transpose(1, 2);  // [B, L, H]: the output linear mixes channels
   y = (*output_linear)(y);

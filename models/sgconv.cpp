@@ -76,22 +76,39 @@ SGConvKernel::SGConvKernel(int64_t H, int64_t l_max, const SGConvKernelOptions& 
   reset_kernel_norm();
 }
 
-Tensor SGConvKernel::full_kernel() {
-  const auto& subs = static_cast<const longconv::ParameterList&>(*kernel_list).entries();
+Tensor SGConvKernel::full_from(const std::vector<Tensor>& subs) {
+  KERN_CHECK(static_cast<int64_t>(subs.size()) == num_scales_, "SGConvKernel: expected ", num_scales_,
+             " sub-kernels, got ", subs.size());
   std::vector<Tensor> pieces;
   for (int64_t i = 0; i < num_scales_; ++i) {
+    const Tensor& sub = subs[static_cast<size_t>(i)];
+    KERN_CHECK(sub.dim() >= 2 && sub.size(-2) == H_ && sub.size(-1) == options_.kernel_dim,
+               "SGConvKernel: sub-kernel ", i, " must be [..., H = ", H_, ", kernel_dim = ", options_.kernel_dim,
+               "], got ", sub.shape());
     // Sub-kernel i weighted by m^(num_scales - 1 - i): the coarser (later) scales are smaller.
-    Tensor piece = subs[static_cast<size_t>(i)]();
+    Tensor piece = sub;
     const double e = static_cast<double>(num_scales_ - 1 - i);
-    if (e != 0) piece = piece * pow(multiplier(), e);
+    if (e != 0) piece = piece * pow(multiplier().reshape({H_, 1}), e);
     pieces.push_back(upsample1d(piece, scale_factor(i), options_.interpolate));
   }
-  return cat(pieces, -1).reshape({H_, -1});  // [H, kernel_dim * 2^(num_scales - 1)]
+  return cat(pieces, -1);  // [..., H, kernel_dim * 2^(num_scales - 1)]
+}
+
+Tensor SGConvKernel::full_kernel() {
+  const auto& entries = static_cast<const longconv::ParameterList&>(*kernel_list).entries();
+  std::vector<Tensor> subs;
+  for (const auto& p : entries) subs.push_back(p().reshape({H_, options_.kernel_dim}));
+  return full_from(subs);  // [H, kernel_dim * 2^(num_scales - 1)]
 }
 
 Tensor SGConvKernel::kernel(int64_t L) {
   KERN_CHECK(L >= 1, "SGConvKernel::kernel: sequence length L must be >= 1, got ", L);
   return longconv::fit_length(full_kernel(), L) / kernel_norm().reshape({H_, 1});  // [H, L]
+}
+
+Tensor SGConvKernel::kernel_from(const std::vector<Tensor>& subs, int64_t L) {
+  KERN_CHECK(L >= 1, "SGConvKernel::kernel_from: sequence length L must be >= 1, got ", L);
+  return longconv::fit_length(full_from(subs), L) / kernel_norm().reshape({H_, 1});  // [..., H, L]
 }
 
 void SGConvKernel::reset_kernel_norm() {

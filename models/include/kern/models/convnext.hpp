@@ -66,6 +66,8 @@ class ConvNeXtMlp : public nn::Module {
  public:
   ConvNeXtMlp(int64_t in_features, int64_t hidden_features, int64_t out_features, bool use_conv);
   Tensor forward(const Tensor& x) override;
+  /// forward without firing any hook of the children (see ConvNeXtBlock::branch).
+  Tensor forward_unhooked(const Tensor& x);
   std::string name() const override { return "Mlp"; }
 
   std::shared_ptr<nn::Module> fc1, act, fc2;  // fc: Conv2d (use_conv) or Linear
@@ -77,6 +79,12 @@ class ConvNeXtBlock : public nn::Module {
  public:
   ConvNeXtBlock(int64_t dim, int64_t kernel_size, double drop_path, const ConvNeXtOptions& options);
   Tensor forward(const Tensor& x) override;
+  /// The residual branch before the layer scale, h = mlp(norm(conv_dw(x))):
+  ///   x: [N, C, H, W] -> h: [N, C, H, W]; forward(x) = x + drop_path(gamma * h).
+  /// fire_hooks = false calls the children's forward() directly: the per-sample gradient
+  /// rule of gamma recomputes h with it, and the children's hooks (which per-sample tools
+  /// use to capture each layer's call) must not see that recomputation as a second call.
+  Tensor branch(const Tensor& x, bool fire_hooks = true);
   std::string name() const override { return "ConvNeXtBlock"; }
 
   nn::Param gamma;  // [C], undefined without layer scale

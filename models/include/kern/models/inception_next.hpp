@@ -47,6 +47,8 @@ class InceptionDWConv2d : public nn::Module {
   InceptionDWConv2d(int64_t dim, int64_t square_kernel_size = 3, int64_t band_kernel_size = 11,
                     double branch_ratio = 0.125);
   Tensor forward(const Tensor& x) override;
+  /// forward without firing the convs' hooks (see MetaNeXtBlock::branch).
+  Tensor forward_unhooked(const Tensor& x);
   std::string name() const override { return "InceptionDWConv2d"; }
   /// Channels of each part, in order: identity, hw, w, h.
   const std::vector<int64_t>& split_sizes() const { return split_; }
@@ -54,6 +56,7 @@ class InceptionDWConv2d : public nn::Module {
   std::shared_ptr<nn::Conv2d> dwconv_hw, dwconv_w, dwconv_h;
 
  private:
+  Tensor run(const Tensor& x, bool fire_hooks);
   std::vector<int64_t> split_;
 };
 
@@ -63,6 +66,8 @@ class ConvMlp : public nn::Module {
  public:
   ConvMlp(int64_t in_features, int64_t hidden_features);
   Tensor forward(const Tensor& x) override;
+  /// forward without firing the children's hooks (see MetaNeXtBlock::branch).
+  Tensor forward_unhooked(const Tensor& x);
   std::string name() const override { return "ConvMlp"; }
 
   std::shared_ptr<nn::Conv2d> fc1, fc2;
@@ -75,6 +80,11 @@ class MetaNeXtBlock : public nn::Module {
  public:
   MetaNeXtBlock(int64_t dim, const InceptionNeXtOptions& o, double mlp_ratio, double drop_path);
   Tensor forward(const Tensor& x) override;
+  /// The residual branch before the layer scale, h = mlp(norm(token_mixer(x))):
+  ///   x: [N, C, H, W] -> h: [N, C, H, W]; forward(x) = x + drop_path(gamma * h).
+  /// fire_hooks = false calls the children's forward() directly: the per-sample gradient
+  /// rule of gamma recomputes h with it, unseen by the children's hooks.
+  Tensor branch(const Tensor& x, bool fire_hooks = true);
   std::string name() const override { return "MetaNeXtBlock"; }
 
   std::shared_ptr<InceptionDWConv2d> token_mixer;

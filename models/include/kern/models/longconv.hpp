@@ -73,13 +73,18 @@ Tensor upsample1d(const Tensor& x, int64_t factor, const std::string& mode = "li
 // ---------------------------------------------------------------------------------------------
 // Kernel parameterizations
 
-/// A module producing a convolution kernel k: [H, L] for a sequence length L.
+/// A module producing a convolution kernel k: [H, L] for a sequence length L. Calling it
+/// convolves: forward(u) = fft_conv(u, kernel(L)) (no skip term), which is how LongConv uses
+/// it, so hooks on the kernel module see one call with the sequence and its convolution (the
+/// per-sample gradient rules of the kernels need exactly that).
 class SequenceKernel : public nn::Module {
  public:
   SequenceKernel(int64_t H, int64_t l_max) : H_(H), l_max_(l_max) {}
   /// k: [H, L]. Lengths above l_max are zero-padded (as safari's conv, whose kernel is then
   /// shorter than the input), lengths below it use the kernel's first L taps.
   virtual Tensor kernel(int64_t L) = 0;
+  /// The causal long convolution with this kernel: u: [B, H, L] -> fft_conv(u, kernel(L)): [B, H, L].
+  Tensor forward(const Tensor& u) override;
   int64_t channels() const { return H_; }
   int64_t l_max() const { return l_max_; }
 
@@ -108,6 +113,11 @@ class LongConvKernel : public SequenceKernel {
  public:
   LongConvKernel(int64_t H, int64_t l_max, const LongConvKernelOptions& options = {});
   Tensor kernel(int64_t L) override;
+  /// The kernel map applied to a given kernel parameter (multiplier included), with any
+  /// leading dims: w: [..., H, l_max] -> [..., H, L]. kernel(L) is kernel_from(weight() as
+  /// [H, l_max], L); the per-sample gradient rule pushes N per-sample kernel gradients back
+  /// through it at once (w expanded to [N, H, l_max]).
+  Tensor kernel_from(const Tensor& w, int64_t L);
   std::string name() const override { return "LongConvKernel"; }
   std::string extra_repr() const override;
   const LongConvKernelOptions& options() const { return options_; }
@@ -144,6 +154,11 @@ class SGConvKernel : public SequenceKernel {
   Tensor kernel(int64_t L) override;
   /// The un-normalized concatenation: [H, kernel_dim * 2^(num_scales - 1)].
   Tensor full_kernel();
+  /// The kernel map applied to given sub-kernels (multipliers included), with any leading
+  /// dims: subs[i]: [..., H, kernel_dim] -> [..., H, L]. kernel(L) is kernel_from of the
+  /// parameters; the per-sample gradient rule pushes N per-sample kernel gradients back
+  /// through it at once (each sub-kernel expanded to [N, H, kernel_dim]).
+  Tensor kernel_from(const std::vector<Tensor>& subs, int64_t L);
   /// Sets kernel_norm to the current ||full_kernel()|| per channel (done at construction;
   /// call it after loading or setting kernel_list by hand).
   void reset_kernel_norm();
@@ -159,6 +174,7 @@ class SGConvKernel : public SequenceKernel {
   nn::Buffer kernel_norm;                   // buffer [1, H, 1]
 
  private:
+  Tensor full_from(const std::vector<Tensor>& subs);  // [..., H, kernel_dim] each -> [..., H, full]
   SGConvKernelOptions options_;
   int64_t num_scales_;
 };
