@@ -26,7 +26,7 @@
 // j <= C), and whether the bulk of G lies below them (lambda_1(G_within) vs the count-th
 // eigenvalue of H).
 //
-//   hessian_outliers [--per-class 100] [--k 100] [--iters 200] [--center global|pixel]
+//   hessian_outliers [--per-class 100] [--k 100] [--iters 160] [--center global|pixel]
 //                    [--models mlp,cnn] [--out run/hessian_outliers]
 //   -> <out>/hessian_outliers.json, <out>/hessian_outliers.png (tools/plot_hessian_outliers.py)
 #include <CLI/CLI.hpp>
@@ -54,7 +54,7 @@ namespace {
 struct Config {
   int64_t per_class = 100;
   int64_t k = 100;
-  int64_t iters = 200;
+  int64_t iters = 160;
   int64_t density_runs = 2, density_steps = 40;
   int64_t max_epochs = 300;
   double target_loss = 0.01;
