@@ -1,7 +1,8 @@
 #pragma once
-// kern::tools umbrella: empirical NTK, Hessian spectra, the training-dynamics tracker and
-// the coordinate check.
+// kern::tools umbrella: empirical NTK, Hessian spectra (and Papyan's GGN decomposition), the
+// training-dynamics tracker and the coordinate check.
 #include <kern/tools/coord_check.hpp>
 #include <kern/tools/hessian.hpp>
+#include <kern/tools/hessian_decomposition.hpp>
 #include <kern/tools/ntk.hpp>
 #include <kern/tools/tracker.hpp>
