@@ -1,7 +1,8 @@
 #pragma once
 // kern::tools umbrella: empirical NTK, Hessian spectra, the training-dynamics tracker and
-// the coordinate check.
+// the coordinate check, per-sample gradients.
 #include <kern/tools/coord_check.hpp>
 #include <kern/tools/hessian.hpp>
 #include <kern/tools/ntk.hpp>
+#include <kern/tools/per_sample_grads.hpp>
 #include <kern/tools/tracker.hpp>

@@ -1,0 +1,262 @@
+// Per-sample gradients (kern/tools/per_sample_grads.hpp): one forward with hooks, one
+// backward to the parameter-owning modules' outputs, then per module its grad-sample rule or
+// the per-layer vjp fallback.
+#include <kern/nn/grad_sample.hpp>
+#include <kern/tools/per_sample_grads.hpp>
+
+#include <algorithm>
+#include <unordered_map>
+
+#include "ntk_internal.hpp"
+
+namespace kern::tools {
+namespace {
+
+constexpr const char* kWho = "per_sample_grads";
+
+// theta: the chosen parameters, in named_parameters() order.
+struct Theta {
+  std::vector<Tensor> tensors;
+  std::vector<std::string> names;
+  std::unordered_map<const TensorImpl*, size_t> index;
+};
+
+Theta resolve(nn::Module& model, const std::vector<Tensor>& requested) {
+  Theta th;
+  std::unordered_map<const TensorImpl*, size_t> wanted;
+  for (size_t i = 0; i < requested.size(); ++i) {
+    KERN_CHECK(requested[i].defined(), kWho, ": params[", i, "] is an undefined tensor");
+    KERN_CHECK(wanted.emplace(requested[i].impl_ptr().get(), i).second, kWho, ": params[", i, "] is listed twice");
+  }
+  for (auto& [name, p] : model.named_parameters()) {
+    const bool chosen = requested.empty() ? p.requires_grad() : wanted.erase(p.impl_ptr().get()) > 0;
+    if (!chosen) continue;
+    KERN_CHECK(p.requires_grad(), kWho, ": parameter '", name, "' does not require grad");
+    th.index.emplace(p.impl_ptr().get(), th.tensors.size());
+    th.tensors.push_back(p);
+    th.names.push_back(name);
+  }
+  for (auto& [impl, i] : wanted)
+    KERN_CHECK(false, kWho, ": params[", i, "] ", requested[i].shape(), " is not a parameter of the module ",
+               model.name());
+  KERN_CHECK(!th.tensors.empty(), kWho, ": the module ", model.name(), " has no parameters that require grad");
+  return th;
+}
+
+struct Call {
+  Tensor in, out;
+};
+
+// A module that owns parameters of theta (its own, not its children's).
+struct Owner {
+  std::string path;
+  nn::Module* module = nullptr;
+  const nn::GradSampleRule* rule = nullptr;
+  std::vector<std::string> own;  // its parameter names (in the module) that are in theta
+  std::vector<size_t> at;        // their indices in theta
+  std::vector<Call> calls;       // this chunk's calls
+};
+
+std::vector<Owner> find_owners(nn::Module& model, const Theta& th) {
+  std::vector<Owner> owners;
+  std::vector<std::string> owned_by(th.tensors.size());
+  for (auto& [path, m] : model.named_modules()) {
+    Owner o;
+    o.path = path.empty() ? "<root>" : path;
+    o.module = m.get();
+    for (nn::Slot* s : m->slots()) {
+      if (s->is_buffer || !s->value.defined()) continue;
+      auto it = th.index.find(s->value.impl_ptr().get());
+      if (it == th.index.end()) continue;
+      KERN_CHECK(owned_by[it->second].empty(), kWho, ": parameter '", th.names[it->second],
+                 "' is registered in two modules ('", owned_by[it->second], "' and '", o.path,
+                 "'): tied weights are not supported (a rule sees one module's use only)");
+      owned_by[it->second] = o.path;
+      o.own.push_back(s->name);
+      o.at.push_back(it->second);
+    }
+    if (o.own.empty()) continue;
+    o.rule = nn::find_grad_sample_rule(*m);
+    owners.push_back(std::move(o));
+  }
+  return owners;
+}
+
+class HookScope {
+ public:
+  ~HookScope() {
+    for (auto& [m, id] : ids_) m->remove_hook(id);
+  }
+  void add(nn::Module* m, nn::HookId id) { ids_.emplace_back(m, id); }
+
+ private:
+  std::vector<std::pair<nn::Module*, nn::HookId>> ids_;
+};
+
+// The cotangent of the loss that makes the backward give sum_n d L_n / d (.).
+Tensor loss_cotangent(const Tensor& loss, int64_t N, LossReduction reduction) {
+  KERN_CHECK(loss.defined(), kWho, ": loss_fn returned an undefined tensor");
+  if (loss.dim() == 1 && loss.size(0) == N) return ones_like(loss);  // per-sample losses
+  KERN_CHECK(loss.numel() == 1, kWho, ": loss_fn must return per-sample losses [", N, "] or a scalar, got ",
+             loss.shape());
+  return full(loss.shape(), reduction == LossReduction::Mean ? static_cast<double>(N) : 1.0, loss.dtype());
+}
+
+// Adds `grad` [N, ...] of parameter theta[i] into result[i] rows [n0, n0 + N).
+void add_rows(std::vector<Tensor>& result, size_t i, int64_t n0, const Tensor& grad, const Owner& o,
+              const std::string& name) {
+  Tensor dst = result[i].narrow(0, n0, grad.dim() > 0 ? grad.size(0) : 0);
+  KERN_CHECK(grad.shape() == dst.shape(), kWho, ": the grad-sample rule of module '", o.path, "' (",
+             o.module->name(), ") returned ", grad.shape(), " for its parameter '", name, "', expected ",
+             dst.shape());
+  dst.copy_(dst + grad.to(dst.dtype()));
+}
+
+// Fallback for a module without a rule: sample by sample, a vjp through the module alone on
+// its captured input, for its own parameters.
+void vjp_fallback(const Owner& o, const Call& c, const Tensor& g, const Theta& th, std::vector<Tensor>& result,
+                  int64_t n0) {
+  std::vector<Tensor> params;
+  for (size_t i : o.at) params.push_back(th.tensors[i]);
+  const int64_t N = c.in.size(0);
+  for (int64_t n = 0; n < N; ++n) {
+    std::vector<Tensor> gs;
+    {
+      EnableGradGuard eg;
+      Tensor y = o.module->forward(c.in.narrow(0, n, 1).detach());
+      KERN_CHECK(y.shape() == g.narrow(0, n, 1).shape(), kWho, ": module '", o.path, "' (", o.module->name(),
+                 ") gives ", y.shape(), " on one sample but ", c.out.shape(),
+                 " on the batch: its samples are not independent");
+      gs = grad({y}, params, {g.narrow(0, n, 1)}, {.allow_unused = true});
+    }
+    NoGradGuard ng;
+    for (size_t k = 0; k < params.size(); ++k)
+      if (gs[k].defined()) {
+        Tensor row = result[o.at[k]].select(0, n0 + n);
+        row.copy_(row + gs[k]);
+      }
+  }
+}
+
+// Sum over the chunk's samples vs autograd's gradient of the same backward.
+void check_sums(const std::vector<Tensor>& result, const std::vector<Tensor>& expected, const Theta& th,
+                int64_t n0, int64_t N) {
+  for (size_t i = 0; i < th.tensors.size(); ++i) {
+    Tensor rows = result[i].narrow(0, n0, N);
+    Tensor got = sum(rows, {0});
+    Tensor want = expected[i].defined() ? expected[i] : zeros_like(got);
+    const double scale = max(sum(abs(rows), {0})).item() + max(abs(want)).item();
+    const double tol = got.dtype() == DType::Float64 ? 1e-9 : 2e-4;
+    KERN_CHECK(max(abs(got - want)).item() <= tol * scale + 1e-30, kWho, ": the per-sample gradients of '",
+               th.names[i], "' do not sum to autograd's batch gradient (max difference ",
+               max(abs(got - want)).item(), "): the parameter is read outside its module's forward (e.g. tied "
+               "weights), its module is not called through operator(), or a grad-sample rule is wrong");
+  }
+}
+
+void run_chunk(nn::Module& model, const PerSampleLossFn& loss_fn, const Tensor& x, const Tensor& y,
+               const Theta& th, std::vector<Owner>& owners, const PerSampleGradsOptions& options,
+               std::vector<Tensor>& result, int64_t n0) {
+  const int64_t N = x.size(0);
+  for (Owner& o : owners) o.calls.clear();
+  Tensor loss;
+  {
+    HookScope hooks;
+    for (Owner& o : owners)
+      hooks.add(o.module, o.module->register_forward_hook([&o](nn::Module&, const Tensor& in, const Tensor& out) {
+        o.calls.push_back({in, out});
+      }));
+    EnableGradGuard eg;
+    loss = loss_fn(model(x), y);
+  }
+  Tensor cot = loss_cotangent(loss, N, options.reduction());
+  // One backward: the output gradient of every call, and (for the check) autograd's
+  // gradient of every parameter.
+  std::vector<Tensor> inputs;
+  for (Owner& o : owners)
+    for (Call& c : o.calls) {
+      KERN_CHECK(c.in.dim() >= 1 && c.in.size(0) == N && c.out.dim() >= 1 && c.out.size(0) == N, kWho, ": module '",
+                 o.path, "' (", o.module->name(), ") was called with input ", c.in.shape(), " -> ", c.out.shape(),
+                 ": per-sample gradients need the batch (", N, ") as dim 0 of its input and output");
+      if (c.out.requires_grad()) inputs.push_back(c.out);
+    }
+  const size_t n_calls = inputs.size();
+  if (options.check()) inputs.insert(inputs.end(), th.tensors.begin(), th.tensors.end());
+  std::vector<Tensor> gs = grad({loss}, inputs, {cot}, {.allow_unused = true});
+
+  NoGradGuard ng;
+  size_t k = 0;
+  for (Owner& o : owners)
+    for (Call& c : o.calls) {
+      Tensor g = c.out.requires_grad() ? gs[k++] : Tensor();
+      if (!g.defined()) g = zeros_like(c.out);
+      if (o.rule == nullptr) {
+        vjp_fallback(o, c, g, th, result, n0);
+        continue;
+      }
+      for (nn::GradSample& s : (*o.rule)(*o.module, c.in.detach(), c.out.detach(), g)) {
+        auto it = std::find(o.own.begin(), o.own.end(), s.name);
+        if (it == o.own.end()) continue;  // a parameter outside theta
+        add_rows(result, o.at[it - o.own.begin()], n0, s.grad, o, s.name);
+      }
+    }
+  if (options.check())
+    check_sums(result, std::vector<Tensor>(gs.begin() + static_cast<int64_t>(n_calls), gs.end()), th, n0, N);
+}
+
+}  // namespace
+
+const Tensor& PerSampleGrads::at(const std::string& name) const {
+  for (auto& [n, t] : grads)
+    if (n == name) return t;
+  KERN_CHECK(false, "PerSampleGrads: no parameter '", name, "' (", grads.size(), " parameters)");
+  return grads.front().second;  // unreachable
+}
+
+PerSampleGrads per_sample_grads(nn::Module& model, const PerSampleLossFn& loss_fn, const Tensor& x,
+                                const Tensor& y, const PerSampleGradsOptions& options) {
+  KERN_CHECK(loss_fn, kWho, ": loss_fn is empty");
+  KERN_CHECK(x.defined() && x.dim() >= 1 && x.size(0) > 0, kWho, ": x must be a non-empty batch [N, ...], got ",
+             x.defined() ? fmt::format("{}", x.shape()) : std::string("undefined"));
+  KERN_CHECK(!y.defined() || (y.dim() >= 1 && y.size(0) == x.size(0)), kWho, ": y ", y.shape(),
+             " must have the batch size ", x.size(0), " as dim 0");
+  KERN_CHECK(options.batch_chunk() >= 0, kWho, ": batch_chunk must be >= 0, got ", options.batch_chunk());
+  detail::check_batch_independent(model, kWho);
+  const Theta th = resolve(model, options.params());
+  std::vector<Owner> owners = find_owners(model, th);
+
+  const int64_t N = x.size(0);
+  std::vector<Tensor> result;
+  for (const Tensor& p : th.tensors) {
+    Shape s{N};
+    s.insert(s.end(), p.shape().begin(), p.shape().end());
+    result.push_back(zeros(s, p.dtype()));
+  }
+  std::vector<int64_t> calls(owners.size(), 0);
+  const int64_t chunk = options.batch_chunk() > 0 ? options.batch_chunk() : N;
+  for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+    const int64_t nc = std::min(chunk, N - n0);
+    run_chunk(model, loss_fn, x.narrow(0, n0, nc), y.defined() ? y.narrow(0, n0, nc) : y, th, owners, options,
+              result, n0);
+    for (size_t i = 0; i < owners.size(); ++i) calls[i] = std::max<int64_t>(calls[i], owners[i].calls.size());
+  }
+
+  PerSampleGrads out;
+  out.report.resize(th.tensors.size());
+  for (size_t i = 0; i < owners.size(); ++i)
+    for (size_t k = 0; k < owners[i].at.size(); ++k) {
+      PerSampleParamInfo& r = out.report[owners[i].at[k]];
+      r.module = owners[i].path;
+      r.calls = calls[i];
+      r.rule = calls[i] == 0               ? "unused"
+               : owners[i].rule != nullptr ? "grad_sample:" + owners[i].module->name()
+                                           : "vjp";
+    }
+  for (size_t i = 0; i < th.tensors.size(); ++i) {
+    out.report[i].name = th.names[i];
+    out.grads.emplace_back(th.names[i], std::move(result[i]));
+  }
+  return out;
+}
+
+}  // namespace kern::tools
