@@ -8,6 +8,9 @@
 #include <kern/models/inception_next.hpp>
 #include <kern/tools/ntk.hpp>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -138,13 +141,17 @@ TEST_CASE("NTK rules: a whole small InceptionNeXt (eval, BatchNorm) equals contr
 // 10 outputs, 16 probes, float32, eval), with the grad-sample rules off (every norm gain and
 // layer scale by contraction, as before) and on, median of 3, phases printed.
 TEST_CASE("NTK rules: convnext_atto-like timing, rules off vs on", "[.][ntk_perf]") {
+  // ls = 0: no layer scale gamma (until the zoo registers ConvNeXtBlock's rule, gamma is
+  // the one parameter without a rule): shows the cost once every parameter has one.
+  for (double ls : {1e-6, 0.0}) {
   manual_seed(70);
   models::ConvNeXt model({.depths = {2, 2, 6, 2}, .dims = {40, 80, 160, 320}, .num_classes = 10, .in_chans = 1,
-                          .kernel_size = 7});
+                          .kernel_size = 7, .ls_init_value = ls});
   model.eval();
   Generator gen(71);
   Tensor x = randn({16, 1, 32, 32}, DType::Float32, &gen);
   Tensor K_on, K_off;
+  fmt::print("ls_init_value = {}\n", ls);
   for (bool rules : {false, true}) {
     std::vector<double> totals;
     NtkInfo last;
@@ -164,8 +171,16 @@ TEST_CASE("NTK rules: convnext_atto-like timing, rules off vs on", "[.][ntk_perf
       else phases += fmt::format(" {}={:.3f}", name, sec);
     }
     fmt::print("ntk convnext_atto-like, rules {}: median {:.3f} s (min {:.3f}, max {:.3f}); last run:{} kernel(all "
-               "layers)={:.3f}; {} params by contraction\n",
-               rules ? "on " : "off", totals[1], totals[0], totals[2], phases, kernel, last.fallback.size());
+               "layers)={:.3f}; {} params by contraction: {}\n",
+               rules ? "on " : "off", totals[1], totals[0], totals[2], phases, kernel, last.fallback.size(),
+               fmt::join(last.fallback, " "));
+    std::vector<std::pair<double, std::string>> top;
+    for (auto& [name, sec] : last.phases)
+      if (name.rfind("kernel:", 0) == 0) top.emplace_back(sec, name);
+    std::sort(top.rbegin(), top.rend());
+    for (size_t i = 0; i < std::min<size_t>(6, top.size()); ++i) fmt::print("  {:.4f} s {}\n", top[i].first, top[i].second);
+    for (auto& note : last.notes) fmt::print("  note: {}\n", note);
   }
   REQUIRE(max_abs_diff(K_on, K_off) < 1e-3 * max(abs(K_off)).item());
+  }
 }

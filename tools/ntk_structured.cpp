@@ -340,13 +340,23 @@ void check_structure(nn::Module& model, const Tensor& x, std::vector<Layer>& lay
     Layer& L = layers[u.layer];
     if (!L.ok) continue;
     Tensor got;  // [og, F]
+    // The rounding scale: sum_o |G_{0,o}| (or a bound of it), not |sum_o G_{0,o}|, which can
+    // cancel (the gradient of sum_o f_o): float32 rounding is relative to the terms summed.
+    double terms = 0;
     std::vector<Tensor> parts;
     if (L.rule) {  // got: sum_o G_{0,o} [1, P_layer]
       if (u.eager) {
         got = sum(u.G[0].select(0, 0), {0}).view({1, u.F});
+        terms = max(sum(abs(u.G[0].select(0, 0)), {0})).item();
       } else {
         got = zeros({1, u.F}, L.rparams[0].dtype());
-        for (int64_t o = 0; o < O; ++o) got = got + rule_grads(L, u.ruses[0], u.gout[0][o], 0, 1);
+        Tensor abs_sum = zeros({1, u.F}, got.dtype());
+        for (int64_t o = 0; o < O; ++o) {
+          Tensor g_o = rule_grads(L, u.ruses[0], u.gout[0][o], 0, 1);
+          got = got + g_o;
+          abs_sum = abs_sum + abs(g_o);
+        }
+        terms = max(abs_sum).item();
       }
       for (size_t i = 0; i < L.rparams.size(); ++i) {
         const Tensor& g = gs[at_rule[u.layer] + static_cast<int64_t>(i)];
@@ -355,10 +365,14 @@ void check_structure(nn::Module& model, const Tensor& x, std::vector<Layer>& lay
       }
     } else if (u.eager) {
       got = sum(u.G[0].select(0, 0), {0}).view({u.og, u.F});
+      terms = max(sum(abs(u.G[0].select(0, 0)), {0})).item();
     } else {
       Tensor d0 = u.strategy == Strategy::Pairwise ? sum(u.D[0].select(0, 0), {2}).t()  // [og, S]
                                                    : sum(u.D[0].select(0, 0), {0});     // [og, S]
       got = mm(d0, u.A[0].select(0, 0));
+      Tensor d0_abs = u.strategy == Strategy::Pairwise ? sum(abs(u.D[0].select(0, 0)), {2}).t()
+                                                       : sum(abs(u.D[0].select(0, 0)), {0});
+      terms = max(mm(d0_abs, abs(u.A[0].select(0, 0)))).item();  // >= sum_o |G_{0,o}|
     }
     const DType dt = got.dtype();
     if (!L.rule && u.with_w) {
@@ -372,7 +386,7 @@ void check_structure(nn::Module& model, const Tensor& x, std::vector<Layer>& lay
     }
     Tensor expected = parts.size() == 1 ? parts[0] : cat(parts, 1);
     // max() of kern ops (vectorized), not max_abs_diff (element-wise conversion to double).
-    const double scale = max(abs(expected)).item();
+    const double scale = std::max(max(abs(expected)).item(), terms);
     const double tol = dt == DType::Float64 ? 1e-9 : 1e-4;
     if (!(max(abs(got - expected)).item() <= tol * scale + 1e-30)) {
       L.ok = false;
