@@ -6,6 +6,7 @@
 #include <kern/kern.hpp>
 #include <kern/models/convnext.hpp>
 #include <kern/models/inception_next.hpp>
+#include <kern/param/param.hpp>
 #include <kern/tools/ntk.hpp>
 
 #include <fmt/format.h>
@@ -15,6 +16,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <string>
 
 using namespace kern;
@@ -119,7 +121,30 @@ TEST_CASE("NTK rules: a whole small ConvNeXt equals contraction", "[ntk][per_sam
     // The layer scale: the zoo's rule when it is registered, else contraction for it alone.
     const std::string g = rule_of(info, "stages.0.blocks.0.gamma");
     REQUIRE((g == "contraction" || g == "grad_sample:ConvNeXtBlock"));
+    if (!conv_mlp) {  // a 1-byte budget: depthwise convs group by group, norm G's in chunks
+      NtkInfo small = check_kinds(model, x, x2, NtkOptions().grad_sample_budget(1));
+      REQUIRE(rule_of(small, "stages.0.blocks.0.conv_dw.weight") == "conv2d");
+    }
   }
+}
+
+TEST_CASE("NTK rules: muP multipliers of norm gains and convs stay exact", "[ntk][per_sample]") {
+  Generator gen(67);
+  manual_seed(68);
+  auto model = std::make_shared<nn::Sequential>(
+      nn::Conv2d(nn::Conv2dOptions(2, 8, 3).padding(1)), nn::LayerNorm2d(8), nn::Tanh(),
+      nn::Conv2d(nn::Conv2dOptions(8, 8, 3).padding(1).groups(8)), nn::AdaptiveAvgPool2d(1), nn::Flatten(),
+      nn::Linear(8, 8), nn::LayerNorm(8), nn::Tanh(), nn::Linear(8, 3));
+  // A depthwise weight's fan-in does not grow with width: muP's rules for a finite weight.
+  param::apply(*model, param::Preset::mup(8, 2).role("3.weight", param::Role::FiniteWeight));
+  model->to(DType::Float64);
+  bool scaled = false;
+  for (auto& [name, m] : model->named_modules())
+    for (nn::Slot* s : m->slots()) scaled = scaled || (!s->is_buffer && s->multiplier != 1.0);
+  REQUIRE(scaled);
+  Tensor x = randn({4, 2, 4, 4}, DType::Float64, &gen), x2 = randn({2, 2, 4, 4}, DType::Float64, &gen);
+  NtkInfo info = check_kinds(*model, x, x2);
+  REQUIRE(info.fallback.empty());
 }
 
 TEST_CASE("NTK rules: a whole small InceptionNeXt (eval, BatchNorm) equals contraction", "[ntk][per_sample]") {
@@ -138,49 +163,53 @@ TEST_CASE("NTK rules: a whole small InceptionNeXt (eval, BatchNorm) equals contr
 
 // Item 5 of the brief (not run by default: `kern_tests "[ntk_perf]"`): ntk() on a
 // convnext_atto-like net (dims 40/80/160/320, depths 2/2/6/2, kernel 7, 1x32x32 input,
-// 10 outputs, 16 probes, float32, eval), with the grad-sample rules off (every norm gain and
-// layer scale by contraction, as before) and on, median of 3, phases printed.
+// 10 outputs, 16 probes, float32, eval): grad-sample rules off (every norm gain and layer
+// scale by contraction, as before the rules), on with a 1 MB budget (depthwise convs group
+// by group, as before), and on (depthwise convs batched). Medians of 5 runs, per phase.
 TEST_CASE("NTK rules: convnext_atto-like timing, rules off vs on", "[.][ntk_perf]") {
+  struct Config {
+    const char* name;
+    NtkOptions options;
+  };
+  const std::vector<Config> configs = {
+      {"rules off", NtkOptions().grad_sample_rules(false)},
+      {"rules on, dw per group", NtkOptions().grad_sample_budget(1 << 20)},
+      {"rules on, dw batched", NtkOptions()}};
   // ls = 0: no layer scale gamma (until the zoo registers ConvNeXtBlock's rule, gamma is
-  // the one parameter without a rule): shows the cost once every parameter has one.
+  // the one parameter without a rule): the cost once every parameter has one.
   for (double ls : {1e-6, 0.0}) {
-  manual_seed(70);
-  models::ConvNeXt model({.depths = {2, 2, 6, 2}, .dims = {40, 80, 160, 320}, .num_classes = 10, .in_chans = 1,
-                          .kernel_size = 7, .ls_init_value = ls});
-  model.eval();
-  Generator gen(71);
-  Tensor x = randn({16, 1, 32, 32}, DType::Float32, &gen);
-  Tensor K_on, K_off;
-  fmt::print("ls_init_value = {}\n", ls);
-  for (bool rules : {false, true}) {
-    std::vector<double> totals;
-    NtkInfo last;
-    for (int rep = 0; rep < 3; ++rep) {
-      NtkInfo info;
-      const auto t0 = std::chrono::steady_clock::now();
-      Tensor K = ntk(model, x, NtkOptions().grad_sample_rules(rules), &info);
-      totals.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-      (rules ? K_on : K_off) = K;
-      last = info;
+    manual_seed(70);
+    models::ConvNeXt model({.depths = {2, 2, 6, 2}, .dims = {40, 80, 160, 320}, .num_classes = 10, .in_chans = 1,
+                            .kernel_size = 7, .ls_init_value = ls});
+    model.eval();
+    Generator gen(71);
+    Tensor x = randn({16, 1, 32, 32}, DType::Float32, &gen);
+    Tensor K_ref;
+    fmt::print("ls_init_value = {}\n", ls);
+    for (const Config& c : configs) {
+      std::map<std::string, std::vector<double>> phases;  // "kernel" = all layers
+      std::vector<double> totals;
+      NtkInfo last;
+      for (int rep = 0; rep < 5; ++rep) {
+        NtkInfo info;
+        const auto t0 = std::chrono::steady_clock::now();
+        Tensor K = ntk(model, x, c.options, &info);
+        totals.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        if (!K_ref.defined()) K_ref = K;
+        REQUIRE(max_abs_diff(K, K_ref) < 1e-3 * max(abs(K_ref)).item());
+        std::map<std::string, double> run;
+        for (auto& [name, sec] : info.phases) run[name.rfind("kernel:", 0) == 0 ? "kernel" : name] += sec;
+        for (auto& [name, sec] : run) phases[name].push_back(sec);
+        last = info;
+      }
+      auto median = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+      };
+      std::string per_phase;
+      for (auto& [name, v] : phases) per_phase += fmt::format(" {}={:.3f}", name, median(v));
+      fmt::print("  {:<24} median {:.3f} s (min {:.3f});{}; {} params by contraction\n", c.name, median(totals),
+                 *std::min_element(totals.begin(), totals.end()), per_phase, last.fallback.size());
     }
-    std::sort(totals.begin(), totals.end());
-    std::string phases;
-    double kernel = 0;
-    for (auto& [name, sec] : last.phases) {
-      if (name.rfind("kernel:", 0) == 0) kernel += sec;
-      else phases += fmt::format(" {}={:.3f}", name, sec);
-    }
-    fmt::print("ntk convnext_atto-like, rules {}: median {:.3f} s (min {:.3f}, max {:.3f}); last run:{} kernel(all "
-               "layers)={:.3f}; {} params by contraction: {}\n",
-               rules ? "on " : "off", totals[1], totals[0], totals[2], phases, kernel, last.fallback.size(),
-               fmt::join(last.fallback, " "));
-    std::vector<std::pair<double, std::string>> top;
-    for (auto& [name, sec] : last.phases)
-      if (name.rfind("kernel:", 0) == 0) top.emplace_back(sec, name);
-    std::sort(top.rbegin(), top.rend());
-    for (size_t i = 0; i < std::min<size_t>(6, top.size()); ++i) fmt::print("  {:.4f} s {}\n", top[i].first, top[i].second);
-    for (auto& note : last.notes) fmt::print("  note: {}\n", note);
-  }
-  REQUIRE(max_abs_diff(K_on, K_off) < 1e-3 * max(abs(K_off)).item());
   }
 }

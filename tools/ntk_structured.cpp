@@ -622,6 +622,26 @@ void check_layer_calls(std::vector<Layer>& layers, const Side* side, bool cross,
   }
 }
 
+// Depthwise convolutions (one input and one output channel per group; ConvNeXt's have
+// hundreds of groups) whose G [N, O, C*kH*kW (+C)] fits the budget go through Conv2d's
+// grad-sample rule -- per output o ONE depthwise weight-gradient convolution over all
+// samples and channels -- instead of one closed-form unit per group (thousands of tiny
+// units, each with its own im2col, stores and Gram product). Still reported as "conv2d".
+void batch_depthwise(std::vector<Layer>& layers, int64_t N_total, int64_t O, const NtkOptions& options, DType dt) {
+  for (Layer& L : layers) {
+    if (!L.ok || !L.conv || !options.grad_sample_rules()) continue;
+    const auto& co = L.conv->options();
+    if (co.groups() < 2 || co.in_channels() != co.groups() || co.out_channels() != co.groups()) continue;
+    int64_t P = 0;
+    for (const Tensor& p : {L.w, L.b}) P += p.defined() ? p.numel() : 0;
+    if (N_total * O * P * static_cast<int64_t>(dtype_size(dt)) > options.grad_sample_budget()) continue;
+    L.rule = nn::find_grad_sample_rule(*L.module);
+    if (L.rule == nullptr) continue;
+    if (L.w.defined()) L.rnames.push_back("weight"), L.rparams.push_back(L.w);
+    if (L.b.defined()) L.rnames.push_back("bias"), L.rparams.push_back(L.b);
+  }
+}
+
 // A rule layer's unit: G [N, O, P_layer] built during the backward passes when it fits the
 // budget (eager), else the output gradients are kept and G is rebuilt in chunks of features.
 Unit rule_unit(size_t l, const Layer& L, const Side* side, bool cross, int64_t O, const NtkOptions& options,
@@ -772,6 +792,7 @@ Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, con
   phase("forward");
   check_layer_calls(layers, side, cross, info);
   const DType dt = ps.tensors[0].dtype();
+  batch_depthwise(layers, N1 + (cross ? N2 : 0), O, options, dt);
   std::vector<Unit> units = make_units(layers, side, cross, O, options, dt);
   serial.reset();
   phase("inputs");
