@@ -4,6 +4,8 @@
 #include <kern/nn/grad_sample.hpp>
 #include <kern/tools/per_sample_grads.hpp>
 
+#include <omp.h>
+
 #include <algorithm>
 #include <unordered_map>
 
@@ -102,23 +104,44 @@ Tensor loss_cotangent(const Tensor& loss, int64_t N, LossReduction reduction) {
   return full(loss.shape(), reduction == LossReduction::Mean ? static_cast<double>(N) : 1.0, loss.dtype());
 }
 
-// Adds `grad` [N, ...] of parameter theta[i] into result[i] rows [n0, n0 + N).
-void add_rows(std::vector<Tensor>& result, size_t i, int64_t n0, const Tensor& grad, const Owner& o,
+// Adds `grad` [N, ...] of parameter theta[i] into the chunk's part[i]: the first call's
+// tensor is taken as it is (no copy: per-sample gradients are the largest tensors here),
+// further calls are added out of place (a rule may return a view of its arguments).
+void add_part(std::vector<Tensor>& part, size_t i, int64_t N, const Tensor& grad, const Theta& th, const Owner& o,
               const std::string& name) {
-  Tensor dst = result[i].narrow(0, n0, grad.dim() > 0 ? grad.size(0) : 0);
-  KERN_CHECK(grad.shape() == dst.shape(), kWho, ": the grad-sample rule of module '", o.path, "' (",
-             o.module->name(), ") returned ", grad.shape(), " for its parameter '", name, "', expected ",
-             dst.shape());
-  dst.copy_(dst + grad.to(dst.dtype()));
+  Shape want{N};
+  want.insert(want.end(), th.tensors[i].shape().begin(), th.tensors[i].shape().end());
+  KERN_CHECK(grad.shape() == want, kWho, ": the grad-sample rule of module '", o.path, "' (", o.module->name(),
+             ") returned ", grad.shape(), " for its parameter '", name, "', expected ", want);
+  Tensor g = grad.dtype() == th.tensors[i].dtype() ? grad : grad.to(th.tensors[i].dtype());
+  part[i] = part[i].defined() ? part[i] + g : g;
 }
+
+// Runs the calling thread's parallel regions on one thread in a scope: one-sample passes
+// are many tiny ops, where waking the other threads costs more than the work.
+class SerialScope {
+ public:
+  SerialScope() : prev_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~SerialScope() { omp_set_num_threads(prev_); }
+  SerialScope(const SerialScope&) = delete;
+  SerialScope& operator=(const SerialScope&) = delete;
+
+ private:
+  int prev_;
+};
 
 // Fallback for a module without a rule: sample by sample, a vjp through the module alone on
 // its captured input, for its own parameters.
-void vjp_fallback(const Owner& o, const Call& c, const Tensor& g, const Theta& th, std::vector<Tensor>& result,
-                  int64_t n0) {
-  std::vector<Tensor> params;
-  for (size_t i : o.at) params.push_back(th.tensors[i]);
+void vjp_fallback(const Owner& o, const Call& c, const Tensor& g, const Theta& th, std::vector<Tensor>& part) {
+  SerialScope serial;
+  std::vector<Tensor> params, rows;
   const int64_t N = c.in.size(0);
+  for (size_t i : o.at) {
+    params.push_back(th.tensors[i]);
+    Shape s{N};
+    s.insert(s.end(), th.tensors[i].shape().begin(), th.tensors[i].shape().end());
+    rows.push_back(zeros(s, th.tensors[i].dtype()));
+  }
   for (int64_t n = 0; n < N; ++n) {
     std::vector<Tensor> gs;
     {
@@ -131,21 +154,22 @@ void vjp_fallback(const Owner& o, const Call& c, const Tensor& g, const Theta& t
     }
     NoGradGuard ng;
     for (size_t k = 0; k < params.size(); ++k)
-      if (gs[k].defined()) {
-        Tensor row = result[o.at[k]].select(0, n0 + n);
-        row.copy_(row + gs[k]);
-      }
+      if (gs[k].defined()) rows[k].select(0, n).copy_(gs[k]);
   }
+  for (size_t k = 0; k < params.size(); ++k) add_part(part, o.at[k], N, rows[k], th, o, o.own[k]);
 }
 
-// Sum over the chunk's samples vs autograd's gradient of the same backward.
-void check_sums(const std::vector<Tensor>& result, const std::vector<Tensor>& expected, const Theta& th,
-                int64_t n0, int64_t N) {
+// Sum over the chunk's samples vs autograd's gradient of the same backward. Rounding is
+// relative to the terms summed, which can cancel (near a minimum the batch gradient is ~0
+// while per-sample gradients are not): N * max|grads[0]| stands for max_j sum_n |grads[n, j]|
+// (one sample's row: cheap next to the whole [N, P]).
+void check_sums(const std::vector<Tensor>& part, const std::vector<Tensor>& expected, const Theta& th, int64_t N) {
   for (size_t i = 0; i < th.tensors.size(); ++i) {
-    Tensor rows = result[i].narrow(0, n0, N);
-    Tensor got = sum(rows, {0});
+    if (!part[i].defined() && !expected[i].defined()) continue;
+    Tensor got = part[i].defined() ? sum(part[i], {0}) : zeros_like(expected[i]);
     Tensor want = expected[i].defined() ? expected[i] : zeros_like(got);
-    const double scale = max(sum(abs(rows), {0})).item() + max(abs(want)).item();
+    const double terms = part[i].defined() ? N * max(abs(part[i].select(0, 0))).item() : 0.0;
+    const double scale = terms + max(abs(got)).item() + max(abs(want)).item();
     const double tol = got.dtype() == DType::Float64 ? 1e-9 : 2e-4;
     KERN_CHECK(max(abs(got - want)).item() <= tol * scale + 1e-30, kWho, ": the per-sample gradients of '",
                th.names[i], "' do not sum to autograd's batch gradient (max difference ",
@@ -154,9 +178,11 @@ void check_sums(const std::vector<Tensor>& result, const std::vector<Tensor>& ex
   }
 }
 
+// One chunk of samples: part[i] = its per-sample gradients of theta[i] [N_chunk, ...], or
+// undefined where no call contributed (zeros).
 void run_chunk(nn::Module& model, const PerSampleLossFn& loss_fn, const Tensor& x, const Tensor& y,
                const Theta& th, std::vector<Owner>& owners, const PerSampleGradsOptions& options,
-               std::vector<Tensor>& result, int64_t n0) {
+               std::vector<Tensor>& part) {
   const int64_t N = x.size(0);
   for (Owner& o : owners) o.calls.clear();
   Tensor loss;
@@ -191,17 +217,17 @@ void run_chunk(nn::Module& model, const PerSampleLossFn& loss_fn, const Tensor& 
       Tensor g = c.out.requires_grad() ? gs[k++] : Tensor();
       if (!g.defined()) g = zeros_like(c.out);
       if (o.rule == nullptr) {
-        vjp_fallback(o, c, g, th, result, n0);
+        vjp_fallback(o, c, g, th, part);
         continue;
       }
       for (nn::GradSample& s : (*o.rule)(*o.module, c.in.detach(), c.out.detach(), g)) {
         auto it = std::find(o.own.begin(), o.own.end(), s.name);
         if (it == o.own.end()) continue;  // a parameter outside theta
-        add_rows(result, o.at[it - o.own.begin()], n0, s.grad, o, s.name);
+        add_part(part, o.at[it - o.own.begin()], N, s.grad, th, o, s.name);
       }
     }
   if (options.check())
-    check_sums(result, std::vector<Tensor>(gs.begin() + static_cast<int64_t>(n_calls), gs.end()), th, n0, N);
+    check_sums(part, std::vector<Tensor>(gs.begin() + static_cast<int64_t>(n_calls), gs.end()), th, N);
 }
 
 }  // namespace
@@ -226,19 +252,28 @@ PerSampleGrads per_sample_grads(nn::Module& model, const PerSampleLossFn& loss_f
   std::vector<Owner> owners = find_owners(model, th);
 
   const int64_t N = x.size(0);
-  std::vector<Tensor> result;
-  for (const Tensor& p : th.tensors) {
+  auto full_shape = [N](const Tensor& p) {
     Shape s{N};
     s.insert(s.end(), p.shape().begin(), p.shape().end());
-    result.push_back(zeros(s, p.dtype()));
-  }
+    return s;
+  };
+  std::vector<Tensor> result(th.tensors.size());
   std::vector<int64_t> calls(owners.size(), 0);
   const int64_t chunk = options.batch_chunk() > 0 ? options.batch_chunk() : N;
   for (int64_t n0 = 0; n0 < N; n0 += chunk) {
     const int64_t nc = std::min(chunk, N - n0);
-    run_chunk(model, loss_fn, x.narrow(0, n0, nc), y.defined() ? y.narrow(0, n0, nc) : y, th, owners, options,
-              result, n0);
+    std::vector<Tensor> part(th.tensors.size());
+    run_chunk(model, loss_fn, x.narrow(0, n0, nc), y.defined() ? y.narrow(0, n0, nc) : y, th, owners, options, part);
     for (size_t i = 0; i < owners.size(); ++i) calls[i] = std::max<int64_t>(calls[i], owners[i].calls.size());
+    NoGradGuard ng;
+    for (size_t i = 0; i < th.tensors.size(); ++i) {
+      if (nc == N) {  // one chunk: the parts are the result
+        result[i] = part[i].defined() ? part[i].contiguous() : zeros(full_shape(th.tensors[i]), th.tensors[i].dtype());
+        continue;
+      }
+      if (!result[i].defined()) result[i] = zeros(full_shape(th.tensors[i]), th.tensors[i].dtype());
+      if (part[i].defined()) result[i].narrow(0, n0, nc).copy_(part[i]);
+    }
   }
 
   PerSampleGrads out;
