@@ -30,7 +30,9 @@
 //     kern's are). Per layer, the cheaper (by flop count) of two evaluations is used:
 //     per-sample weight gradients G_{n,o} = D_{n,o}^T A_n (one layer, and a chunk of its
 //     features, at a time; then a symmetric blocked G1 G2^T) or the position-pair form above
-//     (NtkStructuredForm forces one). Grouped convolutions go group by group. Any other
+//     (NtkStructuredForm forces one). Grouped convolutions go group by group, except
+//     depthwise ones (one channel per group), which go through Conv2d's grad-sample rule
+//     below when their G fits grad_sample_budget (reported as "conv2d"). Any other
 //     module with a per-sample gradient rule (kern/nn/grad_sample.hpp: LayerNorm,
 //     LayerNorm2d, BatchNorm2d in eval mode, and the zoo's layer scales, filter banks, ...)
 //     is a layer too: during backward pass o its rule gives G_{., o} [N, P_layer], then
