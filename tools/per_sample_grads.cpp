@@ -49,23 +49,38 @@ struct Call {
   Tensor in, out;
 };
 
-// A module that owns parameters of theta (its own, not its children's).
+// Every module of the model, with the parameters of theta it owns (its own, not its
+// children's; possibly none).
 struct Owner {
   std::string path;
   nn::Module* module = nullptr;
+  int64_t parent = -1;           // index of the parent module (-1 for the root)
   const nn::GradSampleRule* rule = nullptr;
   std::vector<std::string> own;  // its parameter names (in the module) that are in theta
   std::vector<size_t> at;        // their indices in theta
-  std::vector<Call> calls;       // this chunk's calls
+  // This chunk: its calls; whether they all have the batch first (a rule or a vjp can use
+  // them); the parameters of descendants whose own calls cannot be used (not called through
+  // operator(), e.g. a kernel generator's kernel(L), or not batch-first) that this module
+  // computes by the vjp fallback instead.
+  std::vector<Call> calls;
+  bool batch_ok = false;
+  std::vector<size_t> adopted;
 };
 
 std::vector<Owner> find_owners(nn::Module& model, const Theta& th) {
   std::vector<Owner> owners;
+  std::unordered_map<std::string, int64_t> by_path;
   std::vector<std::string> owned_by(th.tensors.size());
   for (auto& [path, m] : model.named_modules()) {
     Owner o;
     o.path = path.empty() ? "<root>" : path;
     o.module = m.get();
+    if (!path.empty()) {
+      const size_t dot = path.rfind('.');
+      auto it = by_path.find(dot == std::string::npos ? std::string() : path.substr(0, dot));
+      o.parent = it == by_path.end() ? -1 : it->second;
+    }
+    by_path.emplace(path, static_cast<int64_t>(owners.size()));
     for (nn::Slot* s : m->slots()) {
       if (s->is_buffer || !s->value.defined()) continue;
       auto it = th.index.find(s->value.impl_ptr().get());
@@ -77,7 +92,6 @@ std::vector<Owner> find_owners(nn::Module& model, const Theta& th) {
       o.own.push_back(s->name);
       o.at.push_back(it->second);
     }
-    if (o.own.empty()) continue;
     o.rule = nn::find_grad_sample_rule(*m);
     owners.push_back(std::move(o));
   }
@@ -132,11 +146,12 @@ class SerialScope {
 
 // Fallback for a module without a rule: sample by sample, a vjp through the module alone on
 // its captured input, for its own parameters.
-void vjp_fallback(const Owner& o, const Call& c, const Tensor& g, const Theta& th, std::vector<Tensor>& part) {
+void vjp_fallback(const Owner& o, const std::vector<size_t>& at, const Call& c, const Tensor& g, const Theta& th,
+                  std::vector<Tensor>& part) {
   SerialScope serial;
   std::vector<Tensor> params, rows;
   const int64_t N = c.in.size(0);
-  for (size_t i : o.at) {
+  for (size_t i : at) {
     params.push_back(th.tensors[i]);
     Shape s{N};
     s.insert(s.end(), th.tensors[i].shape().begin(), th.tensors[i].shape().end());
@@ -156,7 +171,7 @@ void vjp_fallback(const Owner& o, const Call& c, const Tensor& g, const Theta& t
     for (size_t k = 0; k < params.size(); ++k)
       if (gs[k].defined()) rows[k].select(0, n).copy_(gs[k]);
   }
-  for (size_t k = 0; k < params.size(); ++k) add_part(part, o.at[k], N, rows[k], th, o, o.own[k]);
+  for (size_t k = 0; k < params.size(); ++k) add_part(part, at[k], N, rows[k], th, o, th.names[at[k]]);
 }
 
 // Sum over the chunk's samples vs autograd's gradient of the same backward. Rounding is
@@ -178,6 +193,27 @@ void check_sums(const std::vector<Tensor>& part, const std::vector<Tensor>& expe
   }
 }
 
+// After the forward: which module computes which parameters. A module whose calls are
+// usable computes its own; the parameters of one whose calls are not go to the nearest
+// ancestor whose calls are (the root's always are), by the vjp fallback through it.
+void assign(std::vector<Owner>& owners, int64_t N, const Theta& th) {
+  for (Owner& o : owners) {
+    o.adopted.clear();
+    o.batch_ok = !o.calls.empty();
+    for (const Call& c : o.calls)
+      o.batch_ok = o.batch_ok && c.in.dim() >= 1 && c.in.size(0) == N && c.out.dim() >= 1 && c.out.size(0) == N;
+  }
+  for (Owner& o : owners) {
+    if (o.own.empty() || o.batch_ok) continue;
+    int64_t p = o.parent;
+    while (p >= 0 && !owners[p].batch_ok) p = owners[p].parent;
+    KERN_CHECK(p >= 0, kWho, ": module '", o.path, "' (", o.module->name(), ") owning '", th.names[o.at[0]],
+               "' has no ancestor called through operator() with the batch (", N, ") as dim 0 of its input and "
+               "output");
+    owners[p].adopted.insert(owners[p].adopted.end(), o.at.begin(), o.at.end());
+  }
+}
+
 // One chunk of samples: part[i] = its per-sample gradients of theta[i] [N_chunk, ...], or
 // undefined where no call contributed (zeros).
 void run_chunk(nn::Module& model, const PerSampleLossFn& loss_fn, const Tensor& x, const Tensor& y,
@@ -196,28 +232,30 @@ void run_chunk(nn::Module& model, const PerSampleLossFn& loss_fn, const Tensor& 
     loss = loss_fn(model(x), y);
   }
   Tensor cot = loss_cotangent(loss, N, options.reduction());
-  // One backward: the output gradient of every call, and (for the check) autograd's
-  // gradient of every parameter.
+  assign(owners, N, th);
+  auto works = [](const Owner& o) { return (o.batch_ok && !o.own.empty()) || !o.adopted.empty(); };
+  // One backward: the output gradient of every call that is used, and (for the check)
+  // autograd's gradient of every parameter.
   std::vector<Tensor> inputs;
   for (Owner& o : owners)
-    for (Call& c : o.calls) {
-      KERN_CHECK(c.in.dim() >= 1 && c.in.size(0) == N && c.out.dim() >= 1 && c.out.size(0) == N, kWho, ": module '",
-                 o.path, "' (", o.module->name(), ") was called with input ", c.in.shape(), " -> ", c.out.shape(),
-                 ": per-sample gradients need the batch (", N, ") as dim 0 of its input and output");
-      if (c.out.requires_grad()) inputs.push_back(c.out);
-    }
+    if (works(o))
+      for (Call& c : o.calls)
+        if (c.out.requires_grad()) inputs.push_back(c.out);
   const size_t n_calls = inputs.size();
   if (options.check()) inputs.insert(inputs.end(), th.tensors.begin(), th.tensors.end());
   std::vector<Tensor> gs = grad({loss}, inputs, {cot}, {.allow_unused = true});
 
   NoGradGuard ng;
   size_t k = 0;
-  for (Owner& o : owners)
+  for (Owner& o : owners) {
+    if (!works(o)) continue;
     for (Call& c : o.calls) {
       Tensor g = c.out.requires_grad() ? gs[k++] : Tensor();
       if (!g.defined()) g = zeros_like(c.out);
+      if (!o.adopted.empty()) vjp_fallback(o, o.adopted, c, g, th, part);
+      if (o.own.empty() || !o.batch_ok) continue;
       if (o.rule == nullptr) {
-        vjp_fallback(o, c, g, th, part);
+        vjp_fallback(o, o.at, c, g, th, part);
         continue;
       }
       for (nn::GradSample& s : (*o.rule)(*o.module, c.in.detach(), c.out.detach(), g)) {
@@ -226,6 +264,7 @@ void run_chunk(nn::Module& model, const PerSampleLossFn& loss_fn, const Tensor& 
         add_part(part, o.at[it - o.own.begin()], N, s.grad, th, o, s.name);
       }
     }
+  }
   if (options.check())
     check_sums(part, std::vector<Tensor>(gs.begin() + static_cast<int64_t>(n_calls), gs.end()), th, N);
 }
@@ -258,13 +297,21 @@ PerSampleGrads per_sample_grads(nn::Module& model, const PerSampleLossFn& loss_f
     return s;
   };
   std::vector<Tensor> result(th.tensors.size());
-  std::vector<int64_t> calls(owners.size(), 0);
+  std::vector<std::string> how(th.tensors.size());  // the report's rule per parameter
+  std::vector<int64_t> calls(th.tensors.size(), 0);
   const int64_t chunk = options.batch_chunk() > 0 ? options.batch_chunk() : N;
   for (int64_t n0 = 0; n0 < N; n0 += chunk) {
     const int64_t nc = std::min(chunk, N - n0);
     std::vector<Tensor> part(th.tensors.size());
     run_chunk(model, loss_fn, x.narrow(0, n0, nc), y.defined() ? y.narrow(0, n0, nc) : y, th, owners, options, part);
-    for (size_t i = 0; i < owners.size(); ++i) calls[i] = std::max<int64_t>(calls[i], owners[i].calls.size());
+    for (const Owner& o : owners) {
+      for (size_t i : o.adopted) how[i] = "vjp:" + o.path, calls[i] = static_cast<int64_t>(o.calls.size());
+      if (!o.batch_ok) continue;
+      for (size_t i : o.at) {
+        how[i] = o.rule != nullptr ? "grad_sample:" + o.module->name() : "vjp";
+        calls[i] = static_cast<int64_t>(o.calls.size());
+      }
+    }
     NoGradGuard ng;
     for (size_t i = 0; i < th.tensors.size(); ++i) {
       if (nc == N) {  // one chunk: the parts are the result
@@ -278,14 +325,12 @@ PerSampleGrads per_sample_grads(nn::Module& model, const PerSampleLossFn& loss_f
 
   PerSampleGrads out;
   out.report.resize(th.tensors.size());
-  for (size_t i = 0; i < owners.size(); ++i)
-    for (size_t k = 0; k < owners[i].at.size(); ++k) {
-      PerSampleParamInfo& r = out.report[owners[i].at[k]];
-      r.module = owners[i].path;
+  for (const Owner& o : owners)
+    for (size_t i : o.at) {
+      PerSampleParamInfo& r = out.report[i];
+      r.module = o.path;
       r.calls = calls[i];
-      r.rule = calls[i] == 0               ? "unused"
-               : owners[i].rule != nullptr ? "grad_sample:" + owners[i].module->name()
-                                           : "vjp";
+      r.rule = how[i];
     }
   for (size_t i = 0; i < th.tensors.size(); ++i) {
     out.report[i].name = th.names[i];

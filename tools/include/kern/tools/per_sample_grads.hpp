@@ -13,7 +13,10 @@
 // convolution for Linear, Conv2d, norms; the zoo's modules register theirs). A module that
 // owns parameters and has no rule falls back PER LAYER: a vjp through that module alone,
 // sample by sample on its captured input, for its own parameters only -- never a loop over
-// the whole model. A module called several times sums its calls.
+// the whole model. A module called several times sums its calls. A module whose calls
+// cannot be used (not through operator(), or without the batch as dim 0: a long-conv
+// kernel generator) has its parameters computed by the vjp through its nearest ancestor
+// whose calls can.
 //
 // Loss scaling (Opacus' convention): loss_fn returns either
 //   - per-sample losses [N] (reduction "none"): grads[n] = d L_n / d p, or
@@ -25,8 +28,7 @@
 // Errors (kern::Error naming the module): batch-interacting modules (BatchNorm2d on batch
 // statistics, active Dropout / DropPath), a parameter registered in several modules (tied
 // weights), and -- by the check, on by default -- a parameter whose per-sample gradients do
-// not sum to autograd's batch gradient (it is read outside its module's forward, or a module
-// is not called through operator()).
+// not sum to autograd's batch gradient (it is read outside its module's forward).
 #include <kern/nn/module.hpp>
 #include <kern/tensor.hpp>
 
@@ -71,10 +73,11 @@ struct PerSampleParamInfo {
   std::string name;    // dotted parameter name ("stages.0.blocks.0.gamma")
   std::string module;  // the owning module's path ("<root>" for the model itself)
   /// "grad_sample:<Module::name()>" (a registered rule), "vjp" (per-layer fallback: a vjp
-  /// through the owning module alone, sample by sample), or "unused" (the module was not
-  /// called: zeros).
+  /// through the owning module alone, sample by sample), or "vjp:<ancestor>" (the owning
+  /// module is not called through operator() with the batch first -- e.g. a kernel
+  /// generator called as kernel(L) -- so the vjp runs through its nearest ancestor that is).
   std::string rule;
-  int64_t calls = 0;   // how many calls of the module were summed
+  int64_t calls = 0;   // how many calls of the computing module were summed
 };
 
 struct PerSampleGrads {
