@@ -5,7 +5,9 @@
 // budget, whole small ConvNeXt and InceptionNeXt models, and the per-layer report.
 #include <kern/kern.hpp>
 #include <kern/models/convnext.hpp>
+#include <kern/models/equivariant.hpp>
 #include <kern/models/inception_next.hpp>
+#include <kern/models/longconv.hpp>
 #include <kern/param/param.hpp>
 #include <kern/tools/ntk.hpp>
 
@@ -159,6 +161,26 @@ TEST_CASE("NTK rules: a whole small InceptionNeXt (eval, BatchNorm) equals contr
   NtkInfo info = check_kinds(model, x, x2);
   REQUIRE(rule_of(info, "stages.0.blocks.0.norm.weight") == "grad_sample:BatchNorm2d");
   REQUIRE(rule_of(info, "stages.0.blocks.0.token_mixer.dwconv_w.weight") == "conv2d");
+}
+
+TEST_CASE("NTK rules: small p4 CNN and long-convolution models equal contraction", "[ntk][per_sample]") {
+  Generator gen(69);
+  manual_seed(70);
+  SECTION("p4cnn (eval)") {
+    models::P4CNN m({.in_chans = 1, .num_classes = 3, .channels = 2, .num_layers = 2});
+    m.to(DType::Float64);
+    randomize(m, gen);
+    m.eval();
+    check_kinds(m, randn({3, 1, 6, 6}, DType::Float64, &gen), randn({2, 1, 6, 6}, DType::Float64, &gen));
+  }
+  SECTION("LongConvModel") {
+    models::LongConvModel m({.d_input = 2, .d_model = 4, .n_layers = 1, .l_max = 8, .num_classes = 3});
+    m.to(DType::Float64);
+    randomize(m, gen);
+    m.eval();
+    NtkInfo info = check_kinds(m, randn({3, 8, 2}, DType::Float64, &gen), randn({2, 8, 2}, DType::Float64, &gen));
+    REQUIRE(rule_of(info, "norm.weight") == "grad_sample:LayerNorm");
+  }
 }
 
 // Item 5 of the brief (not run by default: `kern_tests "[ntk_perf]"`): ntk() on a

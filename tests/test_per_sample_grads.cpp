@@ -6,6 +6,7 @@
 // and the error cases.
 #include <kern/kern.hpp>
 #include <kern/models/convnext.hpp>
+#include <kern/models/equivariant.hpp>
 #include <kern/models/longconv.hpp>
 #include <kern/nn/grad_sample.hpp>
 #include <kern/param/param.hpp>
@@ -236,6 +237,17 @@ TEST_CASE("per-sample grads: a small long-convolution model (FFT conv, kernel ge
   randomize(m, gen);
   m.eval();
   Tensor x = randn({3, 8, 2}, DType::Float64, &gen), y = randn({3, 3}, DType::Float64, &gen);
+  check_against_loop(m, x, y);
+}
+
+TEST_CASE("per-sample grads: a small p4 group-equivariant CNN (eval)", "[per_sample]") {
+  Generator gen(23);
+  manual_seed(24);
+  models::P4CNN m({.in_chans = 1, .num_classes = 3, .channels = 2, .num_layers = 2});
+  m.to(DType::Float64);
+  randomize(m, gen);
+  m.eval();
+  Tensor x = randn({3, 1, 6, 6}, DType::Float64, &gen), y = randn({3, 3}, DType::Float64, &gen);
   check_against_loop(m, x, y);
 }
 
