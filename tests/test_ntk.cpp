@@ -1,6 +1,6 @@
 // Empirical NTK (tools/ntk*.cpp): the three methods against PyTorch's fixture kernel, the
 // dense-layer closed form, structured vs contraction on CNNs (both structured forms, groups,
-// strides, dilation, 'same' padding, repeated calls, norm-gain fallback, tied weights),
+// strides, dilation, 'same' padding, repeated calls, norm gains by their grad-sample rules, tied weights),
 // traced / diagonal / cross kernels, the matrix-free operator, kernel metrics on hand-made
 // kernels, and the rejection of batch-dependent modules.
 #include <kern/io/safetensors.hpp>
@@ -65,7 +65,7 @@ std::shared_ptr<nn::Sequential> small_cnn() {
   return m;
 }
 
-// Module that calls the same Linear twice and has a LayerNorm (gain/bias: fallback).
+// Module that calls the same Linear twice and has a LayerNorm (gain/bias: its grad-sample rule).
 struct Twice : nn::Module {
   Twice() {
     fc = register_module("fc", std::make_shared<nn::Linear>(5, 5));
@@ -375,8 +375,9 @@ TEST_CASE("NTK: repeated calls, norm gains and tied weights stay exact", "[ntk]"
     NtkInfo info;
     REQUIRE(max_abs_diff(ntk(m, x, NtkOptions().method(NtkMethod::Structured), &info), ref) < 1e-10);
     REQUIRE(contains(info.structured, "fc.weight"));  // both calls are positions of one layer
-    REQUIRE(contains(info.fallback, "norm.weight"));
-    REQUIRE(contains(info.fallback, "norm.bias"));
+    REQUIRE(contains(info.structured, "norm.weight"));  // LayerNorm's grad-sample rule
+    REQUIRE(contains(info.structured, "norm.bias"));
+    REQUIRE(info.fallback.empty());
     REQUIRE(max_abs_diff(ntk(m, x, NtkOptions().method(NtkMethod::Vector)), ref) < 1e-10);
   }
   SECTION("a weight also used outside its module is caught by the structure check") {
@@ -406,12 +407,12 @@ TEST_CASE("NTK: batch-dependent modules are rejected with a clear error", "[ntk]
                         Catch::Contains("BatchNorm2d") && Catch::Contains("eval()") && Catch::Contains("'1'"));
   }
   REQUIRE_THROWS_WITH(NtkOperator(*model, x), Catch::Contains("eval()"));
-  // In eval mode BatchNorm uses its running statistics: allowed, gains fall back, exact.
+  // In eval mode BatchNorm uses its running statistics: allowed, gains by its rule, exact.
   model->eval();
   Tensor ref = ntk(*model, x, NtkOptions().method(NtkMethod::Contraction));
   NtkInfo info;
   REQUIRE(max_abs_diff(ntk(*model, x, {}, &info), ref) < 1e-10);
-  REQUIRE(contains(info.fallback, "1.weight"));
+  REQUIRE(contains(info.structured, "1.weight"));
   REQUIRE(contains(info.structured, "0.weight"));
   // Dropout in training mode makes f random.
   auto drop = std::make_shared<nn::Sequential>(nn::Linear(3, 3), nn::Dropout(0.5), nn::Linear(3, 1));

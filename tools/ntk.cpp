@@ -60,8 +60,8 @@ void check_batch_independent(nn::Module& model, const char* who) {
       const bool batch_stats = bn->is_training() || !bn->options().track_running_stats();
       KERN_CHECK(!batch_stats, who, ": module '", label, "' (BatchNorm2d) normalizes with batch statistics (",
                  bn->is_training() ? "training mode" : "track_running_stats=false",
-                 "), so one sample's output depends on the others and the per-sample NTK is "
-                 "not defined. Call model.eval() first (running statistics), as functorch and "
+                 "), so one sample's output depends on the others and per-sample quantities (NTK, "
+                 "gradients) are not defined. Call model.eval() first (running statistics), as functorch and "
                  "neural-tangents require.");
     }
     if (auto* d = dynamic_cast<nn::Dropout*>(m.get()))

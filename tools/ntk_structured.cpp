@@ -13,6 +13,12 @@
 //   Pairwise:        K[(n,o),(m,p)] = sum_{s,t} <A_{n,s}, A_{m,t}> <D_{n,o,s}, D_{m,p,t}>
 //                    via Q = A A^T [(N S), (N S)], U = Q_{:,m} D_m, then per-pair contractions
 // Grouped convolutions are handled one group at a time (a group is a small convolution).
+// Other modules with a per-sample gradient rule (kern/nn/grad_sample.hpp: norms, the zoo's
+// layer scales, filter banks, ...) are one unit each: during backward pass o the rule maps
+// (input, output, d f_o / d output) to G_{., o} [N, P_layer]; then K += G1 G2^T as for
+// PerSample (eager). When G would exceed NtkOptions::grad_sample_budget the output gradients
+// are kept instead and G is rebuilt in feature chunks that fit the budget (the rule runs once
+// per chunk).
 #include <algorithm>
 #include <omp.h>
 
@@ -20,6 +26,8 @@
 #include <exception>
 #include <optional>
 #include <typeinfo>
+
+#include <kern/nn/grad_sample.hpp>
 
 #include "ntk_internal.hpp"
 
@@ -33,7 +41,10 @@ struct Layer {
   nn::Module* module = nullptr;
   const nn::Linear* linear = nullptr;
   const nn::Conv2d* conv = nullptr;
-  Tensor w, b;  // the layer's parameters that are in theta (undefined otherwise)
+  const nn::GradSampleRule* rule = nullptr;  // neither Linear nor Conv2d: the module's rule
+  std::vector<std::string> rnames;           // rule: own parameter names in theta, in order
+  std::vector<Tensor> rparams;               //       and the parameters
+  Tensor w, b;  // Linear/Conv2d: the layer's parameters that are in theta (undefined otherwise)
   double mw = 1.0, mb = 1.0;  // forward multipliers of weight and bias
   bool ok = true;
 };
@@ -60,6 +71,11 @@ struct Unit {
   Tensor A[2];  // [N, S, F]
   Tensor D[2];  // Dense/PerSample: [N, O, og, S]; Pairwise: [N, S, og, O]
   Tensor G[2];  // eager: [N, O, og*F], the per-sample gradients
+  // Rule units over the budget (not eager): d f_o / d output per o, per call.
+  std::vector<std::vector<Tensor>> gout[2];
+  std::vector<Use> ruses[2];  // rule units: the calls' inputs and outputs (detached)
+  const Layer* rl = nullptr;  // rule units: the layer
+  int64_t chunk = 0;          // rule units: features per chunk of G
 };
 
 class HookScope {
@@ -89,6 +105,7 @@ void capture(nn::Module& model, const Tensor& x, const std::vector<Layer>& layer
 // Positions of one call of a layer, or -1 when its tensors do not have the batch first.
 int64_t positions(const Layer& L, const Use& u, int64_t N) {
   if (u.in.dim() < 1 || u.out.dim() < 1 || u.in.size(0) != N || u.out.size(0) != N) return -1;
+  if (L.rule) return 1;  // a rule sees whole calls
   if (L.linear) return u.out.numel() / (N * L.linear->options().out_features());
   if (u.in.dim() != 4 || u.out.dim() != 4) return -1;
   return u.out.size(2) * u.out.size(3);
@@ -181,6 +198,34 @@ void scatter_pairwise(const Tensor& cm, Tensor& D, int64_t o, int64_t s_off) {
   else scatter_pairwise_t<float>(cm, D, o, s_off);
 }
 
+// A rule layer's per-sample gradients for one output o: the rule on every call (rows
+// [n0, n0 + n) of its input, output and output gradient gs[c]; undefined gs[c]: zeros),
+// summed over calls, the parameters flattened in L.rparams order -> [n, P_layer].
+Tensor rule_grads(const Layer& L, const std::vector<Use>& uses, const std::vector<Tensor>& gs, int64_t n0,
+                  int64_t n) {
+  std::vector<Tensor> acc(L.rparams.size());
+  for (size_t c = 0; c < uses.size(); ++c) {
+    Tensor out = uses[c].out.detach().narrow(0, n0, n);
+    Tensor g = gs[c].defined() ? gs[c].narrow(0, n0, n) : zeros_like(out);
+    for (nn::GradSample& s : (*L.rule)(*L.module, uses[c].in.detach().narrow(0, n0, n), out, g)) {
+      auto it = std::find(L.rnames.begin(), L.rnames.end(), s.name);
+      if (it == L.rnames.end()) continue;
+      const size_t i = static_cast<size_t>(it - L.rnames.begin());
+      const int64_t P = L.rparams[i].numel();
+      KERN_CHECK(s.grad.numel() == n * P, "ntk: the grad-sample rule of ", L.name, " (", L.module->name(),
+                 ") returned ", s.grad.shape(), " for '", s.name, "' ", L.rparams[i].shape(), " on ", n, " samples");
+      Tensor t = s.grad.reshape({n, P});
+      acc[i] = acc[i].defined() ? acc[i] + t : t;
+    }
+  }
+  for (size_t i = 0; i < acc.size(); ++i) {
+    KERN_CHECK(acc[i].defined() || uses.empty(), "ntk: the grad-sample rule of ", L.name, " (", L.module->name(),
+               ") returned no gradient for its parameter '", L.rnames[i], "'");
+    if (!acc[i].defined()) acc[i] = zeros({n, L.rparams[i].numel()}, L.rparams[i].dtype());
+  }
+  return acc.size() == 1 ? acc[0] : cat(acc, 1);
+}
+
 // Stores d f_o / d out of one call (g, shaped like the call's output) in the unit: into D, or
 // for an eager unit straight into G_{., o} = D_{., o}^T A (so D is never stored).
 void store(Unit& u, const Layer& L, int k, const Tensor& g, int64_t o, int64_t s_off, int64_t S_use, int64_t N,
@@ -229,6 +274,13 @@ void backprop(Side& s, const std::vector<Layer>& layers, std::vector<Unit>& unit
       for (Unit& u : units) {
         const Layer& L = layers[u.layer];
         if (!L.ok) continue;
+        if (L.rule) {
+          std::vector<Tensor> g_calls;
+          for (size_t c : index[u.layer]) g_calls.push_back(gs[c]);
+          if (u.eager) u.G[k].select(1, o).copy_(rule_grads(L, u.ruses[k], g_calls, 0, s.N));
+          else u.gout[k][o] = std::move(g_calls);  // disjoint elements per o
+          continue;
+        }
         int64_t s_off = 0;
         for (size_t c = 0; c < s.uses[u.layer].size(); ++c) {
           const int64_t S_use = positions(L, s.uses[u.layer][c], s.N);
@@ -264,8 +316,14 @@ void check_structure(nn::Module& model, const Tensor& x, std::vector<Layer>& lay
                      int64_t O, NtkInfo& info) {
   std::vector<Tensor> params;
   std::vector<std::pair<int64_t, int64_t>> at(layers.size(), {-1, -1});
+  std::vector<int64_t> at_rule(layers.size(), -1);  // rule layers: index of their first parameter
   for (size_t l = 0; l < layers.size(); ++l) {
     if (!layers[l].ok) continue;
+    if (layers[l].rule) {
+      at_rule[l] = static_cast<int64_t>(params.size());
+      params.insert(params.end(), layers[l].rparams.begin(), layers[l].rparams.end());
+      continue;
+    }
     if (layers[l].w.defined()) at[l].first = static_cast<int64_t>(params.size()), params.push_back(layers[l].w);
     if (layers[l].b.defined()) at[l].second = static_cast<int64_t>(params.size()), params.push_back(layers[l].b);
   }
@@ -282,27 +340,53 @@ void check_structure(nn::Module& model, const Tensor& x, std::vector<Layer>& lay
     Layer& L = layers[u.layer];
     if (!L.ok) continue;
     Tensor got;  // [og, F]
-    if (u.eager) {
+    // The rounding scale: sum_o |G_{0,o}| (or a bound of it), not |sum_o G_{0,o}|, which can
+    // cancel (the gradient of sum_o f_o): float32 rounding is relative to the terms summed.
+    double terms = 0;
+    std::vector<Tensor> parts;
+    if (L.rule) {  // got: sum_o G_{0,o} [1, P_layer]
+      if (u.eager) {
+        got = sum(u.G[0].select(0, 0), {0}).view({1, u.F});
+        terms = max(sum(abs(u.G[0].select(0, 0)), {0})).item();
+      } else {
+        got = zeros({1, u.F}, L.rparams[0].dtype());
+        Tensor abs_sum = zeros({1, u.F}, got.dtype());
+        for (int64_t o = 0; o < O; ++o) {
+          Tensor g_o = rule_grads(L, u.ruses[0], u.gout[0][o], 0, 1);
+          got = got + g_o;
+          abs_sum = abs_sum + abs(g_o);
+        }
+        terms = max(abs_sum).item();
+      }
+      for (size_t i = 0; i < L.rparams.size(); ++i) {
+        const Tensor& g = gs[at_rule[u.layer] + static_cast<int64_t>(i)];
+        const int64_t P = L.rparams[i].numel();
+        parts.push_back(g.defined() ? g.reshape({1, P}) : zeros({1, P}, got.dtype()));
+      }
+    } else if (u.eager) {
       got = sum(u.G[0].select(0, 0), {0}).view({u.og, u.F});
+      terms = max(sum(abs(u.G[0].select(0, 0)), {0})).item();
     } else {
       Tensor d0 = u.strategy == Strategy::Pairwise ? sum(u.D[0].select(0, 0), {2}).t()  // [og, S]
                                                    : sum(u.D[0].select(0, 0), {0});     // [og, S]
       got = mm(d0, u.A[0].select(0, 0));
+      Tensor d0_abs = u.strategy == Strategy::Pairwise ? sum(abs(u.D[0].select(0, 0)), {2}).t()
+                                                       : sum(abs(u.D[0].select(0, 0)), {0});
+      terms = max(mm(d0_abs, abs(u.A[0].select(0, 0)))).item();  // >= sum_o |G_{0,o}|
     }
     const DType dt = got.dtype();
-    std::vector<Tensor> parts;
-    if (u.with_w) {
+    if (!L.rule && u.with_w) {
       const int64_t fw = u.F - (u.with_b ? 1 : 0);
       const Tensor& gw = gs[at[u.layer].first];
       parts.push_back(gw.defined() ? gw.narrow(0, u.c0, u.og).reshape({u.og, fw}) : zeros({u.og, fw}, dt));
     }
-    if (u.with_b) {
+    if (!L.rule && u.with_b) {
       const Tensor& gb = gs[at[u.layer].second];
       parts.push_back(gb.defined() ? gb.narrow(0, u.c0, u.og).reshape({u.og, 1}) : zeros({u.og, 1}, dt));
     }
     Tensor expected = parts.size() == 1 ? parts[0] : cat(parts, 1);
     // max() of kern ops (vectorized), not max_abs_diff (element-wise conversion to double).
-    const double scale = max(abs(expected)).item();
+    const double scale = std::max(max(abs(expected)).item(), terms);
     const double tol = dt == DType::Float64 ? 1e-9 : 1e-4;
     if (!(max(abs(got - expected)).item() <= tol * scale + 1e-30)) {
       L.ok = false;
@@ -319,6 +403,12 @@ void check_structure(nn::Module& model, const Tensor& x, std::vector<Layer>& lay
 // [N*O, og*fc]. (Eager units already hold all of G.)
 Tensor per_sample_grads(const Unit& u, int k, int64_t N, int64_t O, int64_t f0, int64_t fc) {
   if (u.eager) return u.G[k].view({N * O, u.og * u.F});
+  if (u.rl) {  // a rule unit over the budget: the chunk rebuilt from the output gradients
+    Tensor G = empty({N, O, fc}, u.rl->rparams[0].dtype());
+    for (int64_t o = 0; o < O; ++o)
+      G.select(1, o).copy_(rule_grads(*u.rl, u.ruses[k], u.gout[k][o], 0, N).narrow(1, f0, fc));
+    return G.view({N * O, fc});
+  }
   Tensor G = empty({N, O * u.og, fc}, u.A[k].dtype());
   batched_matmul(u.D[k].view({N, O * u.og, u.S}), u.A[k].narrow(2, f0, fc), G);
   return G.view({N * O, u.og * fc});
@@ -330,6 +420,7 @@ Tensor per_sample_grads(const Unit& u, int k, int64_t N, int64_t O, int64_t f0, 
 // chunks cost speed: the Gram products get a shorter inner dimension.)
 int64_t feature_chunk(const Unit& u, int64_t N, int64_t O) {
   if (u.eager) return u.F;
+  if (u.rl) return u.chunk;
   const int64_t row = N * O * u.og;
   const int64_t chunks = std::max<int64_t>(1, (row * u.F + (int64_t(1) << 21) - 1) >> 21);
   return (u.F + chunks - 1) / chunks;
@@ -457,14 +548,37 @@ std::optional<Layer> closed_form_layer(const std::string& name, nn::Module& m) {
   return L;
 }
 
-// 1. Layers with a closed form and a parameter in theta; a parameter shared by two such
-// modules is not one layer's (contraction handles it).
-std::vector<Layer> find_layers(nn::Module& model, const ParamSet& ps, NtkInfo& info) {
+// Any other module with a grad-sample rule and own parameters in theta.
+std::optional<Layer> rule_layer(const std::string& name, nn::Module& m, const ParamSet& ps) {
+  const nn::GradSampleRule* rule = nn::find_grad_sample_rule(m);
+  if (rule == nullptr) return std::nullopt;
+  Layer L;
+  L.name = name.empty() ? "<root>" : name;
+  L.module = &m;
+  L.rule = rule;
+  for (auto& [pname, p] : m.named_parameters(/*recurse=*/false))
+    if (ps.find(p) >= 0) {
+      L.rnames.push_back(pname);
+      L.rparams.push_back(p);
+    }
+  if (L.rparams.empty()) return std::nullopt;
+  return L;
+}
+
+// 1. Layers with a closed form or a rule and a parameter in theta; a parameter shared by two
+// such modules is not one layer's (contraction handles it).
+std::vector<Layer> find_layers(nn::Module& model, const ParamSet& ps, const NtkOptions& options, NtkInfo& info) {
   std::vector<Layer> layers;
   std::vector<int> claimed(ps.tensors.size(), 0);
   for (auto& [name, m] : model.named_modules()) {
     std::optional<Layer> L = closed_form_layer(name, *m);
-    if (!L) continue;
+    if (!L) {
+      if (options.grad_sample_rules()) L = rule_layer(name, *m, ps);
+      if (!L) continue;
+      for (const Tensor& p : L->rparams) ++claimed[ps.find(p)];
+      layers.push_back(std::move(*L));
+      continue;
+    }
     const int64_t wi = ps.find(L->w), bi = ps.find(L->b);
     if (wi < 0) L->w = Tensor();
     if (bi < 0) L->b = Tensor();
@@ -473,11 +587,14 @@ std::vector<Layer> find_layers(nn::Module& model, const ParamSet& ps, NtkInfo& i
     if (bi >= 0) ++claimed[bi];
     layers.push_back(std::move(*L));
   }
-  for (Layer& L : layers)
-    if ((L.w.defined() && claimed[ps.find(L.w)] > 1) || (L.b.defined() && claimed[ps.find(L.b)] > 1)) {
+  for (Layer& L : layers) {
+    bool shared = (L.w.defined() && claimed[ps.find(L.w)] > 1) || (L.b.defined() && claimed[ps.find(L.b)] > 1);
+    for (const Tensor& p : L.rparams) shared = shared || claimed[ps.find(p)] > 1;
+    if (shared) {
       L.ok = false;
       info.notes.push_back(L.name + ": parameters shared with another module");
     }
+  }
   return layers;
 }
 
@@ -505,7 +622,53 @@ void check_layer_calls(std::vector<Layer>& layers, const Side* side, bool cross,
   }
 }
 
-// 3. Units (a Linear, or one group of a Conv2d), their evaluation and buffers.
+// Depthwise convolutions (one input and one output channel per group; ConvNeXt's have
+// hundreds of groups) whose G [N, O, C*kH*kW (+C)] fits the budget go through Conv2d's
+// grad-sample rule -- per output o ONE depthwise weight-gradient convolution over all
+// samples and channels -- instead of one closed-form unit per group (thousands of tiny
+// units, each with its own im2col, stores and Gram product). Still reported as "conv2d".
+void batch_depthwise(std::vector<Layer>& layers, int64_t N_total, int64_t O, const NtkOptions& options, DType dt) {
+  for (Layer& L : layers) {
+    if (!L.ok || !L.conv || !options.grad_sample_rules()) continue;
+    const auto& co = L.conv->options();
+    if (co.groups() < 2 || co.in_channels() != co.groups() || co.out_channels() != co.groups()) continue;
+    int64_t P = 0;
+    for (const Tensor& p : {L.w, L.b}) P += p.defined() ? p.numel() : 0;
+    if (N_total * O * P * static_cast<int64_t>(dtype_size(dt)) > options.grad_sample_budget()) continue;
+    L.rule = nn::find_grad_sample_rule(*L.module);
+    if (L.rule == nullptr) continue;
+    if (L.w.defined()) L.rnames.push_back("weight"), L.rparams.push_back(L.w);
+    if (L.b.defined()) L.rnames.push_back("bias"), L.rparams.push_back(L.b);
+  }
+}
+
+// A rule layer's unit: G [N, O, P_layer] built during the backward passes when it fits the
+// budget (eager), else the output gradients are kept and G is rebuilt in chunks of features.
+Unit rule_unit(size_t l, const Layer& L, const Side* side, bool cross, int64_t O, const NtkOptions& options,
+               DType dt) {
+  const int64_t N1 = side[0].N, N2 = cross ? side[1].N : N1;
+  Unit u;
+  u.layer = l;
+  u.rl = &L;
+  u.og = 1;
+  u.S = 1;
+  for (const Tensor& p : L.rparams) u.F += p.numel();
+  u.with_w = true;
+  u.strategy = Strategy::PerSample;
+  const int64_t elt = dtype_size(dt);
+  u.eager = (N1 + (cross ? N2 : 0)) * O * u.F * elt <= options.grad_sample_budget();
+  u.chunk = u.eager ? u.F
+                    : std::clamp<int64_t>(options.grad_sample_budget() / ((N1 + (cross ? N2 : 0)) * O * elt), 1, u.F);
+  for (int k = 0; k < (cross ? 2 : 1); ++k) {
+    for (const Use& use : side[k].uses[l]) u.ruses[k].push_back({use.in.detach(), use.out.detach()});
+    if (u.eager) u.G[k] = empty({side[k].N, O, u.F}, dt);
+    else u.gout[k].assign(O, {});
+  }
+  if (!cross) u.ruses[1] = u.ruses[0], u.G[1] = u.G[0];
+  return u;
+}
+
+// 3. Units (a Linear, one group of a Conv2d, or a rule layer), their evaluation and buffers.
 std::vector<Unit> make_units(const std::vector<Layer>& layers, const Side* side, bool cross, int64_t O,
                              const NtkOptions& options, DType dt) {
   const int64_t N1 = side[0].N, N2 = cross ? side[1].N : N1;
@@ -513,6 +676,10 @@ std::vector<Unit> make_units(const std::vector<Layer>& layers, const Side* side,
   for (size_t l = 0; l < layers.size(); ++l) {
     const Layer& L = layers[l];
     if (!L.ok) continue;
+    if (L.rule) {
+      units.push_back(rule_unit(l, L, side, cross, O, options, dt));
+      continue;
+    }
     int64_t S = 0;
     for (const Use& use : side[0].uses[l]) S += positions(L, use, N1);
     const int64_t groups = L.conv ? L.conv->options().groups() : 1;
@@ -565,19 +732,37 @@ void assemble(Tensor& K, std::vector<Unit>& units, const std::vector<Layer>& lay
   }
 }
 
-// The parameters no layer took (their kernel by Jacobian contraction), and NtkInfo's
-// structured / fallback lists.
-std::vector<Tensor> remaining_params(const std::vector<Layer>& layers, const ParamSet& ps, NtkInfo& info) {
-  std::vector<bool> structured(ps.tensors.size(), false);
-  for (const Layer& L : layers)
-    if (L.ok) {
-      if (L.w.defined()) structured[ps.find(L.w)] = true;
-      if (L.b.defined()) structured[ps.find(L.b)] = true;
-    }
+// The parameters no layer took (their kernel by Jacobian contraction), NtkInfo's structured
+// / fallback lists and its per-layer report.
+std::vector<Tensor> remaining_params(nn::Module& model, const std::vector<Layer>& layers, const ParamSet& ps,
+                                     NtkInfo& info) {
+  std::vector<std::string> rule(ps.tensors.size());  // empty: contraction
+  for (const Layer& L : layers) {
+    if (!L.ok) continue;
+    const std::string r = L.linear ? "linear" : L.conv ? "conv2d" : "grad_sample:" + L.module->name();
+    for (const Tensor& p : {L.w, L.b})
+      if (p.defined()) rule[ps.find(p)] = r;
+    for (const Tensor& p : L.rparams) rule[ps.find(p)] = r;
+  }
   std::vector<Tensor> rest;
   for (size_t i = 0; i < ps.tensors.size(); ++i) {
-    (structured[i] ? info.structured : info.fallback).push_back(ps.names[i]);
-    if (!structured[i]) rest.push_back(ps.tensors[i]);
+    (rule[i].empty() ? info.fallback : info.structured).push_back(ps.names[i]);
+    if (rule[i].empty()) rest.push_back(ps.tensors[i]);
+  }
+  // Per module: its own parameters in theta, grouped by how they were handled.
+  std::vector<bool> seen(ps.tensors.size(), false);
+  for (auto& [path, m] : model.named_modules()) {
+    std::vector<NtkLayerInfo> mine;
+    for (auto& [pname, p] : m->named_parameters(/*recurse=*/false)) {
+      const int64_t i = ps.find(p);
+      if (i < 0 || seen[i]) continue;
+      seen[i] = true;
+      const std::string r = rule[i].empty() ? "contraction" : rule[i];
+      auto it = std::find_if(mine.begin(), mine.end(), [&](const NtkLayerInfo& e) { return e.rule == r; });
+      if (it == mine.end()) it = mine.insert(mine.end(), NtkLayerInfo{path.empty() ? "<root>" : path, r, {}});
+      it->params.push_back(ps.names[i]);
+    }
+    info.layers.insert(info.layers.end(), mine.begin(), mine.end());
   }
   return rest;
 }
@@ -589,7 +774,7 @@ Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, con
   info.method = NtkMethod::Structured;
   const bool cross = x2.defined();
   PhaseTimer phase(info);
-  std::vector<Layer> layers = find_layers(model, ps, info);
+  std::vector<Layer> layers = find_layers(model, ps, options, info);
 
   // 2. Forward passes with hooks. For small inputs the forward and the input gathering run
   // on one thread: a few milliseconds of small ops where waking threads costs more than it
@@ -607,6 +792,7 @@ Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, con
   phase("forward");
   check_layer_calls(layers, side, cross, info);
   const DType dt = ps.tensors[0].dtype();
+  batch_depthwise(layers, N1 + (cross ? N2 : 0), O, options, dt);
   std::vector<Unit> units = make_units(layers, side, cross, O, options, dt);
   serial.reset();
   phase("inputs");
@@ -630,7 +816,7 @@ Tensor structured_ntk(nn::Module& model, const Tensor& x1, const Tensor& x2, con
                                   : zeros({N1, O}, dt);
   }
   assemble(K, units, layers, N1, N2, O, kind, cross, phase);
-  std::vector<Tensor> rest = remaining_params(layers, ps, info);
+  std::vector<Tensor> rest = remaining_params(model, layers, ps, info);
   if (!rest.empty()) {
     int64_t O1 = 0;
     Tensor J1 = jacobian_rows(model, x1, rest, O1);

@@ -6,9 +6,19 @@
 #include <unordered_map>
 
 namespace kern::nn {
+namespace detail {
+// kern_core's own rules (framework/nn/grad_sample_rules.cpp).
+std::vector<std::pair<std::type_index, GradSampleRule>> core_grad_sample_rules();
+}  // namespace detail
+
 namespace {
 
 struct Registry {
+  // The core layers' rules are part of the registry from its first use: a load-time
+  // registrar in kern_core could be dropped by a static link or run after a user's lookup.
+  Registry() {
+    for (auto& [type, rule] : detail::core_grad_sample_rules()) rules.insert_or_assign(type, std::move(rule));
+  }
   std::mutex mutex;
   // Node-based map: pointers to rules stay valid while other types are registered.
   std::unordered_map<std::type_index, GradSampleRule> rules;

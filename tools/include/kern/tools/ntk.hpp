@@ -30,13 +30,21 @@
 //     kern's are). Per layer, the cheaper (by flop count) of two evaluations is used:
 //     per-sample weight gradients G_{n,o} = D_{n,o}^T A_n (one layer, and a chunk of its
 //     features, at a time; then a symmetric blocked G1 G2^T) or the position-pair form above
-//     (NtkStructuredForm forces one). Grouped convolutions go group by group. Parameters of
-//     other modules (norm gains, custom layers, subclasses of Linear/Conv2d, modules called
-//     outside operator()) fall back to Contraction for exactly those parameters. A check
+//     (NtkStructuredForm forces one). Grouped convolutions go group by group, except
+//     depthwise ones (one channel per group), which go through Conv2d's grad-sample rule
+//     below when their G fits grad_sample_budget (reported as "conv2d"). Any other
+//     module with a per-sample gradient rule (kern/nn/grad_sample.hpp: LayerNorm,
+//     LayerNorm2d, BatchNorm2d in eval mode, and the zoo's layer scales, filter banks, ...)
+//     is a layer too: during backward pass o its rule gives G_{., o} [N, P_layer], then
+//     K += G1 G2^T (GEMMs; G is rebuilt in feature chunks when it would exceed
+//     grad_sample_budget). Parameters of modules without either (custom layers,
+//     subclasses, modules called outside operator()) fall back to Contraction for exactly
+//     those parameters. A check
 //     (on by default, one extra forward/backward of sample 0) compares each layer's
 //     closed-form gradient of sum_o f_o(x_0) with autograd's; a layer whose parameters are
 //     also used elsewhere (tied weights) fails it and falls back too. NtkInfo reports which
-//     parameters took which path, and the time of each phase.
+//     layer took which rule ("linear", "conv2d", "grad_sample:<type>", "contraction"), and
+//     the time of each phase.
 //
 // Batch-dependent layers: a BatchNorm2d that uses batch statistics (training mode, or
 // track_running_stats off) makes one sample's output depend on the others, and an active
@@ -84,12 +92,21 @@ struct NtkOptions {
   /// passes whenever they are smaller than the output gradients). Default off (on
   /// automatically for layers whose output gradients would exceed 2^22 elements).
   NtkOptions& low_memory(bool v) { low_memory_ = v; return *this; }
+  /// Structured: bytes a grad-sample layer's per-sample gradients G [N, O, P_layer] (both
+  /// sides) may take; above it G is built in feature chunks of that size, re-running the
+  /// layer's rule per chunk. Default 256 MiB.
+  NtkOptions& grad_sample_budget(int64_t bytes) { grad_sample_budget_ = bytes; return *this; }
+  /// Structured: use the grad-sample rules of modules other than Linear/Conv2d (default on;
+  /// off: their parameters go to Contraction, as before the rules existed).
+  NtkOptions& grad_sample_rules(bool v) { grad_sample_rules_ = v; return *this; }
   NtkMethod method() const { return method_; }
   NtkTrace trace() const { return trace_; }
   const std::vector<Tensor>& params() const { return params_; }
   bool check_structure() const { return check_structure_; }
   NtkStructuredForm structured_form() const { return form_; }
   bool low_memory() const { return low_memory_; }
+  int64_t grad_sample_budget() const { return grad_sample_budget_; }
+  bool grad_sample_rules() const { return grad_sample_rules_; }
 
  private:
   NtkMethod method_ = NtkMethod::Auto;
@@ -98,6 +115,17 @@ struct NtkOptions {
   bool check_structure_ = true;
   NtkStructuredForm form_ = NtkStructuredForm::Auto;
   bool low_memory_ = false;
+  int64_t grad_sample_budget_ = int64_t(1) << 28;
+  bool grad_sample_rules_ = true;
+};
+
+/// Structured: how one module's parameters in theta were handled.
+struct NtkLayerInfo {
+  std::string layer;  // module path ("stages.0.blocks.0.norm"; "<root>" for the model)
+  /// "linear" / "conv2d" (closed forms), "grad_sample:<Module::name()>" (its per-sample
+  /// gradient rule), or "contraction" (Jacobian contraction for these parameters).
+  std::string rule;
+  std::vector<std::string> params;  // dotted parameter names
 };
 
 /// What a computation did (optional out-parameter).
@@ -105,9 +133,10 @@ struct NtkInfo {
   NtkMethod method = NtkMethod::Auto;  // the method that ran (never Auto)
   int64_t num_outputs = 0;              // O
   int64_t num_params = 0;               // P, scalar parameters in theta
-  std::vector<std::string> structured;  // parameter names handled in closed form
+  std::vector<std::string> structured;  // parameter names handled per layer (closed form or rule)
   std::vector<std::string> fallback;    // parameter names handled by contraction
   std::vector<std::string> notes;       // why a layer fell back
+  std::vector<NtkLayerInfo> layers;     // structured: per module, in named_modules() order
   /// Wall time of each phase in seconds, in order (structured: "forward", "inputs",
   /// "backward", "check", "kernel:<layer>" per layer, "fallback").
   std::vector<std::pair<std::string, double>> phases;

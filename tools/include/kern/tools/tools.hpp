@@ -1,8 +1,10 @@
 #pragma once
-// kern::tools umbrella: empirical NTK, Hessian spectra (and Papyan's GGN decomposition), the
-// training-dynamics tracker and the coordinate check.
+// kern::tools umbrella: empirical NTK, per-sample gradients, Hessian spectra (and Papyan's
+// GGN decomposition), the training-dynamics tracker, the coordinate check, rank statistics.
 #include <kern/tools/coord_check.hpp>
 #include <kern/tools/hessian.hpp>
 #include <kern/tools/hessian_decomposition.hpp>
 #include <kern/tools/ntk.hpp>
+#include <kern/tools/per_sample_grads.hpp>
+#include <kern/tools/stats.hpp>
 #include <kern/tools/tracker.hpp>
