@@ -4,4 +4,5 @@
 #include <kern/tools/coord_check.hpp>
 #include <kern/tools/hessian.hpp>
 #include <kern/tools/ntk.hpp>
+#include <kern/tools/preconditioned.hpp>
 #include <kern/tools/tracker.hpp>
