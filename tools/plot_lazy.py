@@ -22,6 +22,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# kern's shared style (tools/kern.mplstyle, installed next to this script).
+plt.style.use(os.path.join(os.path.dirname(os.path.abspath(__file__)), "kern.mplstyle"))
+
 STYLE = {"ntk": ("-", "o", "tab:blue", "NTK param."), "mup": ("--", "s", "tab:red", "muP")}
 
 
@@ -115,7 +118,7 @@ def main():
     fig.suptitle(f"Lazy regime: tanh MLP, {cfg.get('samples', '?')} Fashion-MNIST images, full-batch GD; "
                  f"{kernel} empirical NTK on {cfg.get('probe', '?')} probe images", fontsize=11)
     fig.tight_layout()
-    fig.savefig(a.out, dpi=110)
+    fig.savefig(a.out)
     print(a.out)
 
 
