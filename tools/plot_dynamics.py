@@ -305,6 +305,9 @@ def plot_figure(runs, path, title, sharpness_label, clip, threshold_name):
         finite = [v for v in values[row] if math.isfinite(v)]
         if row in ("sharpness", "loss", "ntk") and spans_decades(finite):
             ax.set_yscale("log")
+            # Label some minor ticks when the axis spans few decades (else one label or none).
+            from matplotlib.ticker import LogFormatterSciNotation
+            ax.yaxis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(2.5, 0.8)))
         if row == "ratio":
             for col in range(len(groups)):
                 axes[row_i][col].axhline(1.0, color="0.3", ls=":", lw=1)
