@@ -18,6 +18,7 @@
 #include <CLI/CLI.hpp>
 #include "dynamics_common.hpp"
 #include <kern/kern.hpp>
+#include <kern/tools/coord_check.hpp>
 #include <kern/optim/optim.hpp>
 #include <kern/optim/param_groups.hpp>
 #include <kern/param/param.hpp>
@@ -147,6 +148,7 @@ int main(int argc, char** argv) {
     kern::data::Batch data{x, b.y.contiguous()};
 
     std::vector<Run> runs;
+    std::vector<std::string> all_files;  // both parameterizations: one figure, one column each
     std::map<std::string, double> lrs;
     const auto t0 = std::chrono::steady_clock::now();
     for (std::string name : {"mup", "ntk"}) {
@@ -169,11 +171,24 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
         files.push_back((fs::path(cfg.out) / name / fmt::format("w{}.jsonl", w)).string());
       }
-      const std::string script = (fs::path(__FILE__).parent_path().parent_path() / "tools" / "plot_dynamics.py").string();
+      const std::string script = (fs::path(tools::default_plot_script()).parent_path() / "plot_dynamics.py").string();
       std::string cmd = "/usr/bin/python3 " + script;
       for (auto& f : files) cmd += " " + f;
       cmd += " -o " + (fs::path(cfg.out) / name).string() + " > /dev/null";
       if (!fs::exists(script) || std::system(cmd.c_str()) != 0) fmt::print("plotting failed: {}\n", cmd);
+      all_files.insert(all_files.end(), files.begin(), files.end());
+    }
+    {
+      // The experiment's figure: muP and NTK side by side, shared y-axes.
+      const std::string script = (fs::path(tools::default_plot_script()).parent_path() / "plot_dynamics.py").string();
+      const std::string png = (fs::path(cfg.out) / "sharpness_width.png").string();
+      std::string cmd = "/usr/bin/python3 " + script;
+      for (auto& f : all_files) cmd += " " + f;
+      cmd += " --figure " + png +
+             " --sharpness-label 'preconditioned sharpness $\\lambda_{max}(D^{1/2} H D^{1/2})$'"
+             " --title 'Tanh MLP on Fashion-MNIST, full-batch GD: sharpness across widths' > /dev/null";
+      if (!fs::exists(script) || std::system(cmd.c_str()) != 0) fmt::print("plotting failed: {}\n", cmd);
+      else fmt::print("wrote {}\n", png);
     }
 
     // Spread across widths of sharpness * lr / 2, averaged over the second half of training.
