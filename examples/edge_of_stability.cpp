@@ -262,11 +262,14 @@ int main(int argc, char** argv) {
       const double threshold = adam ? tools::adam_stability_threshold(s.lr, cfg.beta1) : 2.0 / s.lr;
       const bool within = std::isfinite(s.ratio_min) && s.ratio_min >= 0.9 && s.ratio_max <= 1.1;
       any = any || within;
-      fmt::print("lr {}: {} = {:.4g}, {} at step 0 = {:.4g}, max {:.3f} x {}; first >= 0.9 x {} at step {}, then {:.0f}% "
-                 "of records within +-10%; second half {}/({}) in [{:.3f}, {:.3f}] (mean {:.3f}) -> {}; final loss {:.5f}, "
-                 "train accuracy {:.3f}, worst Lanczos residual {:.1e}{}\n",
-                 s.lr, edge, threshold, what, s.sharpness0, s.max_ratio, edge, edge, s.first_reached,
-                 100.0 * s.share_within, what, edge, s.ratio_min, s.ratio_max, s.ratio_mean,
+      const std::string reached =
+          s.first_reached < 0 ? fmt::format("never >= 0.9 x {}", edge)
+                              : fmt::format("first >= 0.9 x {} at step {}, then {:.0f}% of records within +-10%", edge,
+                                            s.first_reached, 100.0 * s.share_within);
+      fmt::print("lr {}: {} = {:.4g}, {} at the first measurement = {:.4g}, max {:.3f} x {}; {}; second half {}/({}) in "
+                 "[{:.3f}, {:.3f}] (mean {:.3f}) -> {}; final loss {:.5f}, train accuracy {:.3f}, worst Lanczos "
+                 "residual {:.1e}{}\n",
+                 s.lr, edge, threshold, what, s.sharpness0, s.max_ratio, edge, reached, what, edge, s.ratio_min, s.ratio_max, s.ratio_mean,
                  within ? "within +-10%" : "NOT within +-10%", s.final_loss, s.final_accuracy, s.max_residual,
                  s.diverged ? " (diverged)" : "");
       summary << fmt::format(

@@ -54,7 +54,7 @@ def main():
         ax.set_title(TITLES.get(scaling, scaling))
         ax.set_xlabel("gradient descent step")
         ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("sharpness x lr / 2")
+    axes[0][0].set_ylabel(r"preconditioned sharpness $\lambda_{max}(D^{1/2} H D^{1/2})$ x lr / 2")
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Residual tanh MLP on Fashion-MNIST: preconditioned sharpness across depths", fontsize=11)
     fig.tight_layout()
