@@ -78,7 +78,6 @@ def plot_coord(records, out, title):
             ax.set_xlabel("width")
             if j == 0:
                 ax.set_ylabel("mean |x| of the output")
-            ax.grid(True, which="both", alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=6 if few else 7, loc="best")
         if not few:

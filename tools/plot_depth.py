@@ -53,7 +53,6 @@ def main():
         ax.axhline(1.0, color="0.4", ls=":", lw=1, label="2 / lr (edge of stability)")
         ax.set_title(TITLES.get(scaling, scaling))
         ax.set_xlabel("gradient descent step")
-        ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel(r"preconditioned sharpness $\lambda_{max}(D^{1/2} H D^{1/2})$ x lr / 2")
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Residual tanh MLP on Fashion-MNIST: preconditioned sharpness across depths", fontsize=11)

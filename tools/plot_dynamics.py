@@ -113,7 +113,6 @@ def plot_sharpness(runs, colors, out_dir, written):
             ax.plot(x2, y2, "--", color=c, lw=1.2, label=f"{label}: 2/lr")
     ax.set_ylabel("top Hessian eigenvalue")
     ax.set_title("Sharpness vs 2/lr")
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if has_ratio:
         ax = axes[1][0]
@@ -122,7 +121,6 @@ def plot_sharpness(runs, colors, out_dir, written):
             ax.plot(x, y, "o-", color=c, ms=3, label=label)
         ax.axhline(1.0, color="k", ls="--", lw=1)
         ax.set_ylabel("sharpness / (2/lr)")
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[-1][0].set_xlabel("step")
     save(fig, out_dir, "sharpness.png", written)
@@ -145,7 +143,6 @@ def plot_loss(runs, colors, out_dir, written):
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("Loss")
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save(fig, out_dir, "loss.png", written)
 
@@ -170,7 +167,6 @@ def plot_scalars(runs, colors, keys, title, out_dir, name, written):
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
         if i == 0 and len(runs) > 1:
             ax.legend(fontsize=7)
     for j in range(n, rows * cols):
@@ -202,7 +198,6 @@ def plot_spectra(runs, key_list, title, out_dir, name, written):
             ax.set_yscale("log")
         ax.set_title(f"{label}: {key} ({width} values)", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-        ax.grid(alpha=0.3)
     for j in range(len(panels), rows * cols):
         axes[j // cols][j % cols].axis("off")
     fig.suptitle(title)
