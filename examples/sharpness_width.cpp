@@ -41,6 +41,9 @@ using kern::Tensor;
 
 namespace {
 
+// What the sharpness axis shows: the lr multipliers rescale H (a shell-quoted argument).
+const std::string kSharpnessLabel = "'preconditioned sharpness $\\lambda_{max}(D^{1/2} H D^{1/2})$'";
+
 struct Config {
   std::vector<int64_t> widths = {64, 128, 256, 512, 1024};
   int64_t base_width = 128;
@@ -174,7 +177,7 @@ int main(int argc, char** argv) {
       const std::string script = (fs::path(tools::default_plot_script()).parent_path() / "plot_dynamics.py").string();
       std::string cmd = "/usr/bin/python3 " + script;
       for (auto& f : files) cmd += " " + f;
-      cmd += " -o " + (fs::path(cfg.out) / name).string() + " > /dev/null";
+      cmd += " -o " + (fs::path(cfg.out) / name).string() + " --sharpness-label " + kSharpnessLabel + " > /dev/null";
       if (!fs::exists(script) || std::system(cmd.c_str()) != 0) fmt::print("plotting failed: {}\n", cmd);
       all_files.insert(all_files.end(), files.begin(), files.end());
     }
@@ -185,7 +188,7 @@ int main(int argc, char** argv) {
       std::string cmd = "/usr/bin/python3 " + script;
       for (auto& f : all_files) cmd += " " + f;
       cmd += " --figure " + png +
-             " --sharpness-label 'preconditioned sharpness $\\lambda_{max}(D^{1/2} H D^{1/2})$'"
+             " --sharpness-label " + kSharpnessLabel +
              " --title 'Tanh MLP on Fashion-MNIST, full-batch GD: sharpness across widths' > /dev/null";
       if (!fs::exists(script) || std::system(cmd.c_str()) != 0) fmt::print("plotting failed: {}\n", cmd);
       else fmt::print("wrote {}\n", png);

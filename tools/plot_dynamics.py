@@ -98,7 +98,7 @@ def positive(values):
     return bool(finite) and min(finite) > 0
 
 
-def plot_sharpness(runs, colors, out_dir, written):
+def plot_sharpness(runs, colors, out_dir, written, ylabel=None):
     if not any("sharpness" in r for _, recs in runs for r in recs):
         return
     has_ratio = any("sharpness_x_lr_over_2" in r for _, recs in runs for r in recs)
@@ -111,7 +111,7 @@ def plot_sharpness(runs, colors, out_dir, written):
         x2, y2 = series(recs, "two_over_lr")
         if x2:
             ax.plot(x2, y2, "--", color=c, lw=1.2, label=f"{label}: 2/lr")
-    ax.set_ylabel("top Hessian eigenvalue")
+    ax.set_ylabel(ylabel or r"sharpness $\lambda_{max}(H)$")
     ax.set_title("Sharpness vs 2/lr")
     ax.legend(fontsize=8)
     if has_ratio:
@@ -337,7 +337,7 @@ def main(argv=None):
     ap.add_argument("-o", "--out", help="output directory (default: the first file's directory)")
     ap.add_argument("--figure", help="write one multi-panel figure for the experiment to this PNG instead")
     ap.add_argument("--title", help="the figure's title (--figure)")
-    ap.add_argument("--sharpness-label", help="y label of the sharpness row (--figure), e.g. "
+    ap.add_argument("--sharpness-label", help="y label of the sharpness, e.g. "
                     "'preconditioned sharpness' when lr multipliers rescale it")
     ap.add_argument("--threshold-name", help="name of the threshold (--figure; default 2/lr, or 38/lr for Adam)")
     ap.add_argument("--clip", type=float, default=3.0, help="sharpness / threshold above this is clipped (--figure)")
@@ -384,7 +384,7 @@ def main(argv=None):
     rest = [k for k in scalar_keys if k not in ntk_scalars and k not in LOSS_KEYS and k not in SHARPNESS_KEYS]
 
     written = []
-    plot_sharpness(runs, colors, out_dir, written)
+    plot_sharpness(runs, colors, out_dir, written, args.sharpness_label)
     plot_loss(runs, colors, out_dir, written)
     plot_scalars(runs, colors, ntk_scalars, "NTK", out_dir, "ntk_rel_change.png", written)
     plot_spectra(runs, ntk_lists, "NTK spectrum over training", out_dir, "ntk_spectrum.png", written)
