@@ -15,7 +15,6 @@ import json
 import os
 import math
 import sys
-from collections import defaultdict
 
 import matplotlib
 
@@ -92,8 +91,8 @@ def plot_coord(records, out, title):
 
 def plot_transfer(records, out, title):
     """One panel per parameterization (shared y), loss against lr per width, optima starred.
-    Diverged runs (NaN/Inf) are left out; losses above the clip level (2.5, or the largest
-    loss of the best lrs x 3) are drawn as triangles on the top edge instead of stretching the axis."""
+    Losses above the clip level (2.5, or 4 x the best loss when lower) are drawn as triangles
+    on the top edge instead of stretching the axis; diverged runs (NaN/Inf) as crosses there."""
     rows = [r for r in records if r.get("kind") == "transfer"]
     params = list(dict.fromkeys(r["param"] for r in rows))
     fig, axes = plt.subplots(1, len(params), figsize=(4.8 * len(params) + 1.4, 3.8), squeeze=False,
@@ -102,7 +101,8 @@ def plot_transfer(records, out, title):
     cmap = plt.get_cmap("viridis", max(len(widths), 2))
     ys = [r["loss"] for r in rows if math.isfinite(r["loss"])]
     lo = min(ys) if ys else 0.0
-    top = min(max(ys), 2.5) if ys else 1.0
+    top = min(max(ys), 2.5, 4.0 * lo) if ys and lo > 0 else (min(max(ys), 2.5) if ys else 1.0)
+    diverged = False
     clipped = False
     for i, p in enumerate(params):
         ax = axes[0][i]
@@ -110,6 +110,10 @@ def plot_transfer(records, out, title):
             k = widths.index(w)
             pts = sorted((r["lr"], r["loss"]) for r in rows if r["param"] == p and r["width"] == w)
             finite = [(lr, v) for lr, v in pts if math.isfinite(v)]
+            bad = [lr for lr, v in pts if not math.isfinite(v)]
+            if bad:  # diverged (NaN/Inf): an x on the top edge
+                diverged = True
+                ax.plot(bad, [top] * len(bad), "x", color=cmap(widths.index(w)), ms=6, mew=1.5, clip_on=False)
             if not finite:
                 continue
             inside = [(lr, v if v <= top else math.nan) for lr, v in finite]
@@ -139,6 +143,9 @@ def plot_transfer(records, out, title):
     if clipped:
         handles.append(Line2D([], [], color="0.3", marker="^", ls=""))
         labels.append(f"loss > {top:.3g}: clipped")
+    if diverged:
+        handles.append(Line2D([], [], color="0.3", marker="x", ls="", mew=1.5))
+        labels.append("diverged (NaN)")
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5))
     if title:
         fig.suptitle(title)
