@@ -9,7 +9,8 @@
 // warm-started) every --every steps; tools/plot_dynamics.py renders the PNGs.
 //
 //   edge_of_stability --lrs 0.02 0.04 0.08 --steps 2000 --out run/eos   (about 6 min, 1 thread)
-//   -> run/eos/lr0.02.jsonl, lr0.04.jsonl, lr0.08.jsonl, sharpness.png, loss.png, metrics.png,
+//   -> run/eos/lr0.02.jsonl, lr0.04.jsonl, lr0.08.jsonl, eos.png (the experiment's figure:
+//      sharpness and 2/lr, their ratio, the loss), sharpness.png, loss.png, metrics.png,
 //      run/eos/summary.json
 // The last lines printed give, per lr, sharpness / (2/lr) over the second half of training.
 //

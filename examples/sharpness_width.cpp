@@ -13,8 +13,8 @@
 //
 //   sharpness_width [--widths 64,128,256,512,1024] [--base-width 128] [--steps 1000]   (~9 min, 1 thread)
 //                   [--out run/sharpness_width]
-//   -> run/sharpness_width/{mup,ntk}/w<width>.jsonl, {mup,ntk}/sharpness.png (+ loss, NTK
-//      change), summary.json; the last lines compare the spread of sharpness across widths.
+//   -> run/sharpness_width/{mup,ntk}/w<width>.jsonl, sharpness_width.png (the experiment's
+//      figure: muP and NTK side by side), {mup,ntk}/sharpness.png (+ loss, NTK change), summary.json; the last lines compare the spread of sharpness across widths.
 #include <CLI/CLI.hpp>
 #include "dynamics_common.hpp"
 #include <kern/kern.hpp>

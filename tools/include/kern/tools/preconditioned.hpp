@@ -14,8 +14,8 @@
 // stable iff |1 + beta1 - lr (1 - beta1) a| < 1 + beta1 (both roots of z^2 - b z + beta1 in the
 // unit disk, Jury's test with 0 <= beta1 < 1), i.e. a < (2 + 2 beta1) / ((1 - beta1) lr):
 // 38 / lr for beta1 = 0.9. P^-1 H and P^-1/2 H P^-1/2 are similar, so lambda_max is the same;
-// the symmetric form is what Lanczos needs. README "Adam at the edge of stability" has the
-// full derivation.
+// the symmetric form is what Lanczos needs. docs/adam_edge_of_stability.md has the full
+// derivation.
 //
 // Vectors are flat [P] over the parameters (kern/tools/hessian.hpp's layout).
 #include <kern/data/dataset.hpp>
