@@ -8,8 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -96,8 +96,6 @@ void Tracker::write_record(double loss, bool all_metrics) {
   Json timing = Json::object();
   // Announce (on a terminal) a record expected to be slow: the first, or one after a slow one.
   announcing_ = terminal_ && (last_record_s_ < 0.0 || last_record_s_ >= options_.announce_after_s);
-  std::string costliest;
-  double costliest_s = -1.0;
   for (auto& m : metrics_) {
     if (!all_metrics && m.every > 0 && step_ % m.every != 0) continue;
     announce(m.name, false);
@@ -112,7 +110,7 @@ void Tracker::write_record(double loss, bool all_metrics) {
     for (auto& [key, v] : values) rec[key] = to_json(v);
     const double tm_s = seconds_since(tm);
     timing["time." + m.name] = tm_s;
-    if (tm_s > costliest_s) costliest_s = tm_s, costliest = m.name;
+    metric_total_s_[m.name] += tm_s;
   }
   announce("", true);
   for (auto& [k, v] : timing.items()) rec[k] = v;
@@ -124,12 +122,13 @@ void Tracker::write_record(double loss, bool all_metrics) {
   rec["overhead_total_s"] = overhead_total_;
   rec["wall_s"] = wall;
   rec["overhead_share"] = wall > 0.0 ? overhead_total_ / wall : 0.0;
-  if (check_overhead(wall, costliest)) rec["overhead_warning"] = true;
+  if (check_overhead(wall)) rec["overhead_warning"] = true;
   if (options_.log && !terminal_ && overhead >= options_.announce_after_s &&
       (last_log_wall_ < 0.0 || wall - last_log_wall_ >= options_.log_interval_s)) {
     last_log_wall_ = wall;
     std::string parts;
-    for (auto& [k, v] : timing.items()) parts += fmt::format("{}{} {:.2f} s", parts.empty() ? "" : ", ", k.substr(5), v.get<double>());
+    for (auto& [k, v] : timing.items())  // "time.<name>" -> "<name> 0.12 s"
+      parts += fmt::format("{}{} {:.2f} s", parts.empty() ? "" : ", ", k.substr(5), v.get<double>());
     fmt::print(options_.log, "tracker: step {}: recorded in {:.2f} s ({}); tracking is {:.0f}% of the run so far\n", step_,
                overhead, parts, 100.0 * overhead_total_ / std::max(wall, 1e-9));
     std::fflush(options_.log);
@@ -166,16 +165,23 @@ void Tracker::announce(const std::string& metric, bool done) {
 }
 
 // True (once) when the tracker's share of the wall time passes warn_share.
-bool Tracker::check_overhead(double wall, const std::string& costliest) {
+bool Tracker::check_overhead(double wall) {
   if (warned_ || options_.warn_share <= 0.0 || wall < options_.warn_after_s || wall <= 0.0) return false;
   const double share = overhead_total_ / wall;
   if (share <= options_.warn_share) return false;
   warned_ = true;
+  std::string costliest;  // by total time so far
+  double most = -1.0;
+  for (auto& [name, t] : metric_total_s_)
+    if (t > most) {
+      most = t;
+      costliest = name;
+    }
   if (options_.log) {
     fmt::print(options_.log,
                "tracker: warning: tracking took {:.1f} s of {:.1f} s ({:.0f}% > {:.0f}%) by step {}; the costliest "
-               "metric is '{}': record less often (every), give it its own every, or make it cheaper\n",
-               overhead_total_, wall, 100.0 * share, 100.0 * options_.warn_share, step_, costliest);
+               "metric is '{}' ({:.1f} s): record less often (every), give it its own every, or make it cheaper\n",
+               overhead_total_, wall, 100.0 * share, 100.0 * options_.warn_share, step_, costliest, most);
     std::fflush(options_.log);
   }
   return true;

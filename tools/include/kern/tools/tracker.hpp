@@ -51,6 +51,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <map>
 #include <string>
 #include <utility>
 #include <variant>
@@ -155,7 +156,7 @@ class Tracker {
  private:
   void write_record(double loss, bool all_metrics);
   void announce(const std::string& metric, bool done);
-  bool check_overhead(double wall, const std::string& costliest);
+  bool check_overhead(double wall);
   std::string path_;
   TrackerOptions options_;
   std::vector<Metric> metrics_;
@@ -169,6 +170,7 @@ class Tracker {
   bool announcing_ = false;      // a status line is being shown for the current record
   bool terminal_ = false;        // log is a terminal
   bool warned_ = false;
+  std::map<std::string, double> metric_total_s_;  // seconds per metric name, all records
   double last_log_wall_ = -1.0;  // wall_s of the last line about a slow record (< 0: none yet)
 };
 
