@@ -261,6 +261,15 @@ TEST_CASE("plot_dynamics.py renders the tracker's JSON lines as PNGs", "[tracker
     CHECK(std::string(magic + 1, 3) == "PNG");
     CHECK(fs::file_size(out / png) > 5000);
   }
+  // --figure: one image for the experiment (both runs in one column, shared y per row).
+  const fs::path fig = dir / "figure" / "eos.png";
+  const std::string fig_cmd =
+      fmt::format("/usr/bin/python3 {}/tools/plot_dynamics.py {} {} --figure {} --title T > {} 2>&1", KERN_SOURCE_DIR,
+                  (dir / "lr0.2.jsonl").string(), (dir / "lr0.5.jsonl").string(), fig.string(), (dir / "fig.log").string());
+  REQUIRE(std::system(fig_cmd.c_str()) == 0);
+  REQUIRE(fs::exists(fig));
+  CHECK(fs::file_size(fig) > 5000);
+  CHECK(!fs::exists(dir / "figure" / "sharpness.png"));  // only the one figure
 }
 
 namespace {
