@@ -24,6 +24,7 @@
 // sides can then run as two processes, one per core).
 #include <CLI/CLI.hpp>
 #include <kern/kern.hpp>
+#include <kern/tools/coord_check.hpp>
 #include <kern/optim/optim.hpp>
 #include <kern/optim/param_groups.hpp>
 #include <kern/param/param.hpp>
@@ -226,8 +227,7 @@ int main(int argc, char** argv) {
     }
     f.close();
     const std::string script =
-        (std::filesystem::path(__FILE__).parent_path().parent_path() / "tools" / "plot_coord_check.py")
-            .string();
+        kern::tools::default_plot_script();
     const std::string cmd = "/usr/bin/python3 '" + script + "' '" + jsonl + "' -o '" + png +
                             "' --title 'Fashion-MNIST MLP, " + optimizer + ": SP vs muP'";
     if (std::filesystem::exists(script) && std::system(cmd.c_str()) == 0)

@@ -38,6 +38,7 @@
 #include <CLI/CLI.hpp>
 #include "dynamics_common.hpp"
 #include <kern/kern.hpp>
+#include <kern/tools/coord_check.hpp>
 #include <kern/optim/optim.hpp>
 #include <kern/optim/param_groups.hpp>
 #include <kern/param/param.hpp>
@@ -290,7 +291,7 @@ int main(int argc, char** argv) {
                cfg.samples, cfg.steps, cfg.traced ? "traced" : "full", cfg.probe, cfg.ntk_every, cfg.threads);
 
     const std::string tools_dir =
-        cfg.plot_dir.empty() ? (fs::path(__FILE__).parent_path().parent_path() / "tools").string() : cfg.plot_dir;
+        cfg.plot_dir.empty() ? fs::path(kern::tools::default_plot_script()).parent_path().string() : cfg.plot_dir;
     std::vector<Run> runs;
     std::map<std::string, std::pair<double, double>> lrs;  // name -> (lr, initial sharpness)
     const auto t0 = std::chrono::steady_clock::now();

@@ -13,11 +13,12 @@
 //
 //   sharpness_width [--widths 64,128,256,512,1024] [--base-width 128] [--steps 1000]   (~9 min, 1 thread)
 //                   [--out run/sharpness_width]
-//   -> run/sharpness_width/{mup,ntk}/w<width>.jsonl, {mup,ntk}/sharpness.png (+ loss, NTK
-//      change), summary.json; the last lines compare the spread of sharpness across widths.
+//   -> run/sharpness_width/{mup,ntk}/w<width>.jsonl, sharpness_width.png (the experiment's
+//      figure: muP and NTK side by side), {mup,ntk}/sharpness.png (+ loss, NTK change), summary.json; the last lines compare the spread of sharpness across widths.
 #include <CLI/CLI.hpp>
 #include "dynamics_common.hpp"
 #include <kern/kern.hpp>
+#include <kern/tools/coord_check.hpp>
 #include <kern/optim/optim.hpp>
 #include <kern/optim/param_groups.hpp>
 #include <kern/param/param.hpp>
@@ -39,6 +40,9 @@ namespace fs = std::filesystem;
 using kern::Tensor;
 
 namespace {
+
+// What the sharpness axis shows: the lr multipliers rescale H (a shell-quoted argument).
+const std::string kSharpnessLabel = "'preconditioned sharpness $\\lambda_{max}(D^{1/2} H D^{1/2})$'";
 
 struct Config {
   std::vector<int64_t> widths = {64, 128, 256, 512, 1024};
@@ -147,6 +151,7 @@ int main(int argc, char** argv) {
     kern::data::Batch data{x, b.y.contiguous()};
 
     std::vector<Run> runs;
+    std::vector<std::string> all_files;  // both parameterizations: one figure, one column each
     std::map<std::string, double> lrs;
     const auto t0 = std::chrono::steady_clock::now();
     for (std::string name : {"mup", "ntk"}) {
@@ -169,11 +174,24 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
         files.push_back((fs::path(cfg.out) / name / fmt::format("w{}.jsonl", w)).string());
       }
-      const std::string script = (fs::path(__FILE__).parent_path().parent_path() / "tools" / "plot_dynamics.py").string();
+      const std::string script = (fs::path(tools::default_plot_script()).parent_path() / "plot_dynamics.py").string();
       std::string cmd = "/usr/bin/python3 " + script;
       for (auto& f : files) cmd += " " + f;
-      cmd += " -o " + (fs::path(cfg.out) / name).string() + " > /dev/null";
+      cmd += " -o " + (fs::path(cfg.out) / name).string() + " --sharpness-label " + kSharpnessLabel + " > /dev/null";
       if (!fs::exists(script) || std::system(cmd.c_str()) != 0) fmt::print("plotting failed: {}\n", cmd);
+      all_files.insert(all_files.end(), files.begin(), files.end());
+    }
+    {
+      // The experiment's figure: muP and NTK side by side, shared y-axes.
+      const std::string script = (fs::path(tools::default_plot_script()).parent_path() / "plot_dynamics.py").string();
+      const std::string png = (fs::path(cfg.out) / "sharpness_width.png").string();
+      std::string cmd = "/usr/bin/python3 " + script;
+      for (auto& f : all_files) cmd += " " + f;
+      cmd += " --figure " + png +
+             " --sharpness-label " + kSharpnessLabel +
+             " --title 'Tanh MLP on Fashion-MNIST, full-batch GD: sharpness across widths' > /dev/null";
+      if (!fs::exists(script) || std::system(cmd.c_str()) != 0) fmt::print("plotting failed: {}\n", cmd);
+      else fmt::print("wrote {}\n", png);
     }
 
     // Spread across widths of sharpness * lr / 2, averaged over the second half of training.

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "gradcheck.hpp"
 #include "requirements.hpp"
@@ -260,4 +261,118 @@ TEST_CASE("plot_dynamics.py renders the tracker's JSON lines as PNGs", "[tracker
     CHECK(std::string(magic + 1, 3) == "PNG");
     CHECK(fs::file_size(out / png) > 5000);
   }
+  // --figure: one image for the experiment (both runs in one column, shared y per row).
+  const fs::path fig = dir / "figure" / "eos.png";
+  const std::string fig_cmd =
+      fmt::format("/usr/bin/python3 {}/tools/plot_dynamics.py {} {} --figure {} --title T > {} 2>&1", KERN_SOURCE_DIR,
+                  (dir / "lr0.2.jsonl").string(), (dir / "lr0.5.jsonl").string(), fig.string(), (dir / "fig.log").string());
+  REQUIRE(std::system(fig_cmd.c_str()) == 0);
+  REQUIRE(fs::exists(fig));
+  CHECK(fs::file_size(fig) > 5000);
+  CHECK(!fs::exists(dir / "figure" / "sharpness.png"));  // only the one figure
+}
+
+namespace {
+std::string read_all(std::FILE* f) {
+  std::fflush(f);
+  std::rewind(f);
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+  std::fseek(f, 0, SEEK_END);  // back to writing
+  return text;
+}
+size_t count(const std::string& text, const std::string& what) {
+  size_t c = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++c;
+  return c;
+}
+void sleep_s(double s) { std::this_thread::sleep_for(std::chrono::duration<double>(s)); }
+}  // namespace
+
+TEST_CASE("Tracker records its cost per record and warns once when tracking dominates the run", "[tracker]") {
+  const fs::path dir = fresh_dir("tracker_cost");
+  std::FILE* log = std::tmpfile();
+  REQUIRE(log != nullptr);
+  {
+    // Tracking is almost the whole run: a 30 ms metric, nothing else between records.
+    tools::Tracker t((dir / "slow.jsonl").string(),
+                     {.every = 1, .log = log, .announce_after_s = 0.01, .log_interval_s = 0.0, .warn_share = 0.5, .warn_after_s = 0.0});
+    t.track("slow", [] { sleep_s(0.03); return 1.0; });
+    t.track("fast", [] { return 2.0; });
+    for (int i = 0; i < 4; ++i) t.step(1.0);
+    CHECK(t.warned());
+  }
+  const std::string text = read_all(log);
+  std::fclose(log);
+  INFO(text);
+  auto recs = read_lines(dir / "slow.jsonl");
+  REQUIRE(recs.size() == 4);
+  double sum = 0.0;
+  int warnings = 0;
+  for (auto& r : recs) {
+    INFO(r.dump());
+    CHECK(r["time.slow"].get<double>() >= 0.03);           // the metric's own sleep
+    CHECK(r["time.fast"].get<double>() < r["time.slow"].get<double>());
+    CHECK(r["overhead_s"].get<double>() >= r["time.slow"].get<double>() + r["time.fast"].get<double>());
+    sum += r["overhead_s"].get<double>();
+    // Cumulative: every record's cost, plus the writes (each lands in the next total).
+    CHECK(r["overhead_total_s"].get<double>() >= sum - 1e-12);
+    CHECK(r["overhead_total_s"].get<double>() <= sum + 0.01);
+    CHECK(r["overhead_total_s"].get<double>() <= r["wall_s"].get<double>());
+    CHECK(std::abs(r["overhead_share"].get<double>() - r["overhead_total_s"].get<double>() / r["wall_s"].get<double>()) < 1e-12);
+    CHECK(r["overhead_share"].get<double>() > 0.5);
+    warnings += r.value("overhead_warning", false) ? 1 : 0;
+  }
+  CHECK(warnings == 1);
+  CHECK(recs[0].value("overhead_warning", false));  // warn_after_s = 0: at the first record already
+  CHECK(count(text, "warning: tracking took") == 1);
+  CHECK(text.find("costliest metric is 'slow'") != std::string::npos);
+  // Not a terminal: one line after each slow record (log_interval_s = 0), naming the metrics' costs.
+  CHECK(count(text, "recorded in") == 4);
+  CHECK(text.find("slow 0.0") != std::string::npos);
+  CHECK(text.find("\x1b[K") == std::string::npos);  // no terminal control codes in a log file
+}
+
+TEST_CASE("Tracker does not warn when tracking is a small share of the run, or before warn_after_s", "[tracker]") {
+  const fs::path dir = fresh_dir("tracker_cost_quiet");
+  std::FILE* log = std::tmpfile();
+  REQUIRE(log != nullptr);
+  {
+    // Slow records, but at most one line per log_interval_s = 1e9 s: only the first is logged.
+    tools::Tracker t((dir / "interval.jsonl").string(),
+                     {.every = 1, .log = log, .announce_after_s = 0.001, .log_interval_s = 1e9, .warn_share = 0.0});
+    t.track("metric", [] { sleep_s(0.005); return 1.0; });
+    for (int i = 0; i < 3; ++i) t.step(1.0);
+  }
+  CHECK(count(read_all(log), "recorded in") == 1);
+  {
+    // 5 ms of tracking per 60 ms of "training": about 8% < 50%.
+    tools::Tracker t((dir / "cheap.jsonl").string(),
+                     {.every = 1, .log = log, .announce_after_s = 1.0, .warn_share = 0.5, .warn_after_s = 0.0});
+    t.track("metric", [] { sleep_s(0.005); return 1.0; });
+    sleep_s(0.06);
+    for (int i = 0; i < 4; ++i) {
+      t.step(1.0);
+      sleep_s(0.06);
+    }
+    CHECK(!t.warned());
+    // Tracking dominates, but only warn_after_s = 1e9 seconds in: no warning either.
+    tools::Tracker late((dir / "late.jsonl").string(), {.every = 1, .log = log, .warn_share = 0.1, .warn_after_s = 1e9});
+    late.track("metric", [] { sleep_s(0.01); return 1.0; });
+    for (int i = 0; i < 3; ++i) late.step(1.0);
+    CHECK(!late.warned());
+  }
+  const std::string text = read_all(log);
+  std::fclose(log);
+  INFO(text);
+  CHECK(text.find("warning") == std::string::npos);
+  CHECK(count(text, "recorded in") == 1);  // the interval tracker's first; no other record reached announce_after_s
+  for (auto& r : read_lines(dir / "cheap.jsonl")) {
+    CHECK(!r.contains("overhead_warning"));
+    CHECK(r["overhead_share"].get<double>() < 0.5);
+    CHECK(r["overhead_share"].get<double>() > 0.0);
+  }
+  for (auto& r : read_lines(dir / "late.jsonl")) CHECK(r["overhead_share"].get<double>() > 0.1);
 }

@@ -12,14 +12,17 @@ final training loss against learning rate (log x), one line per width, the optim
 """
 import argparse
 import json
+import os
 import math
 import sys
-from collections import defaultdict
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+# kern's shared style (tools/kern.mplstyle, installed next to this script).
+plt.style.use(os.path.join(os.path.dirname(os.path.abspath(__file__)), "kern.mplstyle"))
 
 
 def read(path):
@@ -74,7 +77,6 @@ def plot_coord(records, out, title):
             ax.set_xlabel("width")
             if j == 0:
                 ax.set_ylabel("mean |x| of the output")
-            ax.grid(True, which="both", alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=6 if few else 7, loc="best")
         if not few:
@@ -84,41 +86,71 @@ def plot_coord(records, out, title):
         fig.suptitle(title, fontsize=11, y=1.0 if len(labels) > 1 else 1.04)
     if len(modules) <= 8:
         fig.tight_layout()
-    fig.savefig(out, dpi=120, bbox_inches="tight")
+    fig.savefig(out, bbox_inches="tight")
 
 
 def plot_transfer(records, out, title):
+    """One panel per parameterization (shared y), loss against lr per width, optima starred.
+    Losses above the clip level (2.5, or 4 x the best loss when lower) are drawn as triangles
+    on the top edge instead of stretching the axis; diverged runs (NaN/Inf) as crosses there."""
     rows = [r for r in records if r.get("kind") == "transfer"]
     params = list(dict.fromkeys(r["param"] for r in rows))
-    fig, axes = plt.subplots(1, len(params), figsize=(5.5 * len(params), 4.2), squeeze=False,
+    fig, axes = plt.subplots(1, len(params), figsize=(4.8 * len(params) + 1.4, 3.8), squeeze=False,
                              sharey=True)
+    widths = sorted({r["width"] for r in rows})
+    cmap = plt.get_cmap("viridis", max(len(widths), 2))
+    ys = [r["loss"] for r in rows if math.isfinite(r["loss"])]
+    lo = min(ys) if ys else 0.0
+    top = min(max(ys), 2.5, 4.0 * lo) if ys and lo > 0 else (min(max(ys), 2.5) if ys else 1.0)
+    diverged = False
+    clipped = False
     for i, p in enumerate(params):
         ax = axes[0][i]
-        widths = sorted({r["width"] for r in rows if r["param"] == p})
-        cmap = plt.get_cmap("viridis", max(len(widths), 2))
-        for k, w in enumerate(widths):
+        for w in widths:
+            k = widths.index(w)
             pts = sorted((r["lr"], r["loss"]) for r in rows if r["param"] == p and r["width"] == w)
             finite = [(lr, v) for lr, v in pts if math.isfinite(v)]
-            ax.plot([q[0] for q in finite], [q[1] for q in finite], "o-", color=cmap(k), ms=3,
-                    label=f"width {w}")
-            if finite:
-                best = min(finite, key=lambda q: q[1])
-                ax.plot([best[0]], [best[1]], "*", color=cmap(k), ms=12)
+            bad = [lr for lr, v in pts if not math.isfinite(v)]
+            if bad:  # diverged (NaN/Inf): an x on the top edge
+                diverged = True
+                ax.plot(bad, [top] * len(bad), "x", color=cmap(widths.index(w)), ms=6, mew=1.5, clip_on=False)
+            if not finite:
+                continue
+            inside = [(lr, v if v <= top else math.nan) for lr, v in finite]
+            ax.plot([q[0] for q in inside], [q[1] for q in inside], "o-", color=cmap(k), ms=3, label=f"width {w}")
+            over = [lr for lr, v in finite if v > top]
+            if over:
+                clipped = True
+                ax.plot(over, [top] * len(over), "^", color=cmap(k), ms=5, clip_on=False)
+            best = min(finite, key=lambda q: q[1])
+            ax.plot([best[0]], [best[1]], "*", color=cmap(k), ms=11)
         ax.set_xscale("log", base=2)
         ax.set_title(p)
         ax.set_xlabel("learning rate")
         if i == 0:
             ax.set_ylabel("training loss")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    ys = [r["loss"] for r in rows if math.isfinite(r["loss"])]
     if ys:
-        lo = min(ys)
-        axes[0][0].set_ylim(lo - 0.05 * abs(lo), min(max(ys), 2.5))
+        axes[0][0].set_ylim(lo - 0.05 * abs(lo), top + 0.02 * abs(top))
+    handles, labels = [], []
+    for ax in axes[0]:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in labels:  # one entry per width, not one per panel
+                handles.append(h)
+                labels.append(l)
+    from matplotlib.lines import Line2D
+    handles.append(Line2D([], [], color="0.3", marker="*", ls="", ms=9))
+    labels.append("optimum")
+    if clipped:
+        handles.append(Line2D([], [], color="0.3", marker="^", ls=""))
+        labels.append(f"loss > {top:.3g}: clipped")
+    if diverged:
+        handles.append(Line2D([], [], color="0.3", marker="x", ls="", mew=1.5))
+        labels.append("diverged (NaN)")
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, bbox_inches="tight")
 
 
 def main():

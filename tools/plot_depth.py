@@ -15,6 +15,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# kern's shared style (tools/kern.mplstyle, installed next to this script).
+plt.style.use(os.path.join(os.path.dirname(os.path.abspath(__file__)), "kern.mplstyle"))
+
+CLIP = 3.0  # sharpness x lr / 2 above this is clipped (a diverged run)
 TITLES = {"depth_mup": "depth-muP (branches x 1/sqrt(L))", "none": "no depth scaling"}
 
 
@@ -40,17 +44,21 @@ def main():
     cmap = plt.get_cmap("viridis", max(len(depths), 2))
     for ax, scaling in zip(axes[0], order):
         for depth, steps, values in sorted(runs[scaling]):
-            ax.plot(steps, values, "-", color=cmap(depths.index(depth)), lw=1.6, label=f"L = {depth}")
+            # Diverged runs: values above CLIP are marked on the top edge, not allowed to stretch the axis.
+            inside = [v if v <= CLIP else float("nan") for v in values]
+            ax.plot(steps, inside, "-", color=cmap(depths.index(depth)), lw=1.6, label=f"L = {depth}")
+            over = [s for s, v in zip(steps, values) if v > CLIP]
+            if over:
+                ax.plot(over, [CLIP] * len(over), "^", color=cmap(depths.index(depth)), ms=4, clip_on=False)
         ax.axhline(1.0, color="0.4", ls=":", lw=1, label="2 / lr (edge of stability)")
         ax.set_title(TITLES.get(scaling, scaling))
         ax.set_xlabel("gradient descent step")
-        ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("sharpness x lr / 2")
+    axes[0][0].set_ylabel(r"preconditioned sharpness $\lambda_{max}(D^{1/2} H D^{1/2})$ x lr / 2")
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Residual tanh MLP on Fashion-MNIST: preconditioned sharpness across depths", fontsize=11)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    fig.savefig(a.out, dpi=130)
+    fig.savefig(a.out)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# kern's shared style (tools/kern.mplstyle, installed next to this script).
+plt.style.use(os.path.join(os.path.dirname(os.path.abspath(__file__)), "kern.mplstyle"))
+
 STYLE = {"ntk": ("-", "o", "tab:blue", "NTK param."), "mup": ("--", "s", "tab:red", "muP")}
 
 
@@ -85,7 +88,6 @@ def main():
     ax.set_xlabel("width")
     ax.set_ylabel(r"$\|K_T - K_0\|_F / \|K_0\|_F$")
     ax.set_title(f"(a) relative NTK change after {cfg.get('steps', '?')} steps")
-    ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
 
     for ax, key, title in [(axes[1], "ntk_rel_change", "(b) relative NTK change during training"),
@@ -101,21 +103,28 @@ def main():
             if not pts:
                 continue
             ls = STYLE.get(r["param"], ("-",))[0]
-            lab = f"w={r['width']}" if r["param"] == params[0] else None
+            # One legend entry per width, in panel (b) only: (c) uses the same colours.
+            lab = f"width {r['width']}" if r["param"] == params[0] and key == "ntk_rel_change" else None
             ax.plot([q[0] for q in pts], [q[1] for q in pts], ls=ls, color=color[r["width"]], lw=1.3,
                     marker="o" if key == "ntk_rel_change" else None, ms=3, label=lab)
             ys += [q[1] for q in pts]
         if ys and min(ys) > 0:
             ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_title(title + "  (solid: NTK param., dashed: muP)", fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(title, fontsize=10)
+        if key == "ntk_rel_change":
+            from matplotlib.lines import Line2D
+            h, l = ax.get_legend_handles_labels()
+            for p in params:
+                ls, _, _, name = STYLE.get(p, ("-", "o", "k", p))
+                h.append(Line2D([], [], color="0.3", ls=ls))
+                l.append(name)
+            ax.legend(h, l, fontsize=7, ncol=2)
     kernel = cfg.get("kernel", "full")
     fig.suptitle(f"Lazy regime: tanh MLP, {cfg.get('samples', '?')} Fashion-MNIST images, full-batch GD; "
                  f"{kernel} empirical NTK on {cfg.get('probe', '?')} probe images", fontsize=11)
     fig.tight_layout()
-    fig.savefig(a.out, dpi=110)
+    fig.savefig(a.out)
     print(a.out)
 
 

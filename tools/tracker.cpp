@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -50,6 +51,7 @@ Tracker::Tracker(const std::string& path, TrackerOptions options)
   const int flags = O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (options_.append ? 0 : O_TRUNC);
   fd_ = ::open(path.c_str(), flags, 0644);
   KERN_CHECK(fd_ >= 0, "Tracker: cannot open ", path, " for writing: ", std::strerror(errno));
+  terminal_ = options_.log != nullptr && ::isatty(::fileno(options_.log)) == 1;
 }
 
 Tracker::~Tracker() {
@@ -92,25 +94,46 @@ void Tracker::write_record(double loss, bool all_metrics) {
   }
   const StepInfo info{step_, options_.lr, loss};
   Json timing = Json::object();
+  // Announce (on a terminal) a record expected to be slow: the first, or one after a slow one.
+  announcing_ = terminal_ && (last_record_s_ < 0.0 || last_record_s_ >= options_.announce_after_s);
   for (auto& m : metrics_) {
     if (!all_metrics && m.every > 0 && step_ % m.every != 0) continue;
+    announce(m.name, false);
     const auto tm = std::chrono::steady_clock::now();
     Values values;
     try {
       values = m.fn(info);
     } catch (const Error& e) {
+      announce("", true);
       throw Error(fmt::format("Tracker: metric '{}' failed at step {}: {}", m.name, step_, e.what()));
     }
     for (auto& [key, v] : values) rec[key] = to_json(v);
-    timing["time." + m.name] = seconds_since(tm);
+    const double tm_s = seconds_since(tm);
+    timing["time." + m.name] = tm_s;
+    metric_total_s_[m.name] += tm_s;
   }
+  announce("", true);
   for (auto& [k, v] : timing.items()) rec[k] = v;
   // The write itself is part of the overhead; its own duration lands in the next record.
   const double overhead = seconds_since(t0);
   overhead_total_ += overhead;
+  const double wall = seconds_since(start_);
   rec["overhead_s"] = overhead;
   rec["overhead_total_s"] = overhead_total_;
-  rec["wall_s"] = seconds_since(start_);
+  rec["wall_s"] = wall;
+  rec["overhead_share"] = wall > 0.0 ? overhead_total_ / wall : 0.0;
+  if (check_overhead(wall)) rec["overhead_warning"] = true;
+  if (options_.log && !terminal_ && overhead >= options_.announce_after_s &&
+      (last_log_wall_ < 0.0 || wall - last_log_wall_ >= options_.log_interval_s)) {
+    last_log_wall_ = wall;
+    std::string parts;
+    for (auto& [k, v] : timing.items())  // "time.<name>" -> "<name> 0.12 s"
+      parts += fmt::format("{}{} {:.2f} s", parts.empty() ? "" : ", ", k.substr(5), v.get<double>());
+    fmt::print(options_.log, "tracker: step {}: recorded in {:.2f} s ({}); tracking is {:.0f}% of the run so far\n", step_,
+               overhead, parts, 100.0 * overhead_total_ / std::max(wall, 1e-9));
+    std::fflush(options_.log);
+  }
+  last_record_s_ = overhead;
   std::string line = rec.dump(-1, ' ', false, Json::error_handler_t::replace);
   last_line_ = line;
   line += '\n';
@@ -126,6 +149,42 @@ void Tracker::write_record(double loss, bool all_metrics) {
   }
   ++records_;
   overhead_total_ += seconds_since(t0) - overhead;
+}
+
+// The status line of a slow record on a terminal: "\r" + text, erased with "\r\x1b[K" when done.
+void Tracker::announce(const std::string& metric, bool done) {
+  if (!announcing_ || !options_.log) return;
+  if (done) {
+    fmt::print(options_.log, "\r\x1b[K");
+    announcing_ = false;
+  } else {
+    const std::string last = last_record_s_ >= 0.0 ? fmt::format(" (last record took {:.1f} s)", last_record_s_) : "";
+    fmt::print(options_.log, "\r\x1b[Ktracker: step {}: computing {}...{}", step_, metric, last);
+  }
+  std::fflush(options_.log);
+}
+
+// True (once) when the tracker's share of the wall time passes warn_share.
+bool Tracker::check_overhead(double wall) {
+  if (warned_ || options_.warn_share <= 0.0 || wall < options_.warn_after_s || wall <= 0.0) return false;
+  const double share = overhead_total_ / wall;
+  if (share <= options_.warn_share) return false;
+  warned_ = true;
+  std::string costliest;  // by total time so far
+  double most = -1.0;
+  for (auto& [name, t] : metric_total_s_)
+    if (t > most) {
+      most = t;
+      costliest = name;
+    }
+  if (options_.log) {
+    fmt::print(options_.log,
+               "tracker: warning: tracking took {:.1f} s of {:.1f} s ({:.0f}% > {:.0f}%) by step {}; the costliest "
+               "metric is '{}' ({:.1f} s): record less often (every), give it its own every, or make it cheaper\n",
+               overhead_total_, wall, 100.0 * share, 100.0 * options_.warn_share, step_, costliest, most);
+    std::fflush(options_.log);
+  }
+  return true;
 }
 
 // ---- metrics -----------------------------------------------------------------------------

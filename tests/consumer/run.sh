@@ -29,10 +29,17 @@ grep -q "float" "$work/inspect.txt" || fail "bin/kern inspect printed no tensors
 echo "ok: installed bin/kern runs without LD_LIBRARY_PATH"
 
 # 2. the plotting scripts
-for s in "$src_dir"/../../tools/*.py; do
+for s in "$src_dir"/../../tools/*.py "$src_dir"/../../tools/kern.mplstyle; do
   [ -f "$prefix/share/kern/$(basename "$s")" ] || fail "share/kern/$(basename "$s") not installed"
 done
-echo "ok: plotting scripts in share/kern/"
+# every script loads the style from its own directory: one must run from the installed tree
+if /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
+  printf '{"step": 0, "loss": 1.0, "sharpness": 2.0, "two_over_lr": 4.0}\n{"step": 1, "loss": 0.5, "sharpness": 3.0, "two_over_lr": 4.0}\n' >"$work/run.jsonl"
+  /usr/bin/python3 "$prefix/share/kern/plot_dynamics.py" "$work/run.jsonl" --figure "$work/run.png" >/dev/null ||
+    fail "installed plot_dynamics.py --figure failed"
+  [ -s "$work/run.png" ] || fail "installed plot_dynamics.py wrote no figure"
+fi
+echo "ok: plotting scripts and kern.mplstyle in share/kern/"
 
 # 3. a downstream project
 cmake -S "$src_dir" -B "$work/build" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null

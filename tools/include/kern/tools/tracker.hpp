@@ -7,6 +7,8 @@
 //   tracker.track(tools::norm_metrics(*model));
 //   tracker.track(tools::sharpness(*model, probe, tools::mean_cross_entropy, {.iters = 20}));
 //   tracker.track(tools::ntk_metrics(*model, probe));              // NTK change, spectrum, alignment
+//   tracker.track(tools::preconditioned_sharpness(*model, probe, crit, adam));  // Adam: P^-1 H vs 38/lr
+//                                                                   // (kern/tools/preconditioned.hpp)
 //   tracker.track("my_metric", [&] { return some_double(); });    // any scalar callback
 //   for (...) {
 //     auto loss = criterion(model->forward(x), y);
@@ -25,7 +27,17 @@
 // One record = one line, a JSON object (keys in insertion order):
 //   step, [run], [loss] (the value passed to step()), [lr, two_over_lr], <metric keys...>,
 //   time.<metric name> (seconds per metric), overhead_s (this record's total time in the
-//   tracker), overhead_total_s (cumulative), wall_s (seconds since the tracker was created).
+//   tracker), overhead_total_s (cumulative), wall_s (seconds since the tracker was created),
+//   overhead_share = overhead_total_s / wall_s (the share of the run spent tracking).
+//
+// The tracker says what it is doing (TrackerOptions::log, stderr by default): on a terminal a
+// record expected to be slow (the first one, or one whose predecessor took announce_after_s
+// or more) shows a status line "tracker: step N: computing <metric>..." while it runs, erased
+// when it is done (a progress bar on the same terminal redraws over it). Not on a terminal, a
+// slow record prints one line afterwards with its cost (the first, then at most one per
+// log_interval_s). When the time spent in the tracker
+// exceeds warn_share of the wall time (checked once wall_s >= warn_after_s), it warns once,
+// naming the costliest metric, and records "overhead_warning": true in that record.
 // NaN/Inf values are written as null. Each line is written with one write(2) call on a file
 // opened with O_APPEND and no user-space buffer: a crash never leaves a partial line.
 #include <kern/data/dataset.hpp>
@@ -37,7 +49,9 @@
 #include <chrono>
 #include <concepts>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
+#include <map>
 #include <string>
 #include <utility>
 #include <variant>
@@ -73,6 +87,17 @@ struct TrackerOptions {
   double lr = 0.0;           // when > 0: records lr and two_over_lr = 2 / lr (set_lr changes it)
   std::string label;         // when non-empty: recorded as "run" (plot legends)
   bool append = false;       // append to an existing file (resumed runs) instead of truncating
+  /// Where the tracker reports what it is doing and warns (nullptr: silent).
+  std::FILE* log = stderr;
+  /// Records expected to take at least this many seconds are announced (see above).
+  double announce_after_s = 1.0;
+  /// Not on a terminal: at most one line about slow records per this many seconds (a log
+  /// stays short; the JSONL has every record's cost).
+  double log_interval_s = 60.0;
+  /// Warn when overhead_total_s > warn_share * wall_s (<= 0: never) ...
+  double warn_share = 0.25;
+  /// ... once the tracker has existed this long (the first records dominate a short run).
+  double warn_after_s = 30.0;
 };
 
 class Tracker {
@@ -125,9 +150,13 @@ class Tracker {
   const std::string& path() const { return path_; }
   /// The last line written (without the newline), "" before the first.
   const std::string& last_line() const { return last_line_; }
+  /// True once the overhead warning was given.
+  bool warned() const { return warned_; }
 
  private:
   void write_record(double loss, bool all_metrics);
+  void announce(const std::string& metric, bool done);
+  bool check_overhead(double wall);
   std::string path_;
   TrackerOptions options_;
   std::vector<Metric> metrics_;
@@ -137,6 +166,12 @@ class Tracker {
   double overhead_total_ = 0.0;
   std::string last_line_;
   std::chrono::steady_clock::time_point start_;
+  double last_record_s_ = -1.0;  // the previous record's cost (< 0 before the first)
+  bool announcing_ = false;      // a status line is being shown for the current record
+  bool terminal_ = false;        // log is a terminal
+  bool warned_ = false;
+  std::map<std::string, double> metric_total_s_;  // seconds per metric name, all records
+  double last_log_wall_ = -1.0;  // wall_s of the last line about a slow record (< 0: none yet)
 };
 
 // ---- ready-made metrics (each holds a reference to the model: keep it alive) -------------
