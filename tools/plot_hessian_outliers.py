@@ -10,11 +10,15 @@ exact eigenvalues, smoothed with G's SLQ width) (bottom row).
 import argparse
 import json
 import math
+import os
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+# kern's shared style (tools/kern.mplstyle, installed next to this script).
+plt.style.use(os.path.join(os.path.dirname(os.path.abspath(__file__)), "kern.mplstyle"))
 
 COLORS = {"H": "tab:blue", "G": "tab:orange", "G_means": "tab:green", "G_within": "tab:red"}
 TITLES = {"mlp": "ReLU MLP 784-64-64-10", "cnn": "small CNN (2 conv + 2 fc)"}

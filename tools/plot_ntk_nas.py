@@ -16,18 +16,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# kern's shared style (tools/kern.mplstyle, installed next to this script).
+plt.style.use(os.path.join(os.path.dirname(os.path.abspath(__file__)), "kern.mplstyle"))
+
 METRICS = [("lga", "label-gradient alignment", False),
            ("condition_number", "condition number", True),
            ("trace", "trace", True),
            ("effective_rank", "effective rank", False)]
-
-
-def use_style():
-    here = os.path.dirname(os.path.abspath(__file__))
-    for name in ("kern.mplstyle",):
-        path = os.path.join(here, name)
-        if os.path.exists(path):
-            plt.style.use(path)
 
 
 def main():
@@ -42,7 +37,6 @@ def main():
         kendall = {(k["metric"], k["when"]): k for k in data["kendall"]}
     except (OSError, ValueError, KeyError, TypeError) as e:
         sys.exit(f"plot_ntk_nas: cannot read {args.json}: {e}")
-    use_style()
     whens = [("init", "at init"), ("early", f"after {data.get('early_steps', '?')} steps")]
     fig, axes = plt.subplots(len(whens), len(METRICS), figsize=(3.2 * len(METRICS), 3.0 * len(whens)),
                              sharey=True, squeeze=False)

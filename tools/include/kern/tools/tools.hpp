@@ -1,6 +1,7 @@
 #pragma once
-// kern::tools umbrella: empirical NTK, per-sample gradients, Hessian spectra (and Papyan's
-// GGN decomposition, Adam-preconditioned sharpness), the training-dynamics tracker, the coordinate check, rank statistics.
+// kern::tools umbrella: empirical NTK, per-sample gradients, Hessian spectra (Papyan's GGN
+// decomposition, Adam-preconditioned sharpness), the training-dynamics tracker, the
+// coordinate check, rank statistics.
 #include <kern/tools/coord_check.hpp>
 #include <kern/tools/hessian.hpp>
 #include <kern/tools/hessian_decomposition.hpp>
