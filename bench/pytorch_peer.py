@@ -55,7 +55,7 @@ FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 WORKLOADS = [
     "sgemm_peak", "matmul_2048", "dwconv7_train", "mlp_train", "convnext_block_train",
     "dwconv31_train", "inceptionnext_block_train", "longconv_train", "ntk_mlp", "ntk_cnn",
-    "sharpness_mlp", "fmnist_epoch",
+    "sharpness_mlp", "fmnist_epoch", "zoo_ntk_convnext", "zoo_sharpness_convnext",
 ]
 
 
@@ -240,7 +240,7 @@ class ConvNeXtBlock(nn.Module):
     dw7x7 (bias) -> NHWC -> LayerNorm(eps 1e-6) -> Mlp(fc1 C->4C, GELU(erf), fc2 4C->C)
     -> * gamma -> NCHW -> + x. Parameter names are timm's."""
 
-    def __init__(self, dim=64, kernel_size=7, mlp_ratio=4):
+    def __init__(self, dim=64, kernel_size=7, mlp_ratio=4, ls_init_value=1e-6):
         super().__init__()
         self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2,
                                  groups=dim, bias=True)
@@ -248,7 +248,8 @@ class ConvNeXtBlock(nn.Module):
         self.mlp = nn.Sequential(OrderedDict(
             fc1=nn.Linear(dim, mlp_ratio * dim), act=nn.GELU(),
             fc2=nn.Linear(mlp_ratio * dim, dim)))
-        self.gamma = nn.Parameter(1e-6 * torch.ones(dim))  # re-drawn U(0.5,1.5) below
+        # convnext_block_train re-draws gamma U(0.5,1.5); the zoo net keeps ls_init_value.
+        self.gamma = nn.Parameter(ls_init_value * torch.ones(dim))
 
     def forward(self, x):                 # x: [N, C, H, W]
         shortcut = x
@@ -584,12 +585,12 @@ def build_ntk_cnn():
 # sharpness_mlp
 # ----------------------------------------------------------------------------------------
 
-def build_sharpness():
-    model = mlp([784, 256, 256, 10], nn.Tanh)
+def sharpness_bench(model, x, labels, definition, what="parameter (PyTorch default init)"):
+    """PyHessian's eigenvalue() loop on mean cross-entropy: the gradient once with
+    create_graph, then 20 x (hv = H v by double backward with retain_graph; eig = v.hv;
+    v <- hv / ||hv||) from a seeded unit vector v0 (drawn here, after the caller's tensors)."""
     names = [n for n, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
-    x = torch.randn(512, 784)                    # [512, 784]
-    labels = torch.randint(0, 10, (512,))        # [512] int64
     v0 = [torch.randn_like(p) for p in params]   # one random direction over all parameters,
     norm0 = torch.sqrt(sum((v * v).sum() for v in v0))
     v0 = [v / norm0 for v in v0]                 # ... of unit norm as a whole
@@ -614,7 +615,7 @@ def build_sharpness():
         e = Exports()
         e.add("x", x, "input batch, N(0,1)")
         e.add("labels", labels, "class labels in [0,10)")
-        e.add_params("param.", model, "parameter (PyTorch default init)")
+        e.add_params("param.", model, what)
         for n, v in zip(names, v0):
             e.add(f"v0.{n}", v, f"start vector, block of param.{n} (whole vector has norm 1)")
         e.add("loss", loss, "mean cross-entropy")
@@ -627,15 +628,128 @@ def build_sharpness():
               "after 20 power iterations = eigenvalues[19]")
         return e.entries()
 
-    return Bench(
-        definition="sharpness_mlp: MLP Linear(784,256) Tanh Linear(256,256) Tanh "
-                   "Linear(256,10) (names fc1, fc2, fc3, PyTorch default init), x [512,784], "
-                   "labels [512]; loss = mean cross-entropy. One timed iteration = forward, "
-                   "gradient with create_graph, then 20 x (hv = H v by double backward; "
-                   "eig = v.hv; v <- hv / ||hv||) from the unit vector v0 (exported per "
-                   "parameter as v0.<name>); the estimate is the last eig. Power iteration "
-                   "finds the largest-magnitude eigenvalue; the Rayleigh quotient keeps its sign.",
-        step=step, reference=reference)
+    return Bench(definition=definition, step=step, reference=reference)
+
+
+def build_sharpness():
+    model = mlp([784, 256, 256, 10], nn.Tanh)
+    x = torch.randn(512, 784)                    # [512, 784]
+    labels = torch.randint(0, 10, (512,))        # [512] int64
+    return sharpness_bench(
+        model, x, labels,
+        "sharpness_mlp: MLP Linear(784,256) Tanh Linear(256,256) Tanh "
+        "Linear(256,10) (names fc1, fc2, fc3, PyTorch default init), x [512,784], "
+        "labels [512]; loss = mean cross-entropy. One timed iteration = forward, "
+        "gradient with create_graph, then 20 x (hv = H v by double backward; "
+        "eig = v.hv; v <- hv / ||hv||) from the unit vector v0 (exported per "
+        "parameter as v0.<name>); the estimate is the last eig. Power iteration "
+        "finds the largest-magnitude eigenvalue; the Rayleigh quotient keeps its sign.")
+
+
+# ----------------------------------------------------------------------------------------
+# Zoo-scale workloads on a ConvNeXt-atto-like net: zoo_ntk_convnext, zoo_sharpness_convnext
+# ----------------------------------------------------------------------------------------
+
+class LayerNorm2d(nn.LayerNorm):
+    """timm LayerNorm2d: LayerNorm over C of an NCHW tensor (permute to NHWC and back)."""
+
+    def forward(self, x):                 # x: [N, C, H, W]
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNeXtStage(nn.Module):
+    """timm ConvNeXtStage: downsample (Identity, or LayerNorm2d + Conv2d k2 s2) -> blocks."""
+
+    def __init__(self, in_chs, out_chs, depth, kernel_size, ls_init_value):
+        super().__init__()
+        if in_chs != out_chs:
+            self.downsample = nn.Sequential(LayerNorm2d(in_chs, eps=1e-6),
+                                            nn.Conv2d(in_chs, out_chs, 2, stride=2))
+        else:
+            self.downsample = nn.Identity()
+        self.blocks = nn.Sequential(*[
+            ConvNeXtBlock(out_chs, kernel_size, 4, ls_init_value) for _ in range(depth)])
+
+    def forward(self, x):
+        return self.blocks(self.downsample(x))
+
+
+class NormMlpClassifierHead(nn.Module):
+    """timm NormMlpClassifierHead without hidden layer: global average pool -> LayerNorm2d
+    -> flatten -> (dropout 0) -> fc. [N, C, H, W] -> [N, num_classes]."""
+
+    def __init__(self, in_features, num_classes):
+        super().__init__()
+        self.norm = LayerNorm2d(in_features, eps=1e-6)
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, x):
+        x = x.mean(dim=(2, 3), keepdim=True)  # [N, C, 1, 1]
+        return self.fc(self.norm(x).flatten(1))
+
+
+class ConvNeXt(nn.Module):
+    """timm's ConvNeXt (conv_mlp=False, patch stem, no drop path, head without hidden layer)
+    with timm's module tree and parameter names (stem.0/1, stages.i.downsample.0/1,
+    stages.i.blocks.j.{conv_dw,norm,mlp.fc1,mlp.fc2,gamma}, head.norm, head.fc) and timm's
+    init: conv/linear weights trunc_normal(std 0.02, cut at +-2), biases 0, norms 1/0, gamma
+    = ls_init_value. x [N, in_chans, H, W] -> [N, num_classes]."""
+
+    def __init__(self, in_chans=1, num_classes=10, dims=(40, 80, 160, 320),
+                 depths=(2, 2, 6, 2), kernel_size=7, ls_init_value=1.0, patch_size=4):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], patch_size, stride=patch_size),
+                                  LayerNorm2d(dims[0], eps=1e-6))
+        prev, stages = dims[0], []
+        for dim, depth in zip(dims, depths):
+            stages.append(ConvNeXtStage(prev, dim, depth, kernel_size, ls_init_value))
+            prev = dim
+        self.stages = nn.Sequential(*stages)
+        self.head = NormMlpClassifierHead(prev, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, std=0.02)  # timm: a=-2, b=2 (absolute)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        return self.head(self.stages(self.stem(x)))
+
+
+ZOO_NET = ("ConvNeXt-atto-like net, timm structure and names (conv_mlp=False): stem.0 "
+           "Conv 1->40 k4 s4, stem.1 LayerNorm2d; stages of dims 40/80/160/320, depths "
+           "2/2/6/2 of ConvNeXtBlock (depthwise 7x7 pad 3, NHWC LayerNorm eps 1e-6, Linear "
+           "C->4C, GELU(erf), Linear 4C->C, gamma, residual); stages 1-3 start with "
+           "downsample.0 LayerNorm2d + downsample.1 Conv k2 s2; head: global average pool, "
+           "head.norm LayerNorm2d, head.fc Linear 320->10. timm init (trunc_normal std 0.02, "
+           "zero biases, norms 1/0) with layer scale init 1 (gamma = 1). Spatial sizes for "
+           "32x32 inputs: 8, 8, 4, 2, 1. ")
+
+
+def build_zoo_ntk():
+    model = ConvNeXt().eval()
+    x = torch.randn(16, 1, 32, 32)               # [16, 1, 32, 32]
+    return build_ntk(model, x, (
+        "zoo_ntk_convnext: " + ZOO_NET + "Eval mode, x [16,1,32,32] N(0,1). One timed "
+        "iteration = the full empirical NTK K(X,X) [160,160] over all 10 outputs and all "
+        "parameters, the ntk_mlp recipe (functorch vmap(jacrev(f_single)) once, einsum per "
+        "parameter tensor, summed; row/column index = sample*10 + output). Check: "
+        "max|K_kern - K| <= 1e-4 * max|K|."))
+
+
+def build_zoo_sharpness():
+    model = ConvNeXt().eval()  # no BatchNorm / dropout / drop path: eval == train
+    x = torch.randn(64, 1, 32, 32)               # [64, 1, 32, 32]
+    labels = torch.randint(0, 10, (64,))         # [64] int64
+    return sharpness_bench(
+        model, x, labels,
+        "zoo_sharpness_convnext: " + ZOO_NET + "x [64,1,32,32] N(0,1), labels [64]; loss = "
+        "mean cross-entropy. One timed iteration = forward, gradient with create_graph, "
+        "then 20 x (hv = H v by double backward, retain_graph; eig = v.hv; v <- hv / ||hv||) "
+        "from the unit vector v0 (exported per parameter as v0.<name>), as PyHessian's "
+        "eigenvalue(); the estimate is the last eig (largest-magnitude eigenvalue, with sign).",
+        what="parameter (timm init, gamma = 1)")
 
 
 # ----------------------------------------------------------------------------------------
@@ -785,6 +899,10 @@ def build(workload, length):
         return build_sharpness()
     if workload == "fmnist_epoch":
         return build_fmnist()
+    if workload == "zoo_ntk_convnext":
+        return build_zoo_ntk()
+    if workload == "zoo_sharpness_convnext":
+        return build_zoo_sharpness()
     raise ValueError(workload)
 
 

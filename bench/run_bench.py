@@ -53,7 +53,14 @@ WORKLOADS = [
     ("ntk_cnn", "ntk_cnn", None),
     ("sharpness_mlp", "sharpness_mlp", None),
     ("fmnist_epoch", "fmnist_epoch", None),
+    ("zoo_ntk_convnext", "zoo_ntk_convnext", None),
+    ("zoo_sharpness_convnext", "zoo_sharpness_convnext", None),
 ]
+# Zoo-scale workloads: one PyTorch iteration takes seconds (NTK, ~7 s) to a minute (20
+# HVPs), so they get their own (warm-up, timed) counts, overridable by --zoo-warmup /
+# --zoo-iters. Each side runs (1 + 3) x 2 PyTorch environments for the NTK, (1 + 1) x 2
+# for the Hessian: a few minutes in all.
+ZOO_REPS = {"zoo_ntk_convnext": (1, 3), "zoo_sharpness_convnext": (1, 1)}
 # Keys of a run's JSON line that are timing/bookkeeping; everything else is an "extra".
 BASE_KEYS = {"id", "median_s", "min_s", "max_s", "peak_rss_mb", "threads", "iters",
              "length", "check", "max_abs_err"}
@@ -189,9 +196,14 @@ def run_kern(args, workload, length, warmup, iters, gomp=False):
 
 def bench_one(args, rid, workload, length):
     """Runs the four processes of one workload and returns its results record."""
-    fmnist = workload == "fmnist_epoch"
-    warmup = args.fmnist_warmup if fmnist else args.warmup
-    iters = args.fmnist_iters if fmnist else args.iters
+    if workload == "fmnist_epoch":
+        warmup, iters = args.fmnist_warmup, args.fmnist_iters
+    elif workload in ZOO_REPS:
+        warmup, iters = ZOO_REPS[workload]
+        warmup = warmup if args.zoo_warmup is None else args.zoo_warmup
+        iters = iters if args.zoo_iters is None else args.zoo_iters
+    else:
+        warmup, iters = args.warmup, args.iters
     rec = {"id": rid, "workload": workload, "threads": args.threads, "warmup": warmup,
            "iters": iters}
     if length is not None:
@@ -342,6 +354,11 @@ def print_table(records):
         if r.get("accuracy") is not None or r.get("torch_accuracy") is not None:
             notes.append(f"acc {fmt(r.get('accuracy'), '.4f')} vs "
                          f"{fmt(r.get('torch_accuracy'), '.4f')}")
+        if r.get("eigenvalue") is not None:
+            notes.append(f"eig {r['eigenvalue']:.5g} vs {fmt(r.get('torch_eigenvalue'), '.5g')}")
+        if r.get("fallback_params"):
+            notes.append(f"NTK fallback {r['fallback_params']} of "
+                         f"{r['fallback_params'] + r.get('structured_params', 0)} tensors")
         if r.get("max_abs_err") is not None:
             notes.append(f"err {r['max_abs_err']:.1e}")
         if not r.get("kern_available"):
@@ -371,6 +388,11 @@ def main():
     ap.add_argument("--fmnist-iters", type=int, default=1,
                     help="fmnist_epoch: timed epochs (default 1: one epoch is ~15 s)")
     ap.add_argument("--fmnist-warmup", type=int, default=0)
+    ap.add_argument("--zoo-iters", type=int, default=None,
+                    help="zoo_* workloads: timed iterations (default: zoo_ntk_convnext 3, "
+                         "zoo_sharpness_convnext 1; one PyTorch iteration is 7-60 s)")
+    ap.add_argument("--zoo-warmup", type=int, default=None,
+                    help="zoo_* workloads: warm-up iterations (default 1)")
     ap.add_argument("--inputs", default=None,
                     help="directory of the exported inputs (default: <dir of --out>/inputs)")
     ap.add_argument("--python", default="/usr/bin/python3",
