@@ -297,6 +297,12 @@ OpRegistrar normalization({
             "layer_norm: bias is float64 but input is float32"),
          Primitive::LayerNorm),
     fast(ln("layer_norm no affine", {4, 6, 16}, {6, 16}, false), Primitive::LayerNorm),
+    op("layer_norm_backward", [](const Ins& x) { return layer_norm_backward(x[0], x[1], Shape{5}, x[2], 1e-3); },
+       [](Generator& g) { return Ins{rn(g, {3, 2, 5}), rn(g, {3, 2, 5}) * 2.0 + 0.5, rn(g, {5})}; },
+       [] { layer_norm_backward(zeros({2, 4}), zeros({2, 5}), Shape{5}); },
+       "layer_norm_backward: grad must be float32 [2, 5] like the input, got float32 [2, 4]"),
+    op("layer_norm_backward no weight 2 dims", [](const Ins& x) { return layer_norm_backward(x[0], x[1], Shape{2, 5}); },
+       [](Generator& g) { return Ins{rn(g, {3, 2, 5}), rn(g, {3, 2, 5}) * 2.0 + 0.5}; }),
     op(
         "layer_norm weight only, non-contiguous input", [](const Ins& x) { return layer_norm(x[0].t(), {3}, x[1]); },
         [](Generator& g) { return Ins{rn(g, {3, 4}), rn(g, {3})}; }),

@@ -235,6 +235,21 @@ TEST_CASE("conv2d oneDNN fast path agrees with the reference", "[conv][backend]"
   SECTION("depthwise 11x1 band") {
     compare_backends({2, 16, 20, 20}, {16, 1, 11, 1}, cp({1, 1}, {5, 0}, {1, 1}, 16), 5, kDepthwise);
   }
+  // Planes narrower than 16 run the flattened small-plane kernels (ConvNeXt's late stages),
+  // with the taps that only read padding skipped (a 1x1 plane keeps only the centre tap).
+  SECTION("depthwise 7x7 pad 3 on 8x8, 4x4, 2x2, 1x1 planes") {
+    for (int64_t s : {8, 4, 2, 1}) {
+      INFO("plane " << s << "x" << s);
+      compare_backends({3, 5, s, s}, {5, 1, 7, 7}, cp({1, 1}, {3, 3}, {1, 1}, 5), 10 + s, kDepthwise);
+    }
+  }
+  SECTION("depthwise small planes: non-square, padding < k / 2, 31x31 on 4x4, width 15") {
+    compare_backends({2, 4, 5, 3}, {4, 1, 3, 3}, cp({1, 1}, {1, 1}, {1, 1}, 4), 20, kDepthwise);
+    compare_backends({2, 3, 9, 6}, {3, 1, 7, 5}, cp({1, 1}, {2, 1}, {1, 1}, 3), 21, kDepthwise);
+    compare_backends({2, 3, 4, 4}, {3, 1, 31, 31}, cp({1, 1}, {15, 15}, {1, 1}, 3), 22, kDepthwise);
+    compare_backends({2, 3, 11, 15}, {3, 1, 7, 7}, cp({1, 1}, {3, 3}, {1, 1}, 3), 23, kDepthwise);
+    compare_backends({1, 2, 3, 20}, {2, 1, 3, 7}, cp({1, 1}, {0, 0}, {1, 1}, 2), 24, kDepthwise);
+  }
   SECTION("stride 2") {
     compare_backends({2, 16, 17, 17}, {32, 16, 3, 3}, cp({2, 2}, {1, 1}, {1, 1}, 1), 6, testing::Primitive::Conv2d);
   }

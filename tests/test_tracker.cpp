@@ -376,3 +376,76 @@ TEST_CASE("Tracker does not warn when tracking is a small share of the run, or b
   }
   for (auto& r : read_lines(dir / "late.jsonl")) CHECK(r["overhead_share"].get<double>() > 0.1);
 }
+
+TEST_CASE("Sharpness states its BatchNorm mode in the record and warm-starts from the last top vector",
+          "[tracker][hvp]") {
+  manual_seed(41);
+  // [N, 4] -> Linear -> [N, 6, 1, 1] -> BatchNorm2d -> [N, 6] -> Tanh -> Linear -> [N, 3]
+  auto model = std::make_shared<nn::Sequential>(
+      nn::Linear(4, 6), nn::Functional([](const Tensor& t) { return t.reshape({t.size(0), 6, 1, 1}); }, "To4d"),
+      nn::BatchNorm2d(6), nn::Flatten(), nn::Tanh(), nn::Linear(6, 3));
+  model->to(DType::Float64);
+  Generator gen(42);
+  data::Batch probe;
+  probe.x = randn({12, 4}, DType::Float64, &gen);
+  probe.y = randint(0, 3, {12}, &gen);
+  {
+    NoGradGuard ng;  // non-trivial running statistics
+    (*model)(randn({12, 4}, DType::Float64, &gen) * 2.0 + 1.0);
+  }
+  auto bn = model->at<nn::BatchNorm2d>(2);
+  Tensor rm = bn->running_mean.tensor().clone(), rv = bn->running_var.tensor().clone();
+  auto params = model->parameters();
+  // The top eigenvalue of the dense Hessian of the loss written out with functional batch_norm.
+  auto top_eigenvalue = [&](bool batch_stats) {
+    Tensor H = kern::hessian(
+        [&](const std::vector<Tensor>& v) {
+          auto p = tools::unflatten_vector(v[0], params);
+          Tensor h = linear(probe.x, p[0], p[1]).reshape({12, 6, 1, 1});
+          h = batch_stats ? batch_norm(h, Tensor(), Tensor(), p[2], p[3], true) : batch_norm(h, rm, rv, p[2], p[3], false);
+          return tools::mean_cross_entropy(linear(tanh(h.reshape({12, 6})), p[4], p[5]), probe.y);
+        },
+        tools::flatten_vectors(params));
+    tools::MatrixOperator op(H);
+    return tools::lanczos(op, {.k = 1, .max_iters = op.size(), .tol = 1e-12}).eigenvalues[0];
+  };
+  const fs::path dir = fresh_dir("tracker_sharpness_mode");
+  for (tools::Mode mode : {tools::Mode::Eval, tools::Mode::Train}) {
+    const bool train = mode == tools::Mode::Train;
+    const fs::path path = dir / (train ? "train.jsonl" : "eval.jsonl");
+    {
+      tools::Tracker tracker(path.string(), {.every = 1});
+      tracker.track(tools::sharpness(*model, probe, tools::mean_cross_entropy,
+                                     {.iters = 200, .tol = 1e-10, .mode = mode}));
+      tracker.step(0.0);
+    }
+    auto rec = read_lines(path).at(0);
+    CHECK(rec["sharpness_mode"].get<std::string>() == (train ? "train" : "eval"));
+    const double want = top_eigenvalue(train);
+    CHECK(std::abs(rec["sharpness"].get<double>() - want) < 1e-8 * std::abs(want));
+  }
+  CHECK(std::abs(top_eigenvalue(true) - top_eigenvalue(false)) > 1e-3);  // the modes really differ
+
+  // Warm start: the second record (same parameters) starts from the first one's top vector and
+  // needs fewer products than a cold start for the same tolerance.
+  std::vector<double> hvps[2], values[2];
+  for (bool warm : {false, true}) {
+    const fs::path path = dir / (warm ? "warm.jsonl" : "cold.jsonl");
+    {
+      tools::Tracker tracker(path.string(), {.every = 1});
+      tracker.track(tools::sharpness(*model, probe, tools::mean_cross_entropy,
+                                     {.iters = 500, .tol = 1e-6, .method = tools::EigenMethod::Power,
+                                      .warm_start = warm}));
+      tracker.step(0.0);
+      tracker.step(0.0);
+    }
+    for (auto& rec : read_lines(path)) {
+      hvps[warm].push_back(rec["sharpness_hvps"].get<double>());
+      values[warm].push_back(rec["sharpness"].get<double>());
+    }
+  }
+  INFO("cold hvps " << hvps[0][0] << ", " << hvps[0][1] << "; warm " << hvps[1][0] << ", " << hvps[1][1]);
+  CHECK(hvps[1][0] == hvps[0][0]);        // nothing to start from at the first record
+  CHECK(hvps[1][1] < hvps[0][1]);         // the second one reuses the first's top vector
+  CHECK(std::abs(values[1][1] - values[0][1]) < 1e-6 * std::abs(values[0][1]));
+}

@@ -28,6 +28,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 Json to_json(const Value& v) {
   if (const double* d = std::get_if<double>(&v)) return *d;  // NaN/Inf dump as null
+  if (const std::string* s = std::get_if<std::string>(&v)) return *s;
   return std::get<std::vector<double>>(v);
 }
 
@@ -274,6 +275,7 @@ Metric sharpness(nn::Module& model, data::Batch probe, Criterion criterion, Shar
                   v.emplace_back("sharpness_hvps", static_cast<double>(r.products));
                   v.emplace_back("sharpness_residual", r.residuals[0]);
                   if (options.k > 1) v.emplace_back("hessian_top_k", r.eigenvalues);
+                  v.emplace_back("sharpness_mode", std::string(options.mode == Mode::Train ? "train" : "eval"));
                   return v;
                 }};
 }

@@ -123,20 +123,140 @@ void accumulate_weight_grad(const float* gy, int64_t Ho, int64_t Wo, const float
   }
 }
 
+// ---- small planes (output width < kVec): the row-vectorized loops above would run only their
+// scalar tails (ConvNeXt's late stages: 8x8 ... 1x1 planes under a 7x7 filter). There the output
+// is computed on the PADDED width, as one flattened vector: out_p[m] = sum_{a,b} k[a, b] *
+// xp[m + a * Wp + b] for m = i * Wp + j, and only the columns j < Wo are kept. Taps that read
+// nothing but padding for every output (rows a outside [a0, a1), columns b outside [b0, b1))
+// are skipped: on a 1x1 plane under a 7x7 filter only the centre tap is left.
+
+constexpr int64_t kChunk = 8 * kVec;  // output elements kept in registers at once
+
+// Taps [lo, hi) along one dim whose input index o + t - pad lies in [0, in) for some output
+// o in [0, out).
+struct TapRange {
+  int64_t lo, hi;
+};
+TapRange live_taps(int64_t in, int64_t out, int64_t k, int64_t pad) {
+  const int64_t lo = std::max<int64_t>(0, pad - (out - 1)), hi = std::min<int64_t>(k, pad + in);
+  return {lo, std::max(lo, hi)};
+}
+
+// Floats a padded plane buffer for the flattened loops needs: the plane, then room for the
+// reads of the discarded columns and the last chunk (their values never reach a kept output).
+int64_t flat_buffer_size(int64_t Hp, int64_t Wp, int64_t Ho, int64_t kW) {
+  return std::max(Hp * Wp, (Ho * Wp + kChunk - 1) / kChunk * kChunk + (Hp - Ho) * Wp) + kW + kChunk;
+}
+
+// out[Ho, Wo] = bias + sum over live taps of k[a, b] * xp[i + a, j + b]; xp: padded plane
+// [Hp, Wp] in a buffer of flat_buffer_size floats.
+// One chunk of NV * kVec flattened outputs starting at m0, accumulated in registers.
+template <int64_t NV>
+void correlate_chunk(const float* xp, int64_t Wp, const float* k, int64_t kW, TapRange ra, TapRange rb, float bias,
+                     int64_t m0, float* acc) {
+  constexpr int64_t n = NV * kVec;
+  float a_[n];
+  for (int64_t t = 0; t < n; ++t) a_[t] = bias;
+  for (int64_t a = ra.lo; a < ra.hi; ++a)
+    for (int64_t b = rb.lo; b < rb.hi; ++b) {
+      const float kv = k[a * kW + b];
+      const float* xs = xp + m0 + a * Wp + b;
+#pragma omp simd
+      for (int64_t t = 0; t < n; ++t) a_[t] += kv * xs[t];
+    }
+  for (int64_t t = 0; t < n; ++t) acc[t] = a_[t];
+}
+
+void correlate_plane_flat(const float* xp, int64_t Wp, const float* k, int64_t kW, TapRange ra, TapRange rb,
+                          float bias, int64_t Ho, int64_t Wo, float* out) {
+  const int64_t M = Ho * Wp;
+  for (int64_t m0 = 0; m0 < M; m0 += kChunk) {
+    float acc[kChunk];
+    // As few vectors as the rest of the plane needs (a 2x2 plane under 7x7: one).
+    switch (std::min<int64_t>(8, (M - m0 + kVec - 1) / kVec)) {
+      case 1: correlate_chunk<1>(xp, Wp, k, kW, ra, rb, bias, m0, acc); break;
+      case 2: correlate_chunk<2>(xp, Wp, k, kW, ra, rb, bias, m0, acc); break;
+      case 3: correlate_chunk<3>(xp, Wp, k, kW, ra, rb, bias, m0, acc); break;
+      case 4: correlate_chunk<4>(xp, Wp, k, kW, ra, rb, bias, m0, acc); break;
+      case 5: correlate_chunk<5>(xp, Wp, k, kW, ra, rb, bias, m0, acc); break;
+      case 6: correlate_chunk<6>(xp, Wp, k, kW, ra, rb, bias, m0, acc); break;
+      case 7: correlate_chunk<7>(xp, Wp, k, kW, ra, rb, bias, m0, acc); break;
+      default: correlate_chunk<8>(xp, Wp, k, kW, ra, rb, bias, m0, acc); break;
+    }
+    const int64_t end = std::min(M, m0 + kChunk);
+    int64_t i = m0 / Wp, j = m0 - i * Wp;
+    for (int64_t m = m0; m < end; ++m) {
+      if (j < Wo) out[i * Wo + j] = acc[m - m0];
+      if (++j == Wp) j = 0, ++i;
+    }
+  }
+}
+
+// gw[a, b] partial sums (per lane) over the live taps: acc[(a * kW + b) * kVec + lane] +=
+// gyp[m] * xp[m + a * Wp + b], gyp: gy on the padded width (zero columns j >= Wo), rounded up to
+// whole kVec blocks with zeros.
+void accumulate_weight_grad_flat(const float* gyp, int64_t M, const float* xp, int64_t Wp, int64_t kW,
+                                 TapRange ra, TapRange rb, float* acc) {
+  for (int64_t a = ra.lo; a < ra.hi; ++a)
+    for (int64_t b = rb.lo; b < rb.hi; ++b) {
+      float* at = acc + (a * kW + b) * kVec;
+      const float* xs = xp + a * Wp + b;
+      float s[kVec];
+      for (int64_t t = 0; t < kVec; ++t) s[t] = at[t];
+      for (int64_t m0 = 0; m0 < M; m0 += kVec) {
+#pragma omp simd
+        for (int64_t t = 0; t < kVec; ++t) s[t] += gyp[m0 + t] * xs[m0 + t];
+      }
+      for (int64_t t = 0; t < kVec; ++t) at[t] = s[t];
+    }
+}
+
+// depthwise_backward_weight for output planes narrower than kVec (see above).
+void depthwise_backward_weight_flat(const DepthwiseGeometry& g, const float* gy, const float* x, float* gw) {
+  const int64_t Hp = g.H + 2 * g.padH, Wp = g.W + 2 * g.padW, Ho = g.Ho(), Wo = g.Wo();
+  const int64_t K = g.kH * g.kW, M = (Ho * Wp + kVec - 1) / kVec * kVec;
+  const TapRange ra = live_taps(g.H, Ho, g.kH, g.padH), rb = live_taps(g.W, Wo, g.kW, g.padW);
+#pragma omp parallel if (g.N * g.C * Ho * Wo * K > (1 << 15))
+  {
+    std::vector<float> buf(flat_buffer_size(Hp, Wp, Ho, g.kW), 0.f), gyp(M, 0.f), acc(K * kVec);
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < g.C; ++c) {
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t n = 0; n < g.N; ++n) {
+        const int64_t nc = n * g.C + c;
+        pad_plane(x + nc * g.H * g.W, g.H, g.W, g.padH, g.padW, buf.data());
+        const float* src = gy + nc * Ho * Wo;
+        for (int64_t i = 0; i < Ho; ++i) std::memcpy(gyp.data() + i * Wp, src + i * Wo, sizeof(float) * Wo);
+        accumulate_weight_grad_flat(gyp.data(), M, buf.data(), Wp, g.kW, ra, rb, acc.data());
+      }
+      float* out = gw + c * K;
+      for (int64_t t = 0; t < K; ++t) {
+        float s = 0.f;
+        for (int64_t l = 0; l < kVec; ++l) s += acc[t * kVec + l];
+        out[t] = s;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void depthwise_forward(const DepthwiseGeometry& g, const float* x, const float* w, const float* bias, float* y) {
   count_path(Primitive::DepthwiseConv2d, Path::Fast);
   const int64_t Hp = g.H + 2 * g.padH, Wp = g.W + 2 * g.padW, Ho = g.Ho(), Wo = g.Wo();
-#pragma omp parallel
+  const bool flat = Wo < kVec;
+  const TapRange ra = live_taps(g.H, Ho, g.kH, g.padH), rb = live_taps(g.W, Wo, g.kW, g.padW);
+#pragma omp parallel if (g.N * g.C * Ho * Wo * g.kH * g.kW > (1 << 15))
   {
-    std::vector<float> buf(Hp * Wp);
+    std::vector<float> buf(flat ? flat_buffer_size(Hp, Wp, Ho, g.kW) : Hp * Wp, 0.f);
 #pragma omp for schedule(static)
     for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
       const int64_t c = nc % g.C;
       pad_plane(x + nc * g.H * g.W, g.H, g.W, g.padH, g.padW, buf.data());
-      correlate_plane(buf.data(), Wp, w + c * g.kH * g.kW, g.kH, g.kW, bias ? bias[c] : 0.f, Ho, Wo,
-                      y + nc * Ho * Wo);
+      const float* k = w + c * g.kH * g.kW;
+      const float b = bias ? bias[c] : 0.f;
+      if (flat) correlate_plane_flat(buf.data(), Wp, k, g.kW, ra, rb, b, Ho, Wo, y + nc * Ho * Wo);
+      else correlate_plane(buf.data(), Wp, k, g.kH, g.kW, b, Ho, Wo, y + nc * Ho * Wo);
     }
   }
 }
@@ -147,16 +267,19 @@ void depthwise_backward_input(const DepthwiseGeometry& g, const float* gy, const
   const int64_t Ho = g.Ho(), Wo = g.Wo();
   const int64_t qH = g.kH - 1 - g.padH, qW = g.kW - 1 - g.padW;  // >= 0 when p < k
   const int64_t Hp = Ho + 2 * qH, Wp = Wo + 2 * qW;
-#pragma omp parallel
+  const bool flat = g.W < kVec;
+  const TapRange ra = live_taps(Ho, g.H, g.kH, qH), rb = live_taps(Wo, g.W, g.kW, qW);
+#pragma omp parallel if (g.N * g.C * g.H * g.W * g.kH * g.kW > (1 << 15))
   {
-    std::vector<float> buf(Hp * Wp), rot(g.kH * g.kW);
+    std::vector<float> buf(flat ? flat_buffer_size(Hp, Wp, g.H, g.kW) : Hp * Wp, 0.f), rot(g.kH * g.kW);
 #pragma omp for schedule(static)
     for (int64_t nc = 0; nc < g.N * g.C; ++nc) {
       const int64_t c = nc % g.C;
       const float* k = w + c * g.kH * g.kW;
       for (int64_t t = 0; t < g.kH * g.kW; ++t) rot[t] = k[g.kH * g.kW - 1 - t];
       pad_plane(gy + nc * Ho * Wo, Ho, Wo, qH, qW, buf.data());
-      correlate_plane(buf.data(), Wp, rot.data(), g.kH, g.kW, 0.f, g.H, g.W, gx + nc * g.H * g.W);
+      if (flat) correlate_plane_flat(buf.data(), Wp, rot.data(), g.kW, ra, rb, 0.f, g.H, g.W, gx + nc * g.H * g.W);
+      else correlate_plane(buf.data(), Wp, rot.data(), g.kH, g.kW, 0.f, g.H, g.W, gx + nc * g.H * g.W);
     }
   }
 }
@@ -165,6 +288,10 @@ void depthwise_backward_weight(const DepthwiseGeometry& g, const float* gy, cons
   count_path(Primitive::DepthwiseConv2d, Path::Fast);
   const int64_t Hp = g.H + 2 * g.padH, Wp = g.W + 2 * g.padW, Ho = g.Ho(), Wo = g.Wo();
   const int64_t K = g.kH * g.kW;
+  if (Wo < kVec) {
+    depthwise_backward_weight_flat(g, gy, x, gw);
+    return;
+  }
 #pragma omp parallel
   {
     // One extra padded row: the vectorized b-blocks may read up to kVec - 1 floats past a row.

@@ -263,12 +263,41 @@ Tensor gelu_backward(const Tensor& g, const Tensor& x) {
     });
   }
   return record_op("gelu_backward", out, {g, x}, [](const BackwardContext& c) {
+    // d/dg = gelu'(x) u (this op again);  d/dx = g u gelu''(x), gelu''(x) = phi(x) (2 - x^2)
     const Tensor& x = c.inputs[1];
-    Tensor pdf = exp(square(x) * -0.5) * kInvSqrt2Pi;
-    // d/dg = gelu'(x) = Phi(x) + x phi(x);  d/dx = g * gelu''(x) = g * phi(x) (2 - x^2)
-    return G{c.needs[0] ? c.grad * ((erf(x * kInvSqrt2) + 1.0) * 0.5 + x * pdf) : Tensor(),
-             c.needs[1] ? c.grad * c.inputs[0] * pdf * (2.0 - square(x)) : Tensor()};
+    return G{c.needs[0] ? gelu_backward(c.grad, x) : Tensor(),
+             c.needs[1] ? gelu_double_backward(c.grad, c.inputs[0], x) : Tensor()};
   }, SavedValues::none().input_for(0, {1}).input(1));
+}
+
+// u g gelu''(x) = u g phi(x) (2 - x^2) in one pass. Symmetric in u and g, so its derivatives in
+// them are this op again; d/dx = z u g gelu'''(x) with gelu'''(x) = phi(x) (x^3 - 4 x), composite.
+Tensor gelu_double_backward(const Tensor& u, const Tensor& g, const Tensor& x) {
+  detail::check_floating(x, "gelu_double_backward");
+  for (const Tensor* t : {&u, &g}) {
+    detail::check_same_dtype(*t, x, "gelu_double_backward");
+    KERN_CHECK(t->shape() == x.shape(), "gelu_double_backward: grads ", u.shape(), ", ", g.shape(), " and input ",
+               x.shape(), " differ");
+  }
+  Tensor uc = contiguous(u.detach()), gc = contiguous(g.detach()), xc = contiguous(x.detach());
+  Tensor out = empty(x.shape(), x.dtype());
+  const int64_t n = x.numel();
+  dispatch_float(x.dtype(), "gelu_double_backward", [&]<typename T>() {
+    const T *pu = uc.data_ptr<T>(), *pg = gc.data_ptr<T>(), *px = xc.data_ptr<T>();
+    T* o = out.data_ptr<T>();
+#pragma omp parallel for simd schedule(static) if (n > (1 << 16))
+    for (int64_t i = 0; i < n; ++i) {
+      const T v = px[i], v2 = v * v;
+      o[i] = pu[i] * pg[i] * std::exp(T(-0.5) * v2) * static_cast<T>(kInvSqrt2Pi) * (T(2) - v2);
+    }
+  });
+  return record_op("gelu_double_backward", out, {u, g, x}, [](const BackwardContext& c) {
+    const Tensor &u = c.inputs[0], &g = c.inputs[1], &x = c.inputs[2];
+    Tensor d3;
+    if (c.needs[2]) d3 = c.grad * u * g * exp(square(x) * -0.5) * kInvSqrt2Pi * (pow(x, 3.0) - x * 4.0);
+    return G{c.needs[0] ? gelu_double_backward(c.grad, g, x) : Tensor(),
+             c.needs[1] ? gelu_double_backward(c.grad, u, x) : Tensor(), d3};
+  }, SavedValues::none().input_for(0, {1, 2}).input_for(1, {0, 2}).input(2));
 }
 
 Tensor silu(const Tensor& x) { return x * sigmoid(x); }

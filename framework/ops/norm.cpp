@@ -1,10 +1,19 @@
 // Normalization ops. layer_norm and training-mode batch_norm run a fused forward (one pass
-// for the statistics, in double, and one for the output); their backwards are the analytic
-// formulas written in differentiable ops, recomputing x_hat and rstd from the input x so
-// that differentiating the backward again is exact:
-//   x_hat = (x - mean) * rstd, rstd = (var_biased + eps)^-1/2, gy_hat = g * weight
-//   dx = rstd * (gy_hat - mean(gy_hat) - x_hat * mean(gy_hat * x_hat))   (means over the
-//        normalized elements), dweight = sum g * x_hat, dbias = sum g.
+// for the statistics, in double, and one for the output). Their backwards are the analytic
+// formulas, recomputing x_hat and rstd from the input x so that differentiating the backward
+// again is exact:
+//   x_hat = (x - mean) * rstd, rstd = (var_biased + eps)^-1/2, gy = g * weight
+//   dx = P gy with P = rstd (I - 1 1^T / M - x_hat x_hat^T / M)   (per normalized row of M
+//        elements; P is symmetric), dweight = sum g * x_hat, dbias = sum g.
+// batch_norm writes dx in differentiable ops (norm_backward). layer_norm's dx is its own fused
+// op, layer_norm_backward (one pass per row), closed under differentiation without composites
+// on the Hessian-vector-product path (tools/hessian: differentiate the backward once more):
+//   gx = layer_norm_backward(g, x, w):   dg = w * P u,  dw = g * P u  (P u = layer_norm_backward(u, x)),
+//                                        dx = layer_norm_double_backward(u, g, x, w)
+//   with, per row (h = gy - mean(gy) - x_hat c, c = mean(gy x_hat); gx = rstd h):
+//   dx = -rstd^2 (x_hat mean(u h) + h mean(u x_hat) + c (u - mean(u) - x_hat mean(u x_hat))).
+// The double backward runs one fused pass when no graph is being recorded (the HVP itself);
+// recording it (third derivatives) runs the same formula in differentiable ops.
 // Eval-mode batch_norm is an affine map per channel, composed from elementwise ops.
 // float32 layer_norm forwards run on oneDNN on the fast backend. batch_norm has one
 // implementation, the loops below, on both backends: oneDNN 2.6 has no jit batch
@@ -104,14 +113,169 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
     });
   }
 
-  Dims dims;
-  for (int64_t i = -k; i < 0; ++i) dims.push_back(i);
-  return record_op("layer_norm", out, {x, weight, bias}, [dims, eps](const BackwardContext& c) {
+  return record_op("layer_norm", out, {x, weight, bias}, [normalized_shape, eps](const BackwardContext& c) {
     const Tensor &x = c.inputs[0], &w = c.inputs[1];
-    NormGrads n = norm_backward(x, c.grad, w, dims, eps, c.needs[0], c.needs[1]);
     // weight / bias gradients are [*, normalized_shape]; the engine sums the leading dims.
-    return G{n.gx, n.g_xhat_prod, c.needs[2] ? c.grad : Tensor()};
+    return G{c.needs[0] ? layer_norm_backward(c.grad, x, normalized_shape, w, eps) : Tensor(),
+             c.needs[1] ? c.grad * layer_norm(x, normalized_shape, {}, {}, eps) : Tensor(),
+             c.needs[2] ? c.grad : Tensor()};
   }, SavedValues::none().input(0).input_for(1, {0}));
+}
+
+namespace {
+
+// The rows of a layer norm: x viewed as [rows, M] over the trailing normalized_shape.
+struct LnRows {
+  int64_t rows, M;
+  Dims dims;  // the normalized dims, negative
+};
+LnRows ln_rows(const Tensor& x, const Shape& normalized_shape, const char* op) {
+  const int64_t k = normalized_shape.ndim();
+  bool match = k >= 1 && k <= x.dim();
+  for (int64_t i = 0; match && i < k; ++i) match = x.shape()[x.dim() - k + i] == normalized_shape[i];
+  KERN_CHECK(match, op, ": normalized_shape ", normalized_shape, " does not match the trailing dims of input ",
+             x.shape());
+  LnRows r{0, normalized_shape.numel(), {}};
+  r.rows = r.M == 0 ? 0 : x.numel() / r.M;
+  for (int64_t i = -k; i < 0; ++i) r.dims.push_back(i);
+  return r;
+}
+
+void check_same(const Tensor& a, const Tensor& x, const char* op, const char* name) {
+  KERN_CHECK(a.defined() && a.shape() == x.shape() && a.dtype() == x.dtype(), op, ": ", name, " must be ", x.dtype(),
+             " ", x.shape(), " like the input, got ",
+             a.defined() ? fmt::format("{} {}", a.dtype(), a.shape()) : std::string("undefined"));
+}
+
+// Mean and rstd of one row, in double (as the forward).
+template <typename T>
+std::pair<double, double> row_stats(const T* xr, int64_t M, double eps) {
+  double s = 0, ss = 0;
+  for (int64_t i = 0; i < M; ++i) s += xr[i];
+  const double mu = s / static_cast<double>(M);
+  for (int64_t i = 0; i < M; ++i) ss += (xr[i] - mu) * (xr[i] - mu);
+  return {mu, 1.0 / std::sqrt(ss / static_cast<double>(M) + eps)};
+}
+
+// gx = P (g * w), one row at a time; every tensor contiguous, w [M] or null.
+template <typename T>
+void ln_backward_rows(const T* g, const T* x, const T* w, T* out, int64_t rows, int64_t M, double eps) {
+#pragma omp parallel for schedule(static) if (rows > 1 && rows * M > (1 << 14))
+  for (int64_t r = 0; r < rows; ++r) {
+    const T *gr = g + r * M, *xr = x + r * M;
+    const auto [mu, rstd] = row_stats(xr, M, eps);
+    double sg = 0, sgx = 0;  // sum gy, sum gy x_hat
+    for (int64_t i = 0; i < M; ++i) {
+      const double gy = w ? gr[i] * w[i] : gr[i];
+      sg += gy;
+      sgx += gy * ((xr[i] - mu) * rstd);
+    }
+    const T a = static_cast<T>(sg / static_cast<double>(M)), c = static_cast<T>(sgx / static_cast<double>(M));
+    const T m = static_cast<T>(mu), rs = static_cast<T>(rstd);
+    T* o = out + r * M;
+    for (int64_t i = 0; i < M; ++i) {
+      const T gy = w ? gr[i] * w[i] : gr[i];
+      o[i] = rs * (gy - a - (xr[i] - m) * rs * c);
+    }
+  }
+}
+
+// The double backward's dx (see the file comment), one row at a time, in one statistics pass
+// (mean(u h) = mean(u gy) - mean(gy) mean(u) - c mean(u x_hat)) and one output pass.
+template <typename T>
+void ln_double_backward_rows(const T* u, const T* g, const T* x, const T* w, T* out, int64_t rows, int64_t M,
+                             double eps) {
+  const double inv_m = 1.0 / static_cast<double>(M);
+#pragma omp parallel for schedule(static) if (rows > 1 && rows * M > (1 << 14))
+  for (int64_t r = 0; r < rows; ++r) {
+    const T *ur = u + r * M, *gr = g + r * M, *xr = x + r * M;
+    const auto [mu, rstd] = row_stats(xr, M, eps);
+    double sg = 0, sgx = 0, su = 0, sux = 0, sug = 0;
+    for (int64_t i = 0; i < M; ++i) {
+      const double gy = w ? gr[i] * w[i] : gr[i], xh = (xr[i] - mu) * rstd, uv = ur[i];
+      sg += gy;
+      sgx += gy * xh;
+      su += uv;
+      sux += uv * xh;
+      sug += uv * gy;
+    }
+    const double a = sg * inv_m, c = sgx * inv_m, mu_u = su * inv_m, mu_ux = sux * inv_m;
+    const double mu_uh = sug * inv_m - a * mu_u - c * mu_ux;
+    const T m = static_cast<T>(mu), rs = static_cast<T>(rstd), tc = static_cast<T>(c), ta = static_cast<T>(a);
+    const T k = static_cast<T>(-rstd * rstd), tuh = static_cast<T>(mu_uh), tux = static_cast<T>(mu_ux);
+    const T tu = static_cast<T>(mu_u);
+    T* o = out + r * M;
+    for (int64_t i = 0; i < M; ++i) {
+      const T gy = w ? gr[i] * w[i] : gr[i], xh = (xr[i] - m) * rs;
+      const T h = gy - ta - xh * tc;
+      o[i] = k * (xh * tuh + h * tux + tc * (ur[i] - tu - xh * tux));
+    }
+  }
+}
+
+// The same dx in differentiable ops, for when a graph of it is recorded.
+Tensor ln_double_backward_composite(const Tensor& u, const Tensor& g, const Tensor& x, const Tensor& w,
+                                    const Dims& dims, double eps) {
+  Tensor xc = x - mean(x, dims, true);
+  Tensor rstd = rsqrt(mean(xc * xc, dims, true) + eps);
+  Tensor xhat = xc * rstd;
+  Tensor gy = w.defined() ? g * w : g;
+  Tensor c = mean(gy * xhat, dims, true);
+  Tensor h = gy - mean(gy, dims, true) - xhat * c;
+  Tensor mu_ux = mean(u * xhat, dims, true);
+  Tensor inner = xhat * mean(u * h, dims, true) + h * mu_ux + c * (u - mean(u, dims, true) - xhat * mu_ux);
+  return -(rstd * rstd) * inner;
+}
+
+bool recording(std::initializer_list<const Tensor*> ts) {
+  if (!grad_mode_enabled()) return false;
+  for (const Tensor* t : ts)
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+// u: cotangent of layer_norm_backward's output; returns d<u, gx>/dx.
+Tensor layer_norm_double_backward(const Tensor& u, const Tensor& g, const Tensor& x, const Tensor& w,
+                                  const Shape& normalized_shape, double eps) {
+  const LnRows lr = ln_rows(x, normalized_shape, "layer_norm_double_backward");
+  if (recording({&u, &g, &x, &w})) return ln_double_backward_composite(u, g, x, w, lr.dims, eps);
+  Tensor uc = contiguous(u.detach()), gc = contiguous(g.detach()), xc = contiguous(x.detach());
+  Tensor wc = w.defined() ? contiguous(w.detach()) : Tensor();
+  Tensor out = empty(x.shape(), x.dtype());
+  if (lr.rows == 0) return out;
+  detail::dispatch_float(x.dtype(), "layer_norm_double_backward", [&]<typename T>() {
+    ln_double_backward_rows<T>(uc.data_ptr<T>(), gc.data_ptr<T>(), xc.data_ptr<T>(),
+                               wc.defined() ? wc.data_ptr<T>() : nullptr, out.data_ptr<T>(), lr.rows, lr.M, eps);
+  });
+  return out;
+}
+
+}  // namespace
+
+Tensor layer_norm_backward(const Tensor& grad, const Tensor& x, const Shape& normalized_shape, const Tensor& weight,
+                           double eps) {
+  detail::check_floating(x, "layer_norm_backward");
+  const LnRows lr = ln_rows(x, normalized_shape, "layer_norm_backward");
+  check_same(grad, x, "layer_norm_backward", "grad");
+  check_param(weight, x, normalized_shape, "layer_norm_backward", "weight");
+  KERN_CHECK(eps >= 0, "layer_norm_backward: eps must be >= 0, got ", eps);
+  Tensor gc = contiguous(grad.detach()), xc = contiguous(x.detach());
+  Tensor wc = weight.defined() ? contiguous(weight.detach()) : Tensor();
+  Tensor out = empty(x.shape(), x.dtype());
+  if (lr.rows > 0) {
+    detail::dispatch_float(x.dtype(), "layer_norm_backward", [&]<typename T>() {
+      ln_backward_rows<T>(gc.data_ptr<T>(), xc.data_ptr<T>(), wc.defined() ? wc.data_ptr<T>() : nullptr,
+                          out.data_ptr<T>(), lr.rows, lr.M, eps);
+    });
+  }
+  return record_op("layer_norm_backward", out, {grad, x, weight}, [normalized_shape, eps](const BackwardContext& c) {
+    const Tensor &g = c.inputs[0], &x = c.inputs[1], &w = c.inputs[2];
+    // P is symmetric: d<u, P gy>/dgy = P u.
+    Tensor pu = c.needs[0] || c.needs[2] ? layer_norm_backward(c.grad, x, normalized_shape, {}, eps) : Tensor();
+    return G{c.needs[0] ? (w.defined() ? pu * w : pu) : Tensor(),
+             c.needs[1] ? layer_norm_double_backward(c.grad, g, x, w, normalized_shape, eps) : Tensor(),
+             c.needs[2] ? g * pu : Tensor()};
+  }, SavedValues::none().input(1).input_for(0, {1, 2}).input_for(2, {0, 1}));
 }
 
 namespace {

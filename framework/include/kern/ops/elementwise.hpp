@@ -36,6 +36,9 @@ Tensor relu_backward(const Tensor& grad, const Tensor& x);
 Tensor gelu(const Tensor& x, std::string_view approximate = "none");
 /// g * d gelu(x) / dx (erf form): GELU's backward as one fused, differentiable op.
 Tensor gelu_backward(const Tensor& grad, const Tensor& x);
+/// u * g * d^2 gelu(x) / dx^2 (erf form): gelu_backward's x-derivative as one fused,
+/// differentiable op (the Hessian-vector-product path). u, g, x: same shape.
+Tensor gelu_double_backward(const Tensor& u, const Tensor& g, const Tensor& x);
 Tensor silu(const Tensor& x);
 /// log(1 + exp(beta x)) / beta, linear above `threshold` (torch.nn.functional.softplus).
 Tensor softplus(const Tensor& x, double beta = 1.0, double threshold = 20.0);

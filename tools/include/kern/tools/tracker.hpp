@@ -59,8 +59,9 @@
 
 namespace kern::tools {
 
-/// A recorded value: a number or a list of numbers (a spectrum, per-class values, ...).
-using Value = std::variant<double, std::vector<double>>;
+/// A recorded value: a number, a list of numbers (a spectrum, per-class values, ...) or a
+/// label (a mode, a method).
+using Value = std::variant<double, std::vector<double>, std::string>;
 /// Named values, written in this order.
 using Values = std::vector<std::pair<std::string, Value>>;
 
@@ -215,7 +216,8 @@ Tensor lr_multipliers(const std::vector<Tensor>& params, const std::vector<optim
 /// "sharpness": the largest algebraic eigenvalue of the Hessian of criterion(model(x), y)
 /// on the probe batch (of D^(1/2) H D^(1/2) with options.lr_scale); with a tracker lr also "sharpness_x_lr_over_2" = sharpness * lr / 2
 /// (1 = the edge of stability of gradient descent); "sharpness_hvps" (products used),
-/// "sharpness_residual"; "hessian_top_k" when k > 1.
+/// "sharpness_residual"; "hessian_top_k" when k > 1; "sharpness_mode": "eval" (BatchNorm's
+/// running statistics) or "train" (batch statistics), the mode the Hessian's forward ran in.
 Metric sharpness(nn::Module& model, data::Batch probe, Criterion criterion, SharpnessOptions options = {});
 
 struct TraceMetricOptions {
