@@ -7,7 +7,8 @@
 //
 //   zoo_train --model convnext_atto [--epochs 1] [--subsample 60000] [--batch-size 64]
 //             [--lr 2e-3] [--weight-decay 0.05] [--warmup 100] [--drop-path 0.0]
-//             [--track-every 50] [--sharpness-every 0] [--ntk-every 0] [--probe 32]
+//             [--track-every 50] [--sharpness-every 0] [--sharpness-kind preconditioned|hessian]
+//             [--ntk-every 0] [--probe 32]
 //             [--threads 2] [--out run/zoo_train]
 //   zoo_train --list                 # the registered model names
 //   python3 tools/plot_dynamics.py run/zoo_train/dynamics.jsonl
@@ -18,6 +19,7 @@
 #include <kern/kern.hpp>
 #include <kern/models/models.hpp>
 #include <kern/optim/optim.hpp>
+#include <kern/tools/preconditioned.hpp>
 #include <kern/tools/tracker.hpp>
 
 #include <chrono>
@@ -61,6 +63,7 @@ int main(int argc, char** argv) {
   double lr = 2e-3, weight_decay = 0.05, drop_path = 0.0;
   uint64_t seed = 0;
   bool list = false;
+  std::string sharpness_kind = "preconditioned";
   app.add_option("--model", model_name, "zoo model name (see --list)");
   app.add_flag("--list", list, "print the registered model names and exit");
   app.add_option("--epochs", epochs, "epochs")->check(CLI::Range(1, 1000));
@@ -74,6 +77,11 @@ int main(int argc, char** argv) {
   app.add_option("--track-every", track_every, "tracker record interval (steps)")->check(CLI::Range(1, 1 << 30));
   app.add_option("--sharpness-every", sharpness_every, "Hessian sharpness interval (0: off; a multiple of --track-every)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--sharpness-kind", sharpness_kind,
+                 "preconditioned: lambda_max(P^-1 H) with AdamW's P, against its edge 38/lr (the default: "
+                 "the stability threshold of Adam); hessian: the plain top eigenvalue (gradient descent's 2/lr "
+                 "does not apply to AdamW)")
+      ->check(CLI::IsMember({"preconditioned", "hessian"}));
   app.add_option("--ntk-every", ntk_every, "NTK metrics interval (0: off; a multiple of --track-every)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--probe", probe_size, "probe batch size (the first N test images)")->check(CLI::Range(2, 10000));
@@ -122,7 +130,10 @@ int main(int argc, char** argv) {
     tools::Tracker tracker(out_dir + "/dynamics.jsonl", {.every = track_every, .lr = lr, .label = model_name});
     tracker.track(tools::probe_metrics(*model, probe, tools::mean_cross_entropy));
     tracker.track(tools::norm_metrics(*model));
-    if (sharpness_every > 0)
+    if (sharpness_every > 0 && sharpness_kind == "preconditioned")
+      tracker.track(tools::preconditioned_sharpness(*model, probe, tools::mean_cross_entropy, opt, {.iters = 20}),
+                    sharpness_every);
+    else if (sharpness_every > 0)
       tracker.track(tools::sharpness(*model, probe, tools::mean_cross_entropy, {.iters = 20}), sharpness_every);
     if (ntk_every > 0) tracker.track(tools::ntk_metrics(*model, probe), ntk_every);
 

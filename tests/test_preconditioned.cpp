@@ -238,3 +238,26 @@ TEST_CASE("preconditioned sharpness: no state before the first step, bad inputs 
   CHECK(op.apply(ones({3}, DType::Float64)).to_vector<double>() == std::vector<double>{1.0, 4.0, 9.0});
   CHECK_THROWS_WITH(op.apply(ones({4}, DType::Float64)), Catch::Contains("PreconditionedOperator::apply"));
 }
+
+TEST_CASE("preconditioned sharpness at lr 0 (warmup start, decay end): threshold +inf, no eigenvalue, no throw",
+          "[preconditioned]") {
+  manual_seed(4);
+  auto model = std::make_shared<nn::Sequential>(nn::Linear(3, 2));
+  model->to(DType::Float64);
+  optim::Adam opt(model->parameters(), {.lr = 0.01});
+  data::Batch b{randn({4, 3}, DType::Float64), randn({4, 2}, DType::Float64)};
+  auto metric = tools::preconditioned_sharpness(*model, b, tools::half_mean_squared_error, opt);
+  opt.set_lr(0.0);  // a warmup schedule's first step
+  auto before = metric.fn(tools::StepInfo{});
+  REQUIRE(before.size() == 1);
+  CHECK(std::isinf(std::get<double>(before[0].second)));
+  opt.set_lr(0.01);
+  Tensor loss = tools::half_mean_squared_error((*model)(b.x), b.y);
+  loss.backward();
+  opt.step();
+  CHECK(metric.fn(tools::StepInfo{}).size() == 5);  // threshold, sharpness, ratio, hvps, residual
+  opt.set_lr(0.0);  // a cosine schedule's last step: P exists, lr multipliers do not
+  auto after = metric.fn(tools::StepInfo{});
+  REQUIRE(after.size() == 1);
+  CHECK(std::isinf(std::get<double>(after[0].second)));
+}

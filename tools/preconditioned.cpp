@@ -3,6 +3,8 @@
 #include <kern/ops.hpp>
 #include <kern/tools/preconditioned.hpp>
 
+#include <limits>
+
 #include <cmath>
 #include <map>
 #include <memory>
@@ -116,11 +118,16 @@ Metric preconditioned_sharpness(nn::Module& model, data::Batch probe, Criterion 
   auto previous = std::make_shared<Tensor>();  // the last top eigenvector (warm start)
   return Metric{"preconditioned", [&model, &opt, probe, criterion, options, previous](const StepInfo& info) {
                   const double beta1 = opt.options().betas.first;
-                  Values v{{"preconditioned_threshold", adam_stability_threshold(opt.lr(0), beta1)}};
+                  // lr 0 (the first step of a warmup schedule): no step is taken, nothing can be
+                  // unstable: the threshold is +infinity (written as null) and the ratio 0.
+                  const double lr = opt.lr(0);
+                  Values v{{"preconditioned_threshold",
+                            lr > 0.0 ? adam_stability_threshold(lr, beta1) : std::numeric_limits<double>::infinity()}};
                   std::vector<Tensor> params;
                   for (auto& p : model.parameters())
                     if (p.requires_grad()) params.push_back(p);
-                  if (!adam_has_state(opt, params)) return v;  // no P before the first step
+                  // no P before the first step; at lr 0 the group multipliers are undefined
+                  if (!(lr > 0.0) || !adam_has_state(opt, params)) return v;
                   Hessian H(model, probe.x, probe.y, criterion, {.mode = options.mode});
                   PreconditionedOperator op(H, adam_inverse_preconditioner(opt, H.params()));
                   EigenOptions eo{.k = 1,

@@ -70,7 +70,8 @@ struct PreconditionedSharpnessOptions {
 /// "preconditioned_threshold" = (2 + 2 beta1) / ((1 - beta1) opt.lr(0)),
 /// "preconditioned_sharpness_ratio" = sharpness / threshold (1 = Adam's edge of stability),
 /// "preconditioned_hvps", "preconditioned_residual". Before the first opt.step() there is
-/// no P: only the threshold is recorded.
+/// no P, and at lr 0 (a warmup or decay endpoint) the threshold is +infinity (null in
+/// the JSON): only the threshold is recorded.
 Metric preconditioned_sharpness(nn::Module& model, data::Batch probe, Criterion criterion, const optim::Adam& opt,
                                 PreconditionedSharpnessOptions options = {});
 
