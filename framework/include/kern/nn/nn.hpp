@@ -5,6 +5,7 @@
 #include <kern/nn/conv.hpp>
 #include <kern/nn/dropout.hpp>
 #include <kern/nn/functional_call.hpp>
+#include <kern/nn/grad_sample.hpp>
 #include <kern/nn/init.hpp>
 #include <kern/nn/linear.hpp>
 #include <kern/nn/module.hpp>
