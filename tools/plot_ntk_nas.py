@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 # kern's shared style (tools/kern.mplstyle, installed next to this script).
 plt.style.use(os.path.join(os.path.dirname(os.path.abspath(__file__)), "kern.mplstyle"))
 
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "*"]
 METRICS = [("lga", "label-gradient alignment", False),
            ("condition_number", "condition number", True),
            ("trace", "trace", True),
@@ -47,9 +48,12 @@ def main():
             xs = [a[when][key] for a in archs]
             pts = [(x, y, a["name"]) for x, y, a in zip(xs, acc, archs)
                    if x is not None and y is not None and math.isfinite(x) and (not log or x > 0)]
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=22, color="C0", zorder=3)
+            # the same architecture keeps its colour and marker in every panel: index by name
+            order = {a["name"]: i for i, a in enumerate(archs)}
             for x, y, name in pts:
-                ax.annotate(name, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+                i = order[name]
+                ax.scatter([x], [y], s=26, color=f"C{i % 10}", marker=MARKERS[i % len(MARKERS)], zorder=3,
+                           label=name)
             if log:
                 ax.set_xscale("log")
             k = kendall.get((key, when), {})
@@ -61,12 +65,14 @@ def main():
             ax.set_xlabel(label)
             if c == 0:
                 ax.set_ylabel("final test accuracy")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.suptitle(f"NTK metrics of {len(archs)} architectures vs trained accuracy "
                  f"(Fashion-MNIST, {data.get('probes', '?')} probes)", fontsize=10)
     fig.tight_layout()
     out = args.out or os.path.splitext(args.json)[0] + ".png"
     tmp = out + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
     os.replace(tmp, out)
     print(f"wrote {out}")
 
