@@ -185,8 +185,10 @@ Tensor compute(nn::Module& model, const Tensor& x1, const Tensor& x2, const NtkO
   }
   check_batch_independent(model, who);
   ParamSet ps = resolve_params(model, opt.params());
-  KERN_CHECK(ps.tensors[0].dtype() == x1.dtype(), who, ": x is ", x1.dtype(), " but the parameters are ",
-             ps.tensors[0].dtype());
+  // Float inputs must match the parameters; int64 inputs are token ids (an embedding reads
+  // them; the kernel is over the parameters only, so nothing differentiates x).
+  KERN_CHECK(ps.tensors[0].dtype() == x1.dtype() || x1.dtype() == DType::Int64, who, ": x is ", x1.dtype(),
+             " but the parameters are ", ps.tensors[0].dtype(), " (int64 inputs are taken as token ids)");
   NtkInfo info;
   info.num_params = ps.numel();
   Tensor K;
