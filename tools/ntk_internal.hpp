@@ -31,6 +31,22 @@ ParamSet resolve_params(nn::Module& model, const std::vector<Tensor>& requested)
 /// batch statistics, Dropout/DropPath in training mode).
 void check_batch_independent(nn::Module& model, const char* who);
 
+/// Removes the forward hooks it was given when it goes out of scope (also on exceptions), so
+/// a failed NTK or per-sample computation leaves the model's hooks as they were.
+class HookScope {
+ public:
+  HookScope() = default;
+  HookScope(const HookScope&) = delete;
+  HookScope& operator=(const HookScope&) = delete;
+  ~HookScope() {
+    for (auto& [m, id] : ids_) m->remove_hook(id);
+  }
+  void add(nn::Module* m, nn::HookId id) { ids_.emplace_back(m, id); }
+
+ private:
+  std::vector<std::pair<nn::Module*, nn::HookId>> ids_;
+};
+
 /// Model output [N, ...] -> [N, O].
 Tensor flatten_output(const Tensor& out, int64_t n, const char* who);
 

@@ -78,17 +78,6 @@ struct Unit {
   int64_t chunk = 0;          // rule units: features per chunk of G
 };
 
-class HookScope {
- public:
-  ~HookScope() {
-    for (auto& [m, id] : ids_) m->remove_hook(id);
-  }
-  void add(nn::Module* m, nn::HookId id) { ids_.emplace_back(m, id); }
-
- private:
-  std::vector<std::pair<nn::Module*, nn::HookId>> ids_;
-};
-
 void capture(nn::Module& model, const Tensor& x, const std::vector<Layer>& layers, Side& s) {
   s.N = x.size(0);
   s.uses.assign(layers.size(), {});

@@ -98,17 +98,6 @@ std::vector<Owner> find_owners(nn::Module& model, const Theta& th) {
   return owners;
 }
 
-class HookScope {
- public:
-  ~HookScope() {
-    for (auto& [m, id] : ids_) m->remove_hook(id);
-  }
-  void add(nn::Module* m, nn::HookId id) { ids_.emplace_back(m, id); }
-
- private:
-  std::vector<std::pair<nn::Module*, nn::HookId>> ids_;
-};
-
 // The cotangent of the loss that makes the backward give sum_n d L_n / d (.).
 Tensor loss_cotangent(const Tensor& loss, int64_t N, LossReduction reduction) {
   KERN_CHECK(loss.defined(), kWho, ": loss_fn returned an undefined tensor");
@@ -223,7 +212,7 @@ void run_chunk(nn::Module& model, const PerSampleLossFn& loss_fn, const Tensor& 
   for (Owner& o : owners) o.calls.clear();
   Tensor loss;
   {
-    HookScope hooks;
+    detail::HookScope hooks;
     for (Owner& o : owners)
       hooks.add(o.module, o.module->register_forward_hook([&o](nn::Module&, const Tensor& in, const Tensor& out) {
         o.calls.push_back({in, out});
