@@ -28,6 +28,8 @@
 #include <kern/tools/ntk.hpp>
 #include <kern/tools/stats.hpp>
 
+#include "zoo_data.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -93,20 +95,8 @@ std::vector<Arch> architectures(double layer_scale) {
 
 // ---- data ----------------------------------------------------------------------------
 
-// [N, 1, 28, 28] raw pixels -> normalized and zero-padded to [N, 1, 32, 32].
-Tensor prepare(const Tensor& x, const kern::data::Normalize& norm) { return kern::pad(norm(x), {2, 2, 2, 2}); }
-
-double evaluate(nn::Module& model, const kern::data::TensorDataset& test, const kern::data::Normalize& norm) {
-  kern::NoGradGuard no_grad;
-  model.eval();
-  int64_t correct = 0;
-  for (int64_t start = 0; start < test.size(); start += 500) {
-    auto batch = test.batch(start, std::min<int64_t>(500, test.size() - start));
-    correct += static_cast<int64_t>(kern::sum(kern::eq(kern::argmax(model(prepare(batch.x, norm)), 1), batch.y)).item());
-  }
-  model.train();
-  return static_cast<double>(correct) / static_cast<double>(test.size());
-}
+using zoo_data::evaluate;
+using zoo_data::prepare;
 
 // ---- kernel metrics --------------------------------------------------------------------
 

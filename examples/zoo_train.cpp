@@ -22,6 +22,8 @@
 #include <kern/tools/preconditioned.hpp>
 #include <kern/tools/tracker.hpp>
 
+#include "zoo_data.hpp"
+
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -30,29 +32,8 @@ namespace nn = kern::nn;
 namespace tools = kern::tools;
 using kern::Tensor;
 
-namespace {
-
-// [N, 1, 28, 28] raw pixels -> normalized and zero-padded to [N, 1, 32, 32].
-Tensor prepare(const Tensor& x, const kern::data::Normalize& norm) {
-  return kern::pad(norm(x), {2, 2, 2, 2});
-}
-
-double evaluate(nn::Module& model, const kern::data::TensorDataset& test,
-                const kern::data::Normalize& norm) {
-  kern::NoGradGuard no_grad;
-  model.eval();
-  int64_t correct = 0;
-  const int64_t n = test.size();
-  for (int64_t start = 0; start < n; start += 500) {
-    auto batch = test.batch(start, std::min<int64_t>(500, n - start));
-    Tensor pred = kern::argmax(model(prepare(batch.x, norm)), 1);
-    correct += static_cast<int64_t>(kern::sum(kern::eq(pred, batch.y)).item());
-  }
-  model.train();
-  return static_cast<double>(correct) / static_cast<double>(n);
-}
-
-}  // namespace
+using zoo_data::evaluate;
+using zoo_data::prepare;
 
 int main(int argc, char** argv) {
   CLI::App app{"Train a kern zoo model on Fashion-MNIST and track its training dynamics"};
