@@ -93,6 +93,14 @@ StridedLoop<K>::StridedLoop(const Shape& s, std::array<std::vector<int64_t>, K> 
       for (size_t k = 0; k < K; ++k) strides[k].push_back(str[k][d]);
     }
   }
+  // Short rows cost more in per-row bookkeeping than in work: a permuted [N, C, 2, 2] view
+  // next to a contiguous one leaves rows of 4 elements. The visiting order of an elementwise
+  // loop is free, so make the longer of the last two dims the inner one (rows of C, strided).
+  const size_t nd = shape.size();
+  if (nd >= 2 && shape[nd - 1] < 32 && shape[nd - 2] > shape[nd - 1]) {
+    std::swap(shape[nd - 1], shape[nd - 2]);
+    for (size_t k = 0; k < K; ++k) std::swap(strides[k][nd - 1], strides[k][nd - 2]);
+  }
 }
 
 template <size_t K>
@@ -131,8 +139,37 @@ void StridedLoop<K>::run(F&& inner) const {
     }
     return;
   }
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t row = 0; row < n_outer; ++row) inner(row_offsets(row), n_inner, inner_strides);
+  // Rows [r0, r1): offsets of the first from div/mod, then an odometer over the outer dims
+  // (one add per row instead of nd - 1 divisions).
+  auto run_rows = [&](int64_t r0, int64_t r1) {
+    if (r0 >= r1) return;
+    std::array<int64_t, K> off = row_offsets(r0);
+    std::vector<int64_t> idx(static_cast<size_t>(std::max<int64_t>(nd - 1, 1)), 0);
+    for (int64_t d = nd - 2, row = r0; d >= 0; --d) {
+      idx[d] = row % shape[d];
+      row /= shape[d];
+    }
+    for (int64_t row = r0;;) {
+      inner(off, n_inner, inner_strides);
+      if (++row == r1) break;
+      for (int64_t d = nd - 2; d >= 0; --d) {  // carry: reset the dims that wrap
+        for (size_t k = 0; k < K; ++k) off[k] += strides[k][d];
+        if (++idx[d] < shape[d]) break;
+        for (size_t k = 0; k < K; ++k) off[k] -= shape[d] * strides[k][d];
+        idx[d] = 0;
+      }
+    }
+  };
+  if (!parallel) {
+    run_rows(0, n_outer);
+    return;
+  }
+#pragma omp parallel
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t chunk = (n_outer + nt - 1) / nt;
+    run_rows(std::min(n_outer, t * chunk), std::min(n_outer, (t + 1) * chunk));
+  }
 }
 
 /// out = f(x) elementwise; out is a new contiguous tensor of dtype TO.
