@@ -311,6 +311,10 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
                g.C_out, "] for weight ", weight.shape());
     check_float_pair("conv2d", "input", x, "bias", bias);
   }
+  // A strided input becomes a recorded contiguous() copy first: the node then saves the
+  // dense tensor, and every later pass through it (backward, double backward, each HVP)
+  // reads it without copying again.
+  if (!x.is_contiguous()) return conv2d(contiguous(x), weight, bias, params);
   Tensor out = raw_forward(g, x, weight, bias);
   const Conv2dParams p = params;
   G inputs{x, weight};
@@ -332,6 +336,7 @@ Tensor conv2d_backward_input(const Tensor& grad_out, const Tensor& weight, const
   const auto g = geometry("conv2d_backward_input", input_shape, weight.shape(), params);
   check_float_pair("conv2d_backward_input", "grad_out", grad_out, "weight", weight);
   check_grad_out("conv2d_backward_input", grad_out, g);
+  if (!grad_out.is_contiguous()) return conv2d_backward_input(contiguous(grad_out), weight, input_shape, params);
   Tensor out = raw_backward_input(g, grad_out, weight);
   const Conv2dParams p = params;
   return record_op("conv2d_backward_input", out, {grad_out, weight}, [p](const BackwardContext& c) {
@@ -348,6 +353,8 @@ Tensor conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, const Sha
   const auto g = geometry("conv2d_backward_weight", x.shape(), weight_shape, params);
   check_float_pair("conv2d_backward_weight", "grad_out", grad_out, "input", x);
   check_grad_out("conv2d_backward_weight", grad_out, g);
+  if (!grad_out.is_contiguous() || !x.is_contiguous())  // saved dense, as in conv2d
+    return conv2d_backward_weight(contiguous(grad_out), contiguous(x), weight_shape, params);
   Tensor out = raw_backward_weight(g, grad_out, x);
   const Conv2dParams p = params;
   return record_op("conv2d_backward_weight", out, {grad_out, x}, [p](const BackwardContext& c) {

@@ -75,6 +75,9 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   check_param(weight, x, normalized_shape, "layer_norm", "weight");
   check_param(bias, x, normalized_shape, "layer_norm", "bias");
   KERN_CHECK(eps >= 0, "layer_norm: eps must be >= 0, got ", eps);
+  // A strided input (ConvNeXt's permuted [N, H, W, C] view) becomes a recorded contiguous()
+  // copy first, so the node saves the dense tensor and its backward passes never copy again.
+  if (!x.is_contiguous()) return layer_norm(contiguous(x), normalized_shape, weight, bias, eps);
   const int64_t M = normalized_shape.numel();
   const int64_t rows = M == 0 ? 0 : x.numel() / M;
 
@@ -259,6 +262,8 @@ Tensor layer_norm_backward(const Tensor& grad, const Tensor& x, const Shape& nor
   check_same(grad, x, "layer_norm_backward", "grad");
   check_param(weight, x, normalized_shape, "layer_norm_backward", "weight");
   KERN_CHECK(eps >= 0, "layer_norm_backward: eps must be >= 0, got ", eps);
+  if (!grad.is_contiguous() || !x.is_contiguous())  // saved dense, as in layer_norm
+    return layer_norm_backward(contiguous(grad), contiguous(x), normalized_shape, weight, eps);
   Tensor gc = contiguous(grad.detach()), xc = contiguous(x.detach());
   Tensor wc = weight.defined() ? contiguous(weight.detach()) : Tensor();
   Tensor out = empty(x.shape(), x.dtype());
