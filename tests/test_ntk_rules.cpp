@@ -222,10 +222,10 @@ TEST_CASE("NTK rules: zoo modules use their own rules, none falls back", "[ntk][
     Tensor ids2 = from_vector<int64_t>({2, 2, 1, 0, 4, 3, 1, 0, 1, 2, 3, 4, 0, 1, 2, 3}, {2, 8});
     NtkInfo info = check_kinds(m, ids, ids2);
     CHECK(rule_of(info, "encoder.weight").rfind("grad_sample:", 0) == 0);  // the embedding's rule
-    // Unfinished: SGConvKernel's sub-kernels live in a ParameterList that is never called, so
-    // its rule reports them under dotted names the NTK does not take yet; they fall back to
-    // contraction (per layer, and still exact: check_kinds above).
-    CHECK(rule_of(info, "layers.0.layer.kernel.kernel_list.0") == "contraction");
+    // SGConvKernel's sub-kernels live in a ParameterList that is never called; the kernel's
+    // rule covers that child, so they use it too (no contraction anywhere).
+    CHECK(rule_of(info, "layers.0.layer.kernel.kernel_list.0").rfind("grad_sample:", 0) == 0);
+    no_contraction(info);
   }
 }
 

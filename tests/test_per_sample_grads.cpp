@@ -238,6 +238,16 @@ TEST_CASE("per-sample grads: a small long-convolution model (FFT conv, kernel ge
   m.eval();
   Tensor x = randn({3, 8, 2}, DType::Float64, &gen), y = randn({3, 3}, DType::Float64, &gen);
   check_against_loop(m, x, y);
+  SECTION("SGConv kernels: the kernel's rule covers its parameter-only kernel_list") {
+    models::LongConvModel sg({.d_input = 2, .d_model = 4, .n_layers = 1, .l_max = 8,
+                              .kernel = models::KernelKind::SGConv, .sgconv = {.kernel_dim = 2}, .num_classes = 3});
+    sg.to(DType::Float64);
+    randomize(sg, gen);
+    sg.eval();
+    PerSampleGrads psg = check_against_loop(sg, x, y);
+    REQUIRE(rule_of(psg, "layers.0.layer.kernel.kernel_list.0") == "grad_sample:SGConvKernel");
+    REQUIRE(rule_of(psg, "layers.0.layer.kernel.kernel_list.1") == "grad_sample:SGConvKernel");
+  }
 }
 
 TEST_CASE("per-sample grads: a small p4 group-equivariant CNN (eval)", "[per_sample]") {

@@ -550,6 +550,15 @@ std::optional<Layer> rule_layer(const std::string& name, nn::Module& m, const Pa
       L.rnames.push_back(pname);
       L.rparams.push_back(p);
     }
+  // Parameter-only children the rule covers (SGConv's kernel_list): "child.name".
+  const std::vector<std::string> covered = nn::grad_sample_covered_children(m);
+  for (auto& [cname, child] : m.named_children())
+    if (std::find(covered.begin(), covered.end(), cname) != covered.end())
+      for (auto& [pname, p] : child->named_parameters())
+        if (ps.find(p) >= 0) {
+          L.rnames.push_back(cname + "." + pname);
+          L.rparams.push_back(p);
+        }
   if (L.rparams.empty()) return std::nullopt;
   return L;
 }

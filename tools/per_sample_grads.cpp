@@ -81,6 +81,18 @@ std::vector<Owner> find_owners(nn::Module& model, const Theta& th) {
       o.parent = it == by_path.end() ? -1 : it->second;
     }
     by_path.emplace(path, static_cast<int64_t>(owners.size()));
+    // A parameter-only child covered by its parent's rule (SGConv's kernel_list): its
+    // parameters are the parent's, named "child.name" as the rule reports them.
+    Owner* holder = &o;
+    std::string prefix;
+    if (o.parent >= 0) {
+      const std::string local = path.substr(path.rfind('.') + 1);
+      const std::vector<std::string> covered = nn::grad_sample_covered_children(*owners[o.parent].module);
+      if (std::find(covered.begin(), covered.end(), local) != covered.end()) {
+        holder = &owners[o.parent];
+        prefix = local + ".";
+      }
+    }
     for (nn::Slot* s : m->slots()) {
       if (s->is_buffer || !s->value.defined()) continue;
       auto it = th.index.find(s->value.impl_ptr().get());
@@ -89,8 +101,8 @@ std::vector<Owner> find_owners(nn::Module& model, const Theta& th) {
                  "' is registered in two modules ('", owned_by[it->second], "' and '", o.path,
                  "'): tied weights are not supported (a rule sees one module's use only)");
       owned_by[it->second] = o.path;
-      o.own.push_back(s->name);
-      o.at.push_back(it->second);
+      holder->own.push_back(prefix + s->name);
+      holder->at.push_back(it->second);
     }
     o.rule = nn::find_grad_sample_rule(*m);
     owners.push_back(std::move(o));

@@ -22,6 +22,7 @@ struct Registry {
   std::mutex mutex;
   // Node-based map: pointers to rules stay valid while other types are registered.
   std::unordered_map<std::type_index, GradSampleRule> rules;
+  std::unordered_map<std::type_index, std::vector<std::string>> covers;
 };
 
 // A function-local static: registrars in other translation units may run first.
@@ -32,10 +33,11 @@ Registry& registry() {
 
 }  // namespace
 
-void register_grad_sample_rule(std::type_index type, GradSampleRule rule) {
+void register_grad_sample_rule(std::type_index type, GradSampleRule rule, std::vector<std::string> covers) {
   Registry& r = registry();
   std::lock_guard lock(r.mutex);
   r.rules.insert_or_assign(type, std::move(rule));
+  r.covers.insert_or_assign(type, std::move(covers));
 }
 
 const GradSampleRule* find_grad_sample_rule(const Module& module) {
@@ -43,6 +45,13 @@ const GradSampleRule* find_grad_sample_rule(const Module& module) {
   std::lock_guard lock(r.mutex);
   auto it = r.rules.find(std::type_index(typeid(module)));
   return it == r.rules.end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> grad_sample_covered_children(const Module& module) {
+  Registry& r = registry();
+  std::lock_guard lock(r.mutex);
+  auto it = r.covers.find(std::type_index(typeid(module)));
+  return it == r.covers.end() ? std::vector<std::string>{} : it->second;
 }
 
 }  // namespace kern::nn

@@ -13,9 +13,9 @@
 // know: error.
 //
 // SGConvKernel owns no parameter itself: its sub-kernels live in the parameter-only child
-// `kernel_list` (a ParameterList, which is never called, so no hook can see it). Its rule
-// therefore reports them under dotted names relative to the kernel module ("kernel_list.0",
-// ...), the full names being "<kernel module>.kernel_list.<i>".
+// `kernel_list` (a ParameterList, which is never called, so no hook can see it). The rule is
+// registered as covering that child and reports them under dotted names relative to the
+// kernel module ("kernel_list.0", ...), the full names being "<kernel module>.kernel_list.<i>".
 //
 // LongConv's own parameter is the skip D [1, H] in z = c + D u, followed by the activation,
 // dropout and output_linear. dL_n/dD[h] = m sum_t dL/dz[n, h, t] u[n, h, t], with dL/dz one
@@ -185,7 +185,7 @@ std::vector<nn::GradSample> embedding_rule(nn::Module& module, const Tensor& ids
 }
 
 const nn::GradSampleRegistrar<LongConvKernel> long_conv_kernel_registrar{long_conv_kernel_rule};
-const nn::GradSampleRegistrar<SGConvKernel> sgconv_kernel_registrar{sgconv_kernel_rule};
+const nn::GradSampleRegistrar<SGConvKernel> sgconv_kernel_registrar{sgconv_kernel_rule, {"kernel_list"}};
 const nn::GradSampleRegistrar<LongConv> long_conv_registrar{long_conv_rule};
 const nn::GradSampleRegistrar<longconv::Embedding> embedding_registrar{embedding_rule};
 

@@ -13,6 +13,11 @@
 // the parameterization's forward multiplier (Param::multiplier()) is applied. A parameter
 // that does not require grad may be omitted. Summing grad over n gives autograd's p.grad.
 //
+// A module whose parameters live in a parameter-only child that is never called (SGConv's
+// kernel_list, a ParameterList: no hook ever sees it) declares that child as COVERED when it
+// registers its rule; the rule then also returns the child's parameters, under names relative
+// to the module ("kernel_list.0"), and the tools attribute them to the module.
+//
 // Rules are registered per exact dynamic type (a subclass may change forward, so it gets no
 // rule by inheritance) by the library that defines the module: kern_core registers its
 // layers (Linear, Conv2d, norms), kern_models its zoo modules (layer scales, filter banks,
@@ -31,7 +36,7 @@ namespace kern::nn {
 class Module;
 
 struct GradSample {
-  std::string name;  // the module's own parameter name, e.g. "weight"
+  std::string name;  // the module's own parameter name, e.g. "weight", or "child.name" for a covered child
   Tensor grad;       // [N, ...parameter shape]
 };
 
@@ -40,20 +45,25 @@ struct GradSample {
 using GradSampleRule = std::function<std::vector<GradSample>(
     Module& module, const Tensor& input, const Tensor& output, const Tensor& grad_output)>;
 
-/// Registers (or replaces) the rule for modules whose dynamic type is exactly `type`.
-void register_grad_sample_rule(std::type_index type, GradSampleRule rule);
+/// Registers (or replaces) the rule for modules whose dynamic type is exactly `type`;
+/// `covers`: names of parameter-only children whose parameters the rule also returns.
+void register_grad_sample_rule(std::type_index type, GradSampleRule rule, std::vector<std::string> covers = {});
 template <class M>
-void register_grad_sample_rule(GradSampleRule rule) {
-  register_grad_sample_rule(std::type_index(typeid(M)), std::move(rule));
+void register_grad_sample_rule(GradSampleRule rule, std::vector<std::string> covers = {}) {
+  register_grad_sample_rule(std::type_index(typeid(M)), std::move(rule), std::move(covers));
 }
 /// The rule for the module's exact dynamic type, or nullptr. Thread-safe.
 const GradSampleRule* find_grad_sample_rule(const Module& module);
+/// The children (local names) whose parameters the module's rule covers; empty without a rule.
+std::vector<std::string> grad_sample_covered_children(const Module& module);
 
 /// Registers a rule at load time: `static const GradSampleRegistrar<MyModule> r{rule};`
-/// in the .cpp that defines MyModule.
+/// in the .cpp that defines MyModule (`{rule, {"kernel_list"}}` with covered children).
 template <class M>
 struct GradSampleRegistrar {
-  explicit GradSampleRegistrar(GradSampleRule rule) { register_grad_sample_rule<M>(std::move(rule)); }
+  explicit GradSampleRegistrar(GradSampleRule rule, std::vector<std::string> covers = {}) {
+    register_grad_sample_rule<M>(std::move(rule), std::move(covers));
+  }
 };
 
 }  // namespace kern::nn
