@@ -47,7 +47,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   Shape shape = x.shape();
   shape[dim] = k;
   Tensor out = empty(shape, x.dtype());
-  detail::dispatch_all(x.dtype(), [&]<typename T>() {
+  detail::dispatch_bytes(x.dtype(), [&]<typename T>() {  // moves elements: every dtype
     const T* p = static_cast<const T*>(xc.raw_data());
     T* o = static_cast<T*>(out.raw_data());
 #pragma omp parallel for schedule(static) if (out.numel() > (1 << 15))
@@ -109,7 +109,7 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
                " is larger than input ", x.shape(), " in dim ", d);
   Tensor out = empty(index.shape(), x.dtype());
   const int64_t n = x.shape()[dim];
-  detail::dispatch_all(x.dtype(), [&]<typename T>() {
+  detail::dispatch_bytes(x.dtype(), [&]<typename T>() {  // moves elements: every dtype
     const T* p = static_cast<const T*>(x.raw_data());
     const int64_t* ip = static_cast<const int64_t*>(index.raw_data());
     T* o = static_cast<T*>(out.raw_data());
