@@ -262,15 +262,24 @@ Tensor& Tensor::copy_(const Tensor& src) {
 
 Tensor& Tensor::fill_(double value) {
   check_inplace_grad_mode(*this, "fill_");
-  // The value converted as an element would be (range-checked, rounded to nearest even).
-  const Tensor v1 = scalar_tensor(value, DType::Float64);
-  detail::check_convertible(v1, dtype(), "fill_");
-  Tensor vt = empty({}, dtype());
-  detail::convert_strided(vt, v1);
+  KERN_CHECK(dtype() != DType::Int64 || fits_int64(value), "fill_: cannot fill an int64 tensor with ", value);
+  // Storage dtypes: the value converted as an element would be (range-checked, rounded to
+  // nearest even). Compute dtypes keep the direct cast (no temporaries on the hot path).
+  Tensor vt;
+  if (!is_compute_dtype(dtype())) {
+    const Tensor v1 = scalar_tensor(value, DType::Float64);
+    detail::check_convertible(v1, dtype(), "fill_");
+    vt = empty({}, dtype());
+    detail::convert_strided(vt, v1);
+  }
   bump_version();
   detail::dispatch_storage(dtype(), [&]<typename T>() {
     T* o = static_cast<T*>(raw_data());
-    const T v = *static_cast<const T*>(vt.raw_data());
+    T v;
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, int64_t>)
+      v = static_cast<T>(value);
+    else
+      v = *static_cast<const T*>(vt.raw_data());
     detail::StridedLoop<1> loop(shape(), {strides()});
     loop.run([&](const std::array<int64_t, 1>& off, int64_t n, const std::array<int64_t, 1>& st) {
       for (int64_t i = 0; i < n; ++i) o[off[0] + i * st[0]] = v;
