@@ -258,6 +258,18 @@ TEST_CASE("storage dtypes: factories, views, copies, indexing and printing", "[d
   REQUIRE(index_select(b, 1, tensor({3.0, 0.0}, DType::Int64)).to_vector<double>() ==
           std::vector<double>{3, 0, 7, 4, 11, 8});
   REQUIRE(flip(b, {0}).to_vector<double>()[0] == 8.0);
+  // Indices of other integer dtypes select as int64 ones do (values by hand: columns 3, 0).
+  for (DType d : {DType::Int32, DType::Int16, DType::Int8, DType::UInt8}) {
+    INFO(dtype_name(d));
+    const Tensor idx = tensor({3.0, 0.0}).to(d);
+    REQUIRE(index_select(b, 1, idx).to_vector<double>() == std::vector<double>{3, 0, 7, 4, 11, 8});
+    const Tensor f = arange(0.0, 12.0, 1.0, DType::Float32).reshape({3, 4});
+    REQUIRE(gather(f, 1, tensor({1.0, 2.0, 3.0}).to(d).reshape({3, 1})).to_vector<double>() ==
+            std::vector<double>{1, 6, 11});
+    REQUIRE(scatter_add(zeros({1, 4}), 1, idx.reshape({1, 2}), ones({1, 2})).to_vector<double>() ==
+            std::vector<double>{1, 0, 0, 1});
+  }
+  REQUIRE_THROWS_WITH(index_select(b, 1, tensor({4.0}).to(DType::Int32)), Catch::Contains("out of range"));
   REQUIRE(cat({b, b}, 0).shape() == Shape{6, 4});
   REQUIRE(full({2}, 0.1, DType::Float16).to_vector<double>()[0] == static_cast<double>(f16(0.1f)));
   REQUIRE(ones({2}, DType::Bool).to_vector<int64_t>() == std::vector<int64_t>{1, 1});
