@@ -12,7 +12,8 @@ namespace {
 Tensor as_batch(const Tensor& x, const char* op) {
   KERN_CHECK(x.dim() == 3 || x.dim() == 4, op, ": expected images [B, C, H, W] or [C, H, W], got ",
              x.shape());
-  KERN_CHECK(is_floating(x.dtype()), op, ": expected float32 or float64 images, got ", x.dtype());
+  KERN_CHECK(x.dtype() == DType::Float32 || x.dtype() == DType::Float64, op,
+             ": expected float32 or float64 images, got ", x.dtype());
   Tensor c = x.detach().contiguous();
   return x.dim() == 3 ? c.unsqueeze(0) : c;
 }
@@ -20,7 +21,8 @@ Tensor as_batch(const Tensor& x, const char* op) {
 template <typename F>
 void dispatch(DType dt, F&& f) {
   if (dt == DType::Float32) f.template operator()<float>();
-  else f.template operator()<double>();
+  else if (dt == DType::Float64) f.template operator()<double>();
+  else throw Error(fmt::format("transforms: {} images are not supported (float32 or float64)", dt));
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <kern/autograd.hpp>
 #include <kern/io/safetensors.hpp>
 
 #include "safetensors_util.hpp"
@@ -84,9 +85,24 @@ Tensor make_tensor(Entry& e, std::shared_ptr<Storage> storage) {
   return Tensor(std::move(impl));
 }
 
-/// Builds the tensors from the whole file's bytes in memory. With a `mapping`, tensors whose
-/// bytes are aligned to their element size view the mapping (zero-copy); otherwise the bytes
-/// are copied.
+/// The tensor of entry `e` whose bytes are at `p` in the file's bytes in memory. With a
+/// `mapping`, bytes aligned to the element size are viewed (zero-copy); otherwise copied.
+Tensor entry_tensor(Entry& e, const char* p, const std::shared_ptr<void>& mapping) {
+  const size_t nbytes = e.end - e.begin;
+  std::shared_ptr<Storage> storage;
+  if (mapping && reinterpret_cast<uintptr_t>(p) % dtype_size(e.dtype) == 0) {
+    storage = std::make_shared<Storage>();
+    storage->data = const_cast<char*>(p);
+    storage->nbytes = nbytes;
+    storage->keepalive = mapping;
+  } else {
+    storage = Storage::allocate(nbytes);
+    if (nbytes) std::memcpy(storage->data, p, nbytes);
+  }
+  return make_tensor(e, std::move(storage));
+}
+
+/// Builds the tensors from the whole file's bytes in memory (see entry_tensor).
 SafetensorsFile build(const char* data, uint64_t size, const std::string& label,
                       const std::shared_ptr<void>& mapping) {
   Header h = parse_header(std::string_view(data, data ? size : 0), size, label);
@@ -94,21 +110,25 @@ SafetensorsFile build(const char* data, uint64_t size, const std::string& label,
   out.metadata = std::move(h.metadata);
   out.tensors.reserve(h.entries.size());
   for (auto& e : h.entries) {
-    const char* p = data + h.data_start + e.begin;
-    const size_t nbytes = e.end - e.begin;
-    std::shared_ptr<Storage> storage;
-    if (mapping && reinterpret_cast<uintptr_t>(p) % dtype_size(e.dtype) == 0) {
-      storage = std::make_shared<Storage>();
-      storage->data = const_cast<char*>(p);
-      storage->nbytes = nbytes;
-      storage->keepalive = mapping;
-    } else {
-      storage = Storage::allocate(nbytes);
-      if (nbytes) std::memcpy(storage->data, p, nbytes);
-    }
-    out.tensors.emplace_back(std::move(e.name), make_tensor(e, std::move(storage)));
+    Tensor t = entry_tensor(e, data + h.data_start + e.begin, mapping);
+    out.tensors.emplace_back(std::move(e.name), std::move(t));
   }
   return out;
+}
+
+/// LoadOptions::float_dtype: floating tensors converted, the others kept.
+SafetensorsFile convert_floats(SafetensorsFile f, const LoadOptions& options, const std::string& path) {
+  if (!options.float_dtype) return f;
+  NoGradGuard ng;
+  for (auto& [name, t] : f.tensors) {
+    if (!is_floating(t.dtype()) || t.dtype() == *options.float_dtype) continue;
+    try {
+      t = t.to(*options.float_dtype);
+    } catch (const Error& e) {
+      fail_tensor(path, name, e.what());
+    }
+  }
+  return f;
 }
 
 /// Levenshtein distance, giving up (returning limit + 1) once it must exceed `limit`.
@@ -228,27 +248,64 @@ SafetensorsFile read_copy(int fd, uint64_t size, const std::string& path) {
 
 }  // namespace
 
-SafetensorsFile load_safetensors(const std::string& path, const LoadOptions& options) {
-  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is rejected just below).
-  Fd fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};
-  if (fd.fd < 0) fail(path, "cannot open: ", std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd.fd, &st) != 0) fail(path, "cannot stat: ", std::strerror(errno));
-  if (!S_ISREG(st.st_mode)) fail(path, "not a regular file");
-  const auto size = static_cast<uint64_t>(st.st_size);
-  if (options.copy) return read_copy(fd.fd, size, path);
+namespace {
+
+/// The file's bytes, memory-mapped (see load_safetensors); null data for an empty file.
+struct MappedFile {
+  const char* data = nullptr;
+  uint64_t size = 0;
+  std::shared_ptr<Mapping> mapping;
+};
+
+MappedFile map_file(int fd, uint64_t size, const std::string& path) {
   if (size < 8) header_length(nullptr, size, path);  // throws "shorter than the 8-byte prefix"
   // MAP_PRIVATE + PROT_WRITE: the file is opened read-only and never modified, but a loaded
   // tensor updated in place (an optimizer step) gets private copy-on-write pages instead of
   // a SIGSEGV. Pages not yet written still read the file: truncating it while the tensors
   // live gives SIGBUS (see LoadOptions; save_safetensors replaces files by rename, which
   // keeps the old inode alive for existing mappings).
-  void* addr = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd.fd, 0);
+  void* addr = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
   if (addr == MAP_FAILED) fail(path, "cannot mmap ", size, " bytes: ", std::strerror(errno));
   auto mapping = std::make_shared<Mapping>();
   mapping->addr = addr;
   mapping->len = size;
-  return build(static_cast<const char*>(addr), size, path, mapping);
+  return {static_cast<const char*>(addr), size, std::move(mapping)};
+}
+
+/// Opens `path` as a regular file; returns its size.
+uint64_t open_regular(const std::string& path, Fd& fd) {
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is rejected just below).
+  fd.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd.fd < 0) fail(path, "cannot open: ", std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd.fd, &st) != 0) fail(path, "cannot stat: ", std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) fail(path, "not a regular file");
+  return static_cast<uint64_t>(st.st_size);
+}
+
+}  // namespace
+
+SafetensorsFile load_safetensors(const std::string& path, const LoadOptions& options) {
+  Fd fd;
+  const uint64_t size = open_regular(path, fd);
+  if (options.copy) return convert_floats(read_copy(fd.fd, size, path), options, path);
+  const MappedFile m = map_file(fd.fd, size, path);
+  return convert_floats(build(m.data, size, path, m.mapping), options, path);
+}
+
+SafetensorsListing list_safetensors(const std::string& path) {
+  Fd fd;
+  const uint64_t size = open_regular(path, fd);
+  const MappedFile m = map_file(fd.fd, size, path);
+  Header h = parse_header(std::string_view(m.data, size), size, path, /*listing=*/true);
+  SafetensorsListing out;
+  out.metadata = std::move(h.metadata);
+  for (auto& e : h.entries) {
+    SafetensorsEntry s{e.name, e.dtype_string, e.shape, e.begin, e.end, Tensor()};
+    if (e.known) s.tensor = entry_tensor(e, m.data + h.data_start + e.begin, m.mapping);
+    out.entries.push_back(std::move(s));
+  }
+  return out;
 }
 
 }  // namespace kern::io

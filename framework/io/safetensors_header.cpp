@@ -63,21 +63,24 @@ void check_header_text(std::string_view header, const std::string& label) {
 
 // ---------------------------------------------------------------- 4. structure
 
-DType parse_dtype(const std::string& label, const std::string& name, const Json& v) {
+/// The dtype string of entry `v`; the kern dtype it names, or nullopt when `listing` and kern
+/// has none (otherwise that throws).
+std::optional<DType> parse_dtype(const std::string& label, const std::string& name, const Json& v,
+                                 bool listing, std::string& str) {
   auto it = v.find("dtype");
   if (it == v.end()) fail_tensor(label, name, "missing \"dtype\"");
   if (!it->is_string()) fail_tensor(label, name, "\"dtype\" is not a string: ", shown(*it));
-  const auto& s = it->get_ref<const std::string&>();
-  if (s == "F32") return DType::Float32;
-  if (s == "F64") return DType::Float64;
-  if (s == "I64") return DType::Int64;
-  static const std::set<std::string> known = {
-      "BOOL", "U8",      "I8",      "U16",     "I16",     "U32",     "I32", "U64", "F16",
-      "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4",  "C64"};
-  if (known.count(s))
-    fail_tensor(label, name, "dtype ", s,
-                " is not supported by kern (supported: F32, F64, I64; convert the tensor first)");
-  fail_tensor(label, name, "unknown dtype ", quote_name(s));
+  str = it->get_ref<const std::string&>();
+  for (int d = 0; d < kNumDTypes; ++d)
+    if (str == safetensors_dtype_name(static_cast<DType>(d))) return static_cast<DType>(d);
+  if (listing) return std::nullopt;
+  // Defined by the format but without a kern storage type (sub-byte, complex, exponent-only).
+  static const std::set<std::string> known = {"F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "C64"};
+  if (known.count(str))
+    fail_tensor(label, name, "dtype ", str,
+                " is not supported by kern (it reads F64 F32 F16 BF16 F8_E4M3 F8_E5M2 I64 I32 I16 I8 "
+                "U64 U32 U16 U8 BOOL; `kern inspect` lists the file)");
+  fail_tensor(label, name, "unknown dtype ", quote_name(str));
 }
 
 Shape parse_shape(const std::string& label, const std::string& name, const Json& v, DType dtype) {
@@ -142,18 +145,20 @@ void parse_metadata(const Json& v, const std::string& label,
 }
 
 Entry parse_entry(const std::string& key, const Json& v, uint64_t data_size,
-                  const std::string& label) {
+                  const std::string& label, bool listing) {
   if (!v.is_object()) fail_tensor(label, key, "entry is not a JSON object: ", shown(v));
   Entry e;
   e.name = key;
-  e.dtype = parse_dtype(label, key, v);
+  const std::optional<DType> dt = parse_dtype(label, key, v, listing, e.dtype_string);
+  e.known = dt.has_value();
+  e.dtype = dt.value_or(DType::UInt8);  // unknown: shape checks as for 1-byte elements
   e.shape = parse_shape(label, key, v, e.dtype);
   std::tie(e.begin, e.end) = parse_offsets(label, key, v);
   if (e.end > data_size)
     fail_tensor(label, key, "data_offsets [", e.begin, ", ", e.end,
                 "] run past the end of the data section (", data_size, " bytes)");
   const uint64_t nbytes = static_cast<uint64_t>(e.shape.numel()) * dtype_size(e.dtype);
-  if (e.end - e.begin != nbytes)
+  if (e.known && e.end - e.begin != nbytes)
     fail_tensor(label, key, "data_offsets [", e.begin, ", ", e.end, "] span ", e.end - e.begin,
                 " bytes but ", safetensors_dtype_name(e.dtype), " shape ", e.shape, " needs ",
                 nbytes, " bytes (wrong byte size)");
@@ -176,8 +181,8 @@ class HeaderSax {
   using string_t = Json::string_t;
   using binary_t = Json::binary_t;
 
-  HeaderSax(Header& out, uint64_t data_size, const std::string& label)
-      : out_(out), data_size_(data_size), label_(label) {}
+  HeaderSax(Header& out, uint64_t data_size, const std::string& label, bool listing)
+      : out_(out), data_size_(data_size), label_(label), listing_(listing) {}
 
   bool null() { return scalar([&](Dom& d) { return d.null(); }, "null"); }
   bool boolean(bool v) { return scalar([&](Dom& d) { return d.boolean(v); }, "a boolean"); }
@@ -238,7 +243,7 @@ class HeaderSax {
       has_metadata_ = true;
       parse_metadata(value_, label_, out_.metadata);
     } else {
-      out_.entries.push_back(parse_entry(key_, value_, data_size_, label_));
+      out_.entries.push_back(parse_entry(key_, value_, data_size_, label_, listing_));
     }
     dom_.reset();
     value_ = Json();
@@ -247,6 +252,7 @@ class HeaderSax {
   Header& out_;
   const uint64_t data_size_;
   const std::string& label_;
+  const bool listing_;
   int depth_ = 0;
   std::string key_;
   Json value_;
@@ -257,8 +263,8 @@ class HeaderSax {
 /// Parses and validates the JSON header into `out` (entries sorted by name, duplicates
 /// rejected).
 void parse_json(std::string_view header, uint64_t data_size, const std::string& label,
-                Header& out) {
-  HeaderSax sax(out, data_size, label);
+                Header& out, bool listing) {
+  HeaderSax sax(out, data_size, label, listing);
   try {
     Json::sax_parse(header.begin(), header.end(), &sax);
   } catch (const Json::exception& e) {
@@ -320,7 +326,8 @@ uint64_t header_length(const char* prefix, uint64_t file_size, const std::string
   return n;
 }
 
-Header parse_header(std::string_view head, uint64_t file_size, const std::string& label) {
+Header parse_header(std::string_view head, uint64_t file_size, const std::string& label,
+                    bool listing) {
   const uint64_t n = header_length(head.data(), file_size, label);
   if (head.size() < 8 + n) fail(label, "internal error: header bytes not read");
   const std::string_view header = head.substr(8, n);
@@ -329,7 +336,7 @@ Header parse_header(std::string_view head, uint64_t file_size, const std::string
   const uint64_t data_size = file_size - out.data_start;
 
   check_header_text(header, label);
-  parse_json(header, data_size, label, out);
+  parse_json(header, data_size, label, out, listing);
   check_tiling(out.entries, data_size, label);
   return out;
 }

@@ -47,6 +47,8 @@ template <typename... Args>
 struct Entry {
   std::string name;
   DType dtype = DType::Float32;
+  std::string dtype_string;  // as the file spells it ("BF16")
+  bool known = true;         // false: a dtype kern has no type for (listing only; see below)
   Shape shape;
   uint64_t begin = 0, end = 0;
 };
@@ -65,6 +67,10 @@ uint64_t header_length(const char* prefix, uint64_t file_size, const std::string
 
 /// Validates a file of `file_size` bytes from its first bytes `head` (at least the prefix and
 /// the header it declares; more is ignored): everything but the tensor data itself.
-Header parse_header(std::string_view head, uint64_t file_size, const std::string& label);
+/// `listing` (kern inspect): a dtype kern has no type for (F8_E8M0, F4, C64, or one a later
+/// format version adds) gives an entry with known = false instead of an error; its byte size
+/// is not checked (kern cannot know it) but its offsets still must tile the data section.
+Header parse_header(std::string_view head, uint64_t file_size, const std::string& label,
+                    bool listing = false);
 
 }  // namespace kern::io::internal

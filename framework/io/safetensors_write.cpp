@@ -27,12 +27,21 @@ using namespace internal;
 
 std::string_view safetensors_dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::Float32:
-      return "F32";
-    case DType::Float64:
-      return "F64";
-    case DType::Int64:
-      return "I64";
+    case DType::Float32: return "F32";
+    case DType::Float64: return "F64";
+    case DType::Int64: return "I64";
+    case DType::BFloat16: return "BF16";
+    case DType::Float16: return "F16";
+    case DType::Int32: return "I32";
+    case DType::Int16: return "I16";
+    case DType::Int8: return "I8";
+    case DType::UInt8: return "U8";
+    case DType::Bool: return "BOOL";
+    case DType::UInt16: return "U16";
+    case DType::UInt32: return "U32";
+    case DType::UInt64: return "U64";
+    case DType::Float8E4M3: return "F8_E4M3";
+    case DType::Float8E5M2: return "F8_E5M2";
   }
   return "?";
 }
@@ -61,12 +70,12 @@ Plan make_plan(const std::vector<std::pair<std::string, Tensor>>& tensors,
       fail(label, "metadata entry ", quote_name(k), " is not valid UTF-8");
 
   Plan plan;
-  // 8-byte dtypes first, then 4-byte ones: with the header padded to a multiple of 8, every
-  // tensor then starts at an address aligned to its element size.
-  for (size_t i = 0; i < tensors.size(); ++i)
-    if (dtype_size(tensors[i].second.dtype()) == 8) plan.data_order.push_back(i);
-  for (size_t i = 0; i < tensors.size(); ++i)
-    if (dtype_size(tensors[i].second.dtype()) != 8) plan.data_order.push_back(i);
+  // By element size, 8-byte dtypes first, then 4, 2 and 1 (each group in the given order):
+  // with the header padded to a multiple of 8, every tensor then starts at an address
+  // aligned to its element size.
+  for (size_t size : {8, 4, 2, 1})
+    for (size_t i = 0; i < tensors.size(); ++i)
+      if (dtype_size(tensors[i].second.dtype()) == size) plan.data_order.push_back(i);
 
   Json h = Json::object();
   if (!metadata.empty()) h["__metadata__"] = metadata;
@@ -266,7 +275,7 @@ TensorChecksum checksum(const Tensor& t) {
   NoGradGuard no_grad;
   const Tensor c = t.contiguous();
   TensorChecksum out;
-  detail::dispatch_all(c.dtype(), [&]<typename T>() {
+  detail::dispatch_storage(c.dtype(), [&]<typename T>() {
     const T* p = static_cast<const T*>(c.raw_data());
     for (int64_t i = 0; i < c.numel(); ++i) {
       const double v = static_cast<double>(p[i]);

@@ -57,7 +57,7 @@ Tensor compare(const Tensor& a, const Tensor& b, const char* op, F f) {
   detail::check_same_dtype(a, b, op);
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), op);
   const DType out = is_floating(a.dtype()) ? a.dtype() : DType::Float32;
-  return detail::dispatch_all(a.dtype(), [&]<typename T>() {
+  return detail::dispatch_all(a.dtype(), op, [&]<typename T>() {
     return detail::dispatch_float(out, op, [&]<typename TO>() {
       return detail::map_binary<TO, T, T>(a, b, shape, out,
                                           [f](T x, T y) { return f(x, y) ? TO(1) : TO(0); });
@@ -337,7 +337,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   const Shape shape =
       broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
   // The condition as a 1/0 mask in a's dtype (nonzero = true); it carries no gradient.
-  Tensor m = detail::dispatch_all(cond.dtype(), [&]<typename C>() {
+  Tensor m = detail::dispatch_storage(cond.dtype(), [&]<typename C>() {  // bool masks too
     return dispatch_float(a.dtype(), "where", [&]<typename T>() {
       return detail::map_unary<T, C>(cond, a.dtype(), [](C v) { return v != C(0) ? T(1) : T(0); });
     });

@@ -20,9 +20,9 @@ Tensor copy_view(const Tensor& x, const Shape& shape, const std::vector<int64_t>
                  int64_t offset) {
   Tensor out = empty(shape, x.dtype());
   if (out.numel() == 0) return out;
-  detail::dispatch_all(x.dtype(), [&]<typename T>() {
-    T* o = out.data_ptr<T>();
-    const T* src = x.data_ptr<T>() + offset;
+  detail::dispatch_bytes(x.dtype(), [&]<typename T>() {  // moves elements: every dtype
+    T* o = static_cast<T*>(out.raw_data());
+    const T* src = static_cast<const T*>(x.raw_data()) + offset;
     detail::StridedLoop<2> loop(shape, {contiguous_strides(shape), strides});
     loop.run([&](const std::array<int64_t, 2>& off, int64_t n, const std::array<int64_t, 2>& st) {
       T* oo = o + off[0];

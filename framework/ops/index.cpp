@@ -1,4 +1,4 @@
-// Indexing ops with int64 indices: index_select / index_add and gather / scatter_add are
+// Indexing ops with int64 indices (other integer dtypes are converted to int64 first): index_select / index_add and gather / scatter_add are
 // each other's backward, so the pair is closed under differentiation.
 #include <kern/autograd.hpp>
 #include <kern/ops.hpp>
@@ -10,6 +10,13 @@ namespace kern {
 using G = std::vector<Tensor>;
 
 namespace {
+
+/// An index of another integer dtype (int32, int16, int8, uint8, uint16, ...; not bool): the
+/// ops run on its int64 copy (range-checked by to()), as PyTorch accepts int32 indices.
+bool other_int_index(const Tensor& index) {
+  return index.defined() && !is_floating(index.dtype()) && index.dtype() != DType::Int64 &&
+         index.dtype() != DType::Bool;
+}
 
 void check_index(const Tensor& index, const char* op) {
   KERN_CHECK(index.dtype() == DType::Int64, op, ": index must be int64, got ", index.dtype(), " ", index.shape());
@@ -34,6 +41,7 @@ Around around(const Shape& s, int64_t dim) {
 }  // namespace
 
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
+  if (other_int_index(index)) return index_select(x, dim, index.to(DType::Int64));
   check_index(index, "index_select");
   KERN_CHECK(index.dim() == 1, "index_select: index must be 1-D, got shape ", index.shape());
   dim = wrap_dim(dim, x.dim(), "index_select");
@@ -47,7 +55,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   Shape shape = x.shape();
   shape[dim] = k;
   Tensor out = empty(shape, x.dtype());
-  detail::dispatch_all(x.dtype(), [&]<typename T>() {
+  detail::dispatch_bytes(x.dtype(), [&]<typename T>() {  // moves elements: every dtype
     const T* p = static_cast<const T*>(xc.raw_data());
     T* o = static_cast<T*>(out.raw_data());
 #pragma omp parallel for schedule(static) if (out.numel() > (1 << 15))
@@ -65,6 +73,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
 }
 
 Tensor index_add(const Tensor& self, int64_t dim, const Tensor& index, const Tensor& src) {
+  if (other_int_index(index)) return index_add(self, dim, index.to(DType::Int64), src);
   check_index(index, "index_add");
   detail::check_same_dtype(self, src, "index_add");
   detail::check_floating(self, "index_add");
@@ -101,6 +110,7 @@ Tensor index_add(const Tensor& self, int64_t dim, const Tensor& index, const Ten
 }
 
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
+  if (other_int_index(index)) return gather(x, dim, index.to(DType::Int64));
   check_index(index, "gather");
   dim = wrap_dim(dim, x.dim(), "gather");
   KERN_CHECK(index.dim() == x.dim(), "gather: index ", index.shape(), " must have the rank of input ", x.shape());
@@ -109,7 +119,7 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
                " is larger than input ", x.shape(), " in dim ", d);
   Tensor out = empty(index.shape(), x.dtype());
   const int64_t n = x.shape()[dim];
-  detail::dispatch_all(x.dtype(), [&]<typename T>() {
+  detail::dispatch_bytes(x.dtype(), [&]<typename T>() {  // moves elements: every dtype
     const T* p = static_cast<const T*>(x.raw_data());
     const int64_t* ip = static_cast<const int64_t*>(index.raw_data());
     T* o = static_cast<T*>(out.raw_data());
@@ -141,6 +151,7 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
 }
 
 Tensor scatter_add(const Tensor& self, int64_t dim, const Tensor& index, const Tensor& src) {
+  if (other_int_index(index)) return scatter_add(self, dim, index.to(DType::Int64), src);
   check_index(index, "scatter_add");
   detail::check_same_dtype(self, src, "scatter_add");
   detail::check_floating(self, "scatter_add");

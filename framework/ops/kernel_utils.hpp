@@ -29,23 +29,69 @@ decltype(auto) dispatch_float(DType dt, const char* op, F&& f) {
   }
 }
 
-/// Calls f.template operator()<T>() for T = float, double or int64_t.
+/// Calls f.template operator()<T>() for T = float, double or int64_t (the compute dtypes);
+/// any other dtype throws kern::Error naming `op` and the dtype.
 template <typename F>
-decltype(auto) dispatch_all(DType dt, F&& f) {
+decltype(auto) dispatch_all(DType dt, const char* op, F&& f) {
   switch (dt) {
     case DType::Float32: return f.template operator()<float>();
     case DType::Float64: return f.template operator()<double>();
     case DType::Int64: return f.template operator()<int64_t>();
+    default:
+      throw Error(fmt::format("{}: {} tensors are not supported (kern computes in float32, float64 "
+                              "and int64; convert with .to())", op, dt));
   }
-  throw Error("unknown dtype");
+}
+
+/// Calls f.template operator()<T>() with T the storage type of any dtype (kern::bf16, f16,
+/// int32_t, bool, ...): for copies and conversions, which move every dtype.
+template <typename F>
+decltype(auto) dispatch_storage(DType dt, F&& f) {
+  switch (dt) {
+    case DType::Float32: return f.template operator()<float>();
+    case DType::Float64: return f.template operator()<double>();
+    case DType::Int64: return f.template operator()<int64_t>();
+    case DType::BFloat16: return f.template operator()<bf16>();
+    case DType::Float16: return f.template operator()<f16>();
+    case DType::Int32: return f.template operator()<int32_t>();
+    case DType::Int16: return f.template operator()<int16_t>();
+    case DType::Int8: return f.template operator()<int8_t>();
+    case DType::UInt8: return f.template operator()<uint8_t>();
+    case DType::Bool: return f.template operator()<bool>();
+    case DType::UInt16: return f.template operator()<uint16_t>();
+    case DType::UInt32: return f.template operator()<uint32_t>();
+    case DType::UInt64: return f.template operator()<uint64_t>();
+    case DType::Float8E4M3: return f.template operator()<f8e4m3>();
+    case DType::Float8E5M2: return f.template operator()<f8e5m2>();
+  }
+  throw Error("dispatch_storage: invalid dtype value");
+}
+
+/// Calls f.template operator()<T>() with T an unsigned integer of dtype_size(dt) bytes: for
+/// ops that only move elements (index_select, flip, gather), which then work on every dtype.
+template <typename F>
+decltype(auto) dispatch_bytes(DType dt, F&& f) {
+  switch (dtype_size(dt)) {
+    case 1: return f.template operator()<uint8_t>();
+    case 2: return f.template operator()<uint16_t>();
+    case 4: return f.template operator()<uint32_t>();
+    default: return f.template operator()<uint64_t>();
+  }
 }
 
 /// Strides of `t` seen through a broadcast to `shape` (0 on broadcast dims).
 std::vector<int64_t> broadcast_strides(const Tensor& t, const Shape& shape);
 
-/// Throws kern::Error naming `op` unless every element of the floating tensor `src` converts
-/// to int64 without undefined behaviour (finite, in [-2^63, 2^63)). No-op for int64 `src`.
-void check_int64_convertible(const Tensor& src, const char* op);
+/// Throws kern::Error naming `op` unless every element of `src` converts to `target` without
+/// undefined behaviour or loss of range: to an integer dtype, floating values must be finite
+/// and truncate into its range and integer values must lie in it; converting to float8
+/// throws (kern only reads float8). Other conversions always succeed.
+void check_convertible(const Tensor& src, DType target, const char* op);
+
+/// dst[i] = src[i] converted (src broadcast to dst's shape); call check_convertible first.
+/// Elements convert as in PyTorch: floats round to nearest even, to bool is != 0, floating to
+/// integer truncates toward zero.
+void convert_strided(const Tensor& dst, const Tensor& src);
 
 /// A loop nest over `shape` for K operands with the given element strides, with adjacent
 /// dims merged where every operand allows it. Calls inner(offsets[K], n, inner_strides[K])

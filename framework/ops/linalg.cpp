@@ -86,6 +86,8 @@ Tensor bmm(const Tensor& a, const Tensor& b) {
 }
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
+  detail::check_floating(a, "matmul");
+  detail::check_floating(b, "matmul");
   KERN_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: operands must be at least 1-D, got ", a.shape(), " and ",
              b.shape());
   if (a.dim() == 1 && b.dim() == 1) {

@@ -53,7 +53,7 @@ std::string describe(const Pool2dParams& p) {
 // Validates pooling an input of `shape` and `dtype`; `op` names the public op in errors.
 PoolGeom pool_geometry(const char* op, const Shape& shape, DType dtype, const Pool2dParams& params) {
   KERN_CHECK(shape.size() == 4, op, ": input must be 4-D [N, C, H, W], got ", shape);
-  KERN_CHECK(is_floating(dtype), op, ": input must be float32 or float64, got ", dtype, " ", shape);
+  KERN_CHECK(dtype == DType::Float32 || dtype == DType::Float64, op, ": input must be float32 or float64, got ", dtype, " ", shape);
   PoolGeom g{};
   g.N = shape[0];
   g.C = shape[1];
@@ -272,7 +272,7 @@ Tensor avg_pool2d(const Tensor& x, const Pool2dParams& params) {
 Tensor adaptive_avg_pool2d(const Tensor& x, std::array<int64_t, 2> output_size) {
   KERN_CHECK(x.defined() && x.dim() == 4, "adaptive_avg_pool2d: input must be 4-D [N, C, H, W], got ",
              x.defined() ? x.shape() : Shape{});
-  KERN_CHECK(is_floating(x.dtype()), "adaptive_avg_pool2d: input must be float32 or float64, got ", x.dtype(), " ",
+  KERN_CHECK(x.dtype() == DType::Float32 || x.dtype() == DType::Float64, "adaptive_avg_pool2d: input must be float32 or float64, got ", x.dtype(), " ",
              x.shape());
   KERN_CHECK(output_size[0] >= 1 && output_size[1] >= 1 && x.size(2) >= 1 && x.size(3) >= 1,
              "adaptive_avg_pool2d: output size (", output_size[0], ", ", output_size[1],

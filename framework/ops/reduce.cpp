@@ -225,8 +225,14 @@ Tensor min(const Tensor& x) { return min(reshape(x, {-1}), 0, false).values; }
 
 ValuesIndices max(const Tensor& x, int64_t dim, bool keepdim) { return extreme_dim<true>(x, dim, keepdim, "max"); }
 ValuesIndices min(const Tensor& x, int64_t dim, bool keepdim) { return extreme_dim<false>(x, dim, keepdim, "min"); }
-Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) { return max(x.detach(), dim, keepdim).indices; }
-Tensor argmin(const Tensor& x, int64_t dim, bool keepdim) { return min(x.detach(), dim, keepdim).indices; }
+Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) {
+  detail::check_floating(x, "argmax");
+  return max(x.detach(), dim, keepdim).indices;
+}
+Tensor argmin(const Tensor& x, int64_t dim, bool keepdim) {
+  detail::check_floating(x, "argmin");
+  return min(x.detach(), dim, keepdim).indices;
+}
 
 Tensor sum_to(const Tensor& x, const Shape& shape) {
   if (x.shape() == shape) return x;

@@ -26,10 +26,11 @@ Tensor empty(const Shape& shape, DType dtype) {
 }
 
 Tensor full(const Shape& shape, double value, DType dtype) {
-  KERN_CHECK(is_floating(dtype) || fits_int64(value), "full: cannot fill an int64 tensor with ",
+  KERN_CHECK(dtype != DType::Int64 || fits_int64(value), "full: cannot fill an int64 tensor with ",
              value);
   Tensor t = empty(shape, dtype);
-  detail::dispatch_all(dtype, [&]<typename T>() {
+  if (!is_compute_dtype(dtype)) return t.fill_(value);  // storage dtypes: converted as to() does
+  detail::dispatch_all(dtype, "full", [&]<typename T>() {
     std::fill_n(static_cast<T*>(t.raw_data()), t.numel(), static_cast<T>(value));
   });
   return t;
@@ -54,8 +55,9 @@ Tensor arange(double start, double end, double step, DType dtype) {
   const int64_t n = len > 0 ? static_cast<int64_t>(len) : 0;
   KERN_CHECK(is_floating(dtype) || n == 0 || (fits_int64(start) && fits_int64(start + (n - 1) * step)),
              "arange: values from ", start, " to ", start + (n - 1) * step, " do not fit int64");
+  if (!is_compute_dtype(dtype)) return arange(start, end, step, DType::Float64).to(dtype);
   Tensor t = empty({n}, dtype);
-  detail::dispatch_all(dtype, [&]<typename T>() {
+  detail::dispatch_all(dtype, "arange", [&]<typename T>() {
     T* p = static_cast<T*>(t.raw_data());
     for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(start + i * step);
   });
@@ -65,8 +67,9 @@ Tensor arange(double start, double end, double step, DType dtype) {
 Tensor arange(int64_t end, DType dtype) { return arange(0.0, static_cast<double>(end), 1.0, dtype); }
 
 Tensor eye(int64_t n, DType dtype) {
+  if (!is_compute_dtype(dtype)) return eye(n, DType::Float64).to(dtype);
   Tensor t = zeros({n, n}, dtype);
-  detail::dispatch_all(dtype, [&]<typename T>() {
+  detail::dispatch_all(dtype, "eye", [&]<typename T>() {
     T* p = static_cast<T*>(t.raw_data());
     for (int64_t i = 0; i < n; ++i) p[i * n + i] = T(1);
   });
@@ -125,6 +128,12 @@ Tensor from_vector(const std::vector<T>& values, const Shape& shape) {
 template Tensor from_vector<float>(const std::vector<float>&, const Shape&);
 template Tensor from_vector<double>(const std::vector<double>&, const Shape&);
 template Tensor from_vector<int64_t>(const std::vector<int64_t>&, const Shape&);
+template Tensor from_vector<bf16>(const std::vector<bf16>&, const Shape&);
+template Tensor from_vector<f16>(const std::vector<f16>&, const Shape&);
+template Tensor from_vector<int32_t>(const std::vector<int32_t>&, const Shape&);
+template Tensor from_vector<int16_t>(const std::vector<int16_t>&, const Shape&);
+template Tensor from_vector<int8_t>(const std::vector<int8_t>&, const Shape&);
+template Tensor from_vector<uint8_t>(const std::vector<uint8_t>&, const Shape&);
 
 Tensor tensor(std::initializer_list<double> values, DType dtype) {
   return from_vector(std::vector<double>(values), {static_cast<int64_t>(values.size())}).to(dtype);

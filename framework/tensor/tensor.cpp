@@ -101,7 +101,7 @@ void* Tensor::raw_data() const {
 
 double Tensor::item_double() const {
   KERN_CHECK(numel() == 1, "item: expected a tensor with one element, got shape ", shape());
-  return detail::dispatch_all(dtype(), [&]<typename T>() {
+  return detail::dispatch_storage(dtype(), [&]<typename T>() {
     return static_cast<double>(*static_cast<const T*>(raw_data()));
   });
 }
@@ -114,28 +114,12 @@ int64_t Tensor::item_int64() const {
   return static_cast<int64_t>(v);
 }
 
-namespace detail {
-// Throws unless every element of the floating tensor `src` converts to int64 without UB.
-void check_int64_convertible(const Tensor& src, const char* op) {
-  if (!is_floating(src.dtype())) return;
-  NoGradGuard ng;
-  const Tensor c = src.contiguous();
-  const int64_t n = c.numel();
-  dispatch_float(c.dtype(), op, [&]<typename T>() {
-    const T* p = static_cast<const T*>(c.raw_data());
-    for (int64_t i = 0; i < n; ++i)
-      KERN_CHECK(fits_int64(static_cast<double>(p[i])), op, ": cannot convert ", p[i],
-                 " (element ", i, " of a ", src.dtype(), " tensor of shape ", src.shape(),
-                 ") to int64: only finite values in [-2^63, 2^63) convert");
-  });
-}
-}  // namespace detail
 
 template <typename T>
 std::vector<T> Tensor::to_vector() const {
   Tensor c = contiguous();
   std::vector<T> out(numel());
-  detail::dispatch_all(dtype(), [&]<typename S>() {
+  detail::dispatch_storage(dtype(), [&]<typename S>() {
     const S* p = static_cast<const S*>(c.raw_data());
     for (int64_t i = 0; i < numel(); ++i) out[i] = static_cast<T>(p[i]);
   });
@@ -144,6 +128,7 @@ std::vector<T> Tensor::to_vector() const {
 template std::vector<float> Tensor::to_vector<float>() const;
 template std::vector<double> Tensor::to_vector<double>() const;
 template std::vector<int64_t> Tensor::to_vector<int64_t>() const;
+template std::vector<int32_t> Tensor::to_vector<int32_t>() const;
 
 Tensor& Tensor::requires_grad_(bool value) {
   KERN_CHECK(is_leaf() || value, "requires_grad_: only leaves can stop requiring grad; use detach()");
@@ -179,12 +164,9 @@ Tensor Tensor::clone() const {
 
 Tensor Tensor::to(DType target) const {
   if (target == dtype()) return *this;
-  if (target == DType::Int64) detail::check_int64_convertible(*this, "to");
-  Tensor out = detail::dispatch_all(target, [&]<typename TO>() {
-    return detail::dispatch_all(dtype(), [&]<typename TI>() {
-      return detail::map_unary<TO, TI>(*this, target, [](TI v) { return static_cast<TO>(v); });
-    });
-  });
+  detail::check_convertible(*this, target, "to");
+  Tensor out = empty(shape(), target);
+  detail::convert_strided(out, *this);
   if (!is_floating(target) || !is_floating(dtype())) return out;
   const DType source = dtype();
   return record_op("to", out, {*this}, [source](const BackwardContext& c) {
@@ -264,7 +246,7 @@ Tensor& Tensor::copy_(const Tensor& src) {
   KERN_CHECK(!has_internal_overlap(*this), "copy_: the destination (", dtype(), " ", shape(), ", strides ",
              fmt::format("{}", fmt::join(strides(), ", ")), ") has elements that share memory (an expand()ed view?); which source "
              "element would win is undefined: copy into a contiguous() tensor instead");
-  if (dtype() == DType::Int64) detail::check_int64_convertible(src, "copy_");
+  detail::check_convertible(src, dtype(), "copy_");
   bump_version();
   if (same_view(*this, src)) return *this;  // x.copy_(x): nothing to move
   // A source overlapping the destination would be overwritten while it is read: read it
@@ -274,27 +256,30 @@ Tensor& Tensor::copy_(const Tensor& src) {
     from = empty(src.shape(), src.dtype());
     from.copy_(src.detach());
   }
-  detail::dispatch_all(dtype(), [&]<typename TO>() {
-    detail::dispatch_all(from.dtype(), [&]<typename TI>() {
-      TO* o = static_cast<TO*>(raw_data());
-      const TI* s = static_cast<const TI*>(from.raw_data());
-      detail::StridedLoop<2> loop(shape(), {strides(), detail::broadcast_strides(from, shape())});
-      loop.run([&](const std::array<int64_t, 2>& off, int64_t n, const std::array<int64_t, 2>& st) {
-        for (int64_t i = 0; i < n; ++i) o[off[0] + i * st[0]] = static_cast<TO>(s[off[1] + i * st[1]]);
-      });
-    });
-  });
+  detail::convert_strided(*this, from);
   return *this;
 }
 
 Tensor& Tensor::fill_(double value) {
   check_inplace_grad_mode(*this, "fill_");
-  KERN_CHECK(is_floating(dtype()) || fits_int64(value), "fill_: cannot fill an int64 tensor with ",
-             value);
+  KERN_CHECK(dtype() != DType::Int64 || fits_int64(value), "fill_: cannot fill an int64 tensor with ", value);
+  // Storage dtypes: the value converted as an element would be (range-checked, rounded to
+  // nearest even). Compute dtypes keep the direct cast (no temporaries on the hot path).
+  Tensor vt;
+  if (!is_compute_dtype(dtype())) {
+    const Tensor v1 = scalar_tensor(value, DType::Float64);
+    detail::check_convertible(v1, dtype(), "fill_");
+    vt = empty({}, dtype());
+    detail::convert_strided(vt, v1);
+  }
   bump_version();
-  detail::dispatch_all(dtype(), [&]<typename T>() {
+  detail::dispatch_storage(dtype(), [&]<typename T>() {
     T* o = static_cast<T*>(raw_data());
-    const T v = static_cast<T>(value);
+    T v;
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, int64_t>)
+      v = static_cast<T>(value);
+    else
+      v = *static_cast<const T*>(vt.raw_data());
     detail::StridedLoop<1> loop(shape(), {strides()});
     loop.run([&](const std::array<int64_t, 1>& off, int64_t n, const std::array<int64_t, 1>& st) {
       for (int64_t i = 0; i < n; ++i) o[off[0] + i * st[0]] = v;
@@ -381,8 +366,10 @@ void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
 }
 
 void check_floating(const Tensor& t, const char* op) {
-  KERN_CHECK(is_floating(t.dtype()), op, ": expected a floating-point tensor, got ", t.dtype(), " ",
-             t.shape());
+  // float32 / float64: the floating dtypes ops compute in (bf16 / f16 are storage only).
+  KERN_CHECK(t.dtype() == DType::Float32 || t.dtype() == DType::Float64, op,
+             ": expected a floating-point tensor, got ", t.dtype(), " ", t.shape(),
+             t.dtype() == DType::Int64 ? "" : " (ops compute in float32 or float64; convert with .to())");
 }
 
 Tensor scalar_like(double v, const Tensor& like) { return scalar_tensor(v, like.dtype()); }

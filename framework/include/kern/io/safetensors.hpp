@@ -8,11 +8,16 @@
 // Reading never trusts the header: every length, offset, shape and dtype is checked against
 // the file before a byte of tensor data is touched, and every problem is a kern::Error naming
 // the file, the tensor and what is wrong (no crash, no out-of-bounds read, no hang).
-// kern holds float32, float64 and int64; other safetensors dtypes (F16, BF16, I32, ...) are
-// rejected with an error naming the tensor and the dtype.
+// Every dtype kern has a storage type for is read as stored and written back as it is (F64
+// F32 F16 BF16 I64 I32 I16 I8 U8 BOOL, and U64 U32 U16 F8_E4M3 F8_E5M2, which kern stores and
+// converts from but does not compute in); LoadOptions::float_dtype converts floating tensors
+// while loading. F8_E8M0, F6, F4 and C64 tensors, and dtypes the format may add later, are
+// rejected by load_safetensors with an error naming the tensor and the dtype, and listed by
+// list_safetensors (`kern inspect`).
 #include <cstdint>
 #include <kern/tensor.hpp>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -43,6 +48,10 @@ struct LoadOptions {
   /// true: every tensor is read (pread) into memory kern owns; the file may change or go
   /// away as soon as load_safetensors returns. Costs a copy of the data.
   bool copy = false;
+  /// Set: every floating tensor (F64 F32 F16 BF16 F8_*) is converted to this dtype while
+  /// loading (as Tensor::to; e.g. Float32 for a BF16 checkpoint); integer and BOOL tensors
+  /// keep their dtype. Unset (default): every tensor keeps the stored dtype.
+  std::optional<DType> float_dtype;
 };
 
 /// Loads a safetensors file (zero-copy from a memory map unless `options.copy`; see
@@ -55,12 +64,14 @@ SafetensorsFile load_safetensors(const std::string& path, const LoadOptions& opt
 SafetensorsFile load_safetensors_from_bytes(std::string_view bytes,
                                             const std::string& label = "<memory>");
 
-/// Writes tensors (float32, float64, int64; any strides: non-contiguous tensors are written
+/// Writes tensors (every dtype, kept as it is; any strides: non-contiguous tensors are written
 /// in row-major order) and string metadata to `path`, atomically: the bytes go to a temporary
 /// file in the same directory, which is fsync'ed and renamed over `path`. On any failure the
 /// temporary file is removed, the previous `path` is left untouched and kern::Error is thrown.
 /// Names must be unique, non-empty and not `__metadata__`. Data of 8-byte dtypes is placed
-/// first so that every tensor is aligned to its element size (zero-copy loads).
+/// first, then 4, 2 and 1-byte ones (each group in the given order), so that every tensor is
+/// aligned to its element size (zero-copy loads). A file written this way from tensors in
+/// name order (as load_safetensors returns them) is reproduced byte for byte.
 void save_safetensors(const std::string& path,
                       const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
@@ -69,7 +80,7 @@ void save_safetensors(const std::string& path,
 std::string save_safetensors_to_bytes(const std::vector<std::pair<std::string, Tensor>>& tensors,
                                       const std::map<std::string, std::string>& metadata = {});
 
-/// The safetensors dtype string of a kern dtype ("F32", "F64", "I64").
+/// The safetensors dtype string of a kern dtype ("F32", "BF16", "BOOL", ...).
 std::string_view safetensors_dtype_name(DType dtype);
 
 /// Fingerprint of a tensor's values, as printed by `kern inspect`: sum and sum of absolute
@@ -81,5 +92,23 @@ struct TensorChecksum {
   uint32_t crc32 = 0;
 };
 TensorChecksum checksum(const Tensor& t);
+
+/// One tensor of a file as list_safetensors sees it.
+struct SafetensorsEntry {
+  std::string name;
+  std::string dtype;       // as the file spells it ("BF16", "F8_E8M0", "F17")
+  Shape shape;
+  uint64_t begin = 0, end = 0;  // data_offsets
+  Tensor tensor;           // undefined when kern has no storage type for `dtype`
+};
+struct SafetensorsListing {
+  std::vector<SafetensorsEntry> entries;  // sorted by name
+  std::map<std::string, std::string> metadata;
+};
+
+/// Lists every tensor of a valid file, including those whose dtype kern cannot hold (their
+/// byte size cannot be checked, but everything else is, as for load_safetensors: malformed
+/// files throw the same errors). For `kern inspect`.
+SafetensorsListing list_safetensors(const std::string& path);
 
 }  // namespace kern::io
