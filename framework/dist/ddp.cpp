@@ -113,6 +113,10 @@ Tensor DistributedDataParallel::forward(const Tensor& x) {
     for (auto& t : module_->buffers()) dist::broadcast(t, 0);
   }
   armed_ = sync_ && is_training() && grad_mode_enabled();
+  if (armed_) {
+    ready_count_ = 0;
+    launched_early_ = 0;
+  }
   if (armed_)
     for (auto& b : buckets_) {
       b->work.wait();  // nothing should be pending; never leave a request behind
@@ -138,6 +142,7 @@ void DistributedDataParallel::on_grad_ready(size_t i) {
   KERN_CHECK(!e.ready, "DistributedDataParallel: parameter ", e.name, " received a gradient twice after one "
              "forward (a second backward through the same graph?); run forward again before each backward");
   e.ready = true;
+  ++ready_count_;
   Bucket& b = *buckets_[e.bucket];
   {
     NoGradGuard ng;
@@ -146,7 +151,10 @@ void DistributedDataParallel::on_grad_ready(size_t i) {
     Tensor slot = narrow(b.flat, 0, e.offset, e.param.numel());
     slot.copy_(g);
   }
-  if (--b.pending == 0) launch(b);
+  if (--b.pending == 0) {
+    if (ready_count_ < entries_.size()) ++launched_early_;
+    launch(b);
+  }
   for (auto& other : buckets_)  // let MPI progress what is in flight
     if (other->launched) other->work.test();
 }

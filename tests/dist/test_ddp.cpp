@@ -97,6 +97,8 @@ void run_case(const Case& c, const char* what) {
       cross_entropy((*ddp)(xr.narrow(0, kB / 2, kB / 2)), yr.narrow(0, kB / 2, kB / 2)).backward();
     } else {
       cross_entropy((*ddp)(xr), yr).backward();
+      // the first buckets (last layers) were reduced while backward still ran
+      DCHECK(ddp->buckets_launched_early() >= 1, "no all-reduce overlapped backward");
     }
     opt->step();
     ref_opt->zero_grad();

@@ -85,6 +85,10 @@ class DistributedDataParallel : public Module {
 
   /// Number of buckets and the parameter names in each (for tests and logging).
   std::vector<std::vector<std::string>> bucket_layout() const;
+  /// In the last synchronized backward: how many buckets started their all-reduce while
+  /// other parameters were still waiting for their gradients (communication overlapping
+  /// the rest of backward).
+  int64_t buckets_launched_early() const { return launched_early_; }
 
  private:
   struct Bucket;
@@ -102,6 +106,8 @@ class DistributedDataParallel : public Module {
   bool sync_ = true;    // not inside no_sync()
   bool armed_ = false;  // a synchronized forward ran; its backward reduces
   bool callback_queued_ = false;
+  size_t ready_count_ = 0;     // parameters whose gradient arrived in this backward
+  int64_t launched_early_ = 0;  // see buckets_launched_early()
 };
 
 }  // namespace kern::nn
