@@ -82,37 +82,29 @@ void on_contiguous(Tensor& t, F&& body) {
 }
 }  // namespace
 
-Environment::Environment() {
+namespace {
+// MPI_Init_thread unless MPI is already up (true when this call initialized it); the first
+// live Environment also makes kern's communicator.
+bool start_environment(int* argc, char*** argv) {
   int inited = 0;
   MPI_Initialized(&inited);
   if (!inited) {
     int provided = 0;
-    check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
-    owns_ = true;
+    check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
   }
   if (g_depth++ == 0) {
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &g_comm), "MPI_Comm_dup");
     MPI_Comm_set_errhandler(g_comm, MPI_ERRORS_RETURN);
   }
-  uncaught_ = std::uncaught_exceptions();
+  return !inited;
 }
+}  // namespace
 
-Environment::Environment(int& argc, char**& argv) {
-  int inited = 0;
-  MPI_Initialized(&inited);
-  if (!inited) {
-    int provided = 0;
-    check_mpi(MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
-    owns_ = true;
-  }
-  if (g_depth++ == 0) {
-    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-    check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &g_comm), "MPI_Comm_dup");
-    MPI_Comm_set_errhandler(g_comm, MPI_ERRORS_RETURN);
-  }
-  uncaught_ = std::uncaught_exceptions();
-}
+Environment::Environment() : owns_(start_environment(nullptr, nullptr)), uncaught_(std::uncaught_exceptions()) {}
+
+Environment::Environment(int& argc, char**& argv)
+    : owns_(start_environment(&argc, &argv)), uncaught_(std::uncaught_exceptions()) {}
 
 Environment::~Environment() {
   if (std::uncaught_exceptions() > uncaught_)
