@@ -5,7 +5,8 @@ BUILD ?= build
 JOBS ?= 2
 BENCH ?=
 DEPS := cmake g++ make pkg-config libdnnl-dev libeigen3-dev libfmt-dev catch2 nlohmann-json3-dev \
-        zlib1g-dev libcli11-dev ocl-icd-opencl-dev dataset-fashion-mnist python3 python3-matplotlib
+        zlib1g-dev libcli11-dev ocl-icd-opencl-dev dataset-fashion-mnist python3 python3-matplotlib \
+        libopenmpi-dev openmpi-bin
 BENCH_DEPS := python3-torch libopenblas0-pthread
 # `make fuzz`: libFuzzer (clang 16's compiler-rt) with ASan + UBSan, in its own build folder.
 FUZZ_BUILD ?= build-fuzz

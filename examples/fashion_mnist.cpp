@@ -5,9 +5,19 @@
 //   Conv5x5(1->32) ReLU MaxPool2 Conv5x5(32->64) ReLU MaxPool2 Linear(1024->128) ReLU Linear(128->10)
 //
 // The last line printed is "test accuracy: 0.XXXX".
+//
+// --ddp (when kern was built with MPI): data-parallel over the ranks of
+//   OMP_NUM_THREADS=1 mpirun -np 2 build/examples/fashion_mnist --ddp
+// The global batch stays --batch-size (each rank takes batch_size / ranks examples of its
+// data::DistributedSampler shard); gradients are averaged by nn::DistributedDataParallel;
+// rank 0 prints, evaluates and writes the checkpoint, every rank reads --resume. One
+// thread per rank unless --threads is given.
 #include <CLI/CLI.hpp>
 #include <kern/kern.hpp>
 #include <kern/optim/optim.hpp>
+#ifdef KERN_EXAMPLE_DIST
+#include <kern/dist/ddp.hpp>
+#endif
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -18,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 
 namespace nn = kern::nn;
 using kern::Tensor;
@@ -86,14 +97,29 @@ int main(int argc, char** argv) {
   app.add_option("--resume", resume, "checkpoint to resume from");
   app.add_option("--out", out_dir, "output directory (checkpoints)");
   app.add_option("--seed", seed, "random seed");
+  bool ddp = false;
+  app.add_flag("--ddp", ddp, "data-parallel over the MPI ranks (run under mpirun)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
 
+#ifdef KERN_EXAMPLE_DIST
+  std::optional<kern::dist::Environment> env;
+  if (ddp) env.emplace(argc, argv);
+  const int rank = ddp ? kern::dist::rank() : 0, ranks = ddp ? kern::dist::world_size() : 1;
+  if (ddp && app.count("--threads") == 0) threads = 1;
+#else
+  if (ddp) {
+    fmt::print(stderr, "fashion_mnist: error: --ddp: this kern was built without MPI (KERN_WITH_MPI=OFF)\n");
+    return 1;
+  }
+  const int rank = 0, ranks = 1;
+#endif
   try {
     check_writable_dir(out_dir);
+    KERN_CHECK(batch_size % ranks == 0, "--batch-size ", batch_size, " is not divisible by the ", ranks, " ranks");
     kern::set_num_threads(threads);
     kern::manual_seed(seed);
     auto train = kern::data::FashionMNIST::train(data_dir);
@@ -105,8 +131,15 @@ int main(int argc, char** argv) {
     kern::data::DataLoader loader(train, {.batch_size = batch_size, .shuffle = true, .seed = seed});
 
     auto model = make_model();
+    std::shared_ptr<nn::Module> net = model;  // what forward runs: the model, or DDP around it
     kern::optim::SGD opt(model->parameters(), {.lr = lr, .momentum = momentum, .weight_decay = weight_decay});
-    const int64_t steps_per_epoch = loader.size();
+    // --ddp: this rank's shard of each epoch, in batches of batch_size / ranks
+    kern::data::DistributedSampler sampler(train.size(), {.num_replicas = ranks, .rank = rank, .seed = seed});
+#ifdef KERN_EXAMPLE_DIST
+    if (ddp) net = std::make_shared<nn::DistributedDataParallel>(model);
+#endif
+    const int64_t steps_per_epoch =
+        ddp ? static_cast<int64_t>(sampler.batches(batch_size / ranks).size()) : loader.size();
     kern::optim::CosineAnnealingLR schedule(opt, epochs * steps_per_epoch);
 
     int64_t step = 0;
@@ -115,36 +148,50 @@ int main(int argc, char** argv) {
       KERN_CHECK(step % steps_per_epoch == 0, "--resume: ", resume, " was saved at step ", step,
                  ", not at an epoch boundary (", steps_per_epoch, " steps per epoch)");
       schedule.set_step(step);
-      fmt::print("resumed from {} at step {} (epoch {})\n", resume, step, step / steps_per_epoch);
+      if (rank == 0) fmt::print("resumed from {} at step {} (epoch {})\n", resume, step, step / steps_per_epoch);
     }
     double accuracy = -1.0;
     for (int64_t epoch = step / steps_per_epoch; epoch < epochs; ++epoch) {
       loader.set_epoch(epoch);
       const auto t0 = std::chrono::steady_clock::now();
       double loss_sum = 0.0;
-      auto bar = kern::progress(loader, "epoch {}/{}", epoch + 1, epochs);
-      for (auto& batch : bar) {
-        Tensor loss = kern::cross_entropy((*model)(norm(batch.x)), batch.y);
+      auto train_step = [&](const Tensor& x, const Tensor& y) {
+        Tensor loss = kern::cross_entropy((*net)(norm(x)), y);
         opt.zero_grad();
         loss.backward();
         opt.step();
         schedule.step();
         ++step;
         loss_sum += loss.item();
-        bar.set_postfix("loss", loss.item());
+        return loss.item();
+      };
+      if (ddp) {
+        sampler.set_epoch(epoch);
+        for (auto& idx : sampler.batches(batch_size / ranks)) {
+          auto batch = train.get_batch(idx);
+          train_step(batch.x, batch.y);
+        }
+      } else {
+        auto bar = kern::progress(loader, "epoch {}/{}", epoch + 1, epochs);
+        for (auto& batch : bar) bar.set_postfix("loss", train_step(batch.x, batch.y));
+        bar.bar().finish();
       }
-      bar.bar().finish();
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (rank != 0) continue;  // every rank holds the same model; rank 0 reports and saves
       accuracy = evaluate(*model, test, norm);
-      fmt::print("epoch {}: train loss {:.4f}, test accuracy {:.4f}, {:.1f} s\n", epoch + 1,
-                 loss_sum / steps_per_epoch, accuracy, seconds);
+      fmt::print("epoch {}: train loss {:.4f}{}, test accuracy {:.4f}, {:.1f} s\n", epoch + 1,
+                 loss_sum / steps_per_epoch, ddp ? " (rank 0's shard)" : "", accuracy, seconds);
       kern::io::save_checkpoint(out_dir + "/last.safetensors", *model, opt, step,
                                 {{"epoch", std::to_string(epoch + 1)}});
     }
+    if (rank != 0) return 0;
     if (accuracy < 0) accuracy = evaluate(*model, test, norm);  // resumed after the last epoch
     fmt::print("test accuracy: {:.4f}\n", accuracy);
     return 0;
   } catch (const std::exception& e) {
+#ifdef KERN_EXAMPLE_DIST
+    if (ddp) kern::dist::abort(fmt::format("fashion_mnist: error: {}", e.what()));  // ends every rank
+#endif
     fmt::print(stderr, "fashion_mnist: error: {}\n", e.what());
     return 1;
   }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <mutex>
 #include <optional>
 #include <unordered_map>
 #include <unordered_set>
@@ -17,6 +18,31 @@ namespace {
 thread_local bool g_grad_mode = true;
 std::atomic<bool> g_anomaly{false};
 std::atomic<uint64_t> g_next_seq{0};
+
+// Post-accumulate-grad hooks by leaf (see autograd.hpp). The weak_ptr tells a live leaf from
+// a freed one whose address was reused.
+struct LeafHook {
+  uint64_t id;
+  std::weak_ptr<TensorImpl> leaf;
+  PostAccumulateGradHook fn;
+};
+std::mutex g_hooks_mu;
+std::unordered_map<const TensorImpl*, std::vector<LeafHook>> g_hooks;
+std::atomic<uint64_t> g_next_hook{1};
+std::atomic<size_t> g_num_hooks{0};
+// Callbacks queued during the backward() calls running on this thread (innermost last).
+thread_local std::vector<std::vector<std::function<void()>>*> g_callbacks;
+
+// The live hooks of one leaf (a copy: a hook may register or remove hooks).
+std::vector<LeafHook> hooks_of(const TensorImpl* impl) {
+  std::lock_guard lock(g_hooks_mu);
+  auto it = g_hooks.find(impl);
+  if (it == g_hooks.end()) return {};
+  std::vector<LeafHook> live;
+  for (auto& h : it->second)
+    if (auto p = h.leaf.lock(); p.get() == impl) live.push_back(h);
+  return live;
+}
 
 bool has_non_finite(const Tensor& t) {
   if (!is_floating(t.dtype())) return false;
@@ -86,6 +112,44 @@ void check_saved_versions(const Node& n, const std::vector<Tensor>& inputs, cons
 }
 }  // namespace
 
+uint64_t register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulateGradHook hook) {
+  KERN_CHECK(leaf.defined() && leaf.is_leaf() && leaf.requires_grad(),
+             "register_post_accumulate_grad_hook: expected a leaf that requires grad, got ",
+             leaf.defined() ? fmt::format("{} {} (leaf: {}, requires_grad: {})", leaf.dtype(), leaf.shape(),
+                                          leaf.is_leaf(), leaf.requires_grad())
+                            : std::string("an undefined tensor"));
+  KERN_CHECK(static_cast<bool>(hook), "register_post_accumulate_grad_hook: empty hook");
+  std::lock_guard lock(g_hooks_mu);
+  const TensorImpl* key = leaf.impl_ptr().get();
+  auto& list = g_hooks[key];
+  // drop hooks of a freed tensor that lived at this address
+  std::erase_if(list, [&](const LeafHook& h) { return h.leaf.lock().get() != key; });
+  uint64_t id = g_next_hook.fetch_add(1);
+  list.push_back({id, leaf.impl_ptr(), std::move(hook)});
+  g_num_hooks = 0;
+  for (auto& [k, v] : g_hooks) g_num_hooks += v.size();
+  return id;
+}
+
+bool remove_post_accumulate_grad_hook(uint64_t id) {
+  std::lock_guard lock(g_hooks_mu);
+  for (auto it = g_hooks.begin(); it != g_hooks.end(); ++it) {
+    auto& list = it->second;
+    auto before = list.size();
+    std::erase_if(list, [&](const LeafHook& h) { return h.id == id; });
+    if (list.size() == before) continue;
+    if (list.empty()) g_hooks.erase(it);
+    g_num_hooks = g_num_hooks - 1;
+    return true;
+  }
+  return false;
+}
+
+void queue_backward_callback(std::function<void()> fn) {
+  KERN_CHECK(!g_callbacks.empty(), "queue_backward_callback: no backward() is running on this thread");
+  g_callbacks.back()->push_back(std::move(fn));
+}
+
 bool grad_mode_enabled() { return g_grad_mode; }
 void set_grad_mode(bool enabled) { g_grad_mode = enabled; }
 void set_anomaly_mode(bool enabled) { g_anomaly = enabled; }
@@ -139,18 +203,26 @@ class Engine {
   bool input_wanted(const Tensor& in);
   void seed(const std::vector<Tensor>& outputs, const std::vector<Tensor>& grad_outputs);
   void run_node(Node& n);
+  void run_node_impl(Node& n);
+  void count_leaf_edges();
+  void leaf_edges_done(Node& n);
+  void write_leaf_grad(const TensorImpl* impl, const Tensor& g);
   void release();
   std::vector<Tensor> deliver(const std::vector<Tensor>& targets, bool create_graph);
 
   static void accumulate(Tensor& slot, const Tensor& g) { slot = slot.defined() ? slot + g : g; }
 
   bool accumulate_leaves_;
+  bool create_graph_ = false;
   std::vector<std::shared_ptr<Node>> nodes_;            // reverse topological order
   std::unordered_set<const TensorImpl*> target_leaves_;  // targets by impl (leaves) ...
   std::unordered_set<const Node*> target_nodes_;         // ... and by node (non-leaves)
   std::unordered_map<const Node*, bool> useful_;         // a wanted gradient passes through
   std::unordered_map<const Node*, Tensor> node_grads_;   // d/d output of each node
   std::unordered_map<const TensorImpl*, Tensor> leaf_grads_;
+  // Post-accumulate hooks (backward() only, when any hook exists): the node edges still to
+  // run into each leaf; at zero the leaf's .grad is final and its hooks fire.
+  std::unordered_map<const TensorImpl*, int> leaf_pending_;
 };
 
 Engine::Engine(const std::vector<Tensor>& targets, bool accumulate_leaves) : accumulate_leaves_(accumulate_leaves) {
@@ -217,10 +289,56 @@ void Engine::seed(const std::vector<Tensor>& outputs, const std::vector<Tensor>&
   }
 }
 
-// 4. One node: its backward function (after the in-place check), then each input gradient
-//    reduced to the input's shape and accumulated into its producer or leaf.
+// 3b. With hooks: how many edges of useful nodes feed each leaf.
+void Engine::count_leaf_edges() {
+  for (auto& node : nodes_) {
+    if (!useful_[node.get()]) continue;
+    for (auto& in : node->inputs_)
+      if (in.defined() && !in.grad_fn() && input_wanted(in)) ++leaf_pending_[in.impl_ptr().get()];
+  }
+}
+
+// Writes (accumulates) one leaf's .grad; backward() leaves get it here, early when a hook
+// waits for it, or in deliver().
+void Engine::write_leaf_grad(const TensorImpl* impl, const Tensor& g) {
+  auto* mut = const_cast<TensorImpl*>(impl);
+  Tensor stored = create_graph_ ? g : g.detach();
+  if (mut->grad) {
+    Tensor prev(mut->grad);
+    NoGradGuard ng;
+    stored = create_graph_ ? prev + g : (prev + g).detach();
+  }
+  mut->grad = stored.impl_ptr();
+}
+
+// After node n: the leaves it fed that no other pending node feeds get their .grad now,
+// then their hooks run.
+void Engine::leaf_edges_done(Node& n) {
+  for (auto& in : n.inputs_) {
+    if (!in.defined() || in.grad_fn() || !input_wanted(in)) continue;
+    const TensorImpl* impl = in.impl_ptr().get();
+    auto pit = leaf_pending_.find(impl);
+    if (pit == leaf_pending_.end() || --pit->second > 0) continue;
+    leaf_pending_.erase(pit);
+    auto git = leaf_grads_.find(impl);
+    if (git == leaf_grads_.end()) continue;  // no gradient reached it in this pass
+    auto hooks = hooks_of(impl);
+    if (hooks.empty()) continue;
+    write_leaf_grad(impl, git->second);
+    leaf_grads_.erase(git);
+    for (auto& h : hooks) h.fn(in);
+  }
+}
+
 void Engine::run_node(Node& n) {
   if (!useful_[&n]) return;
+  run_node_impl(n);
+  if (!leaf_pending_.empty()) leaf_edges_done(n);
+}
+
+// 4. One node: its backward function (after the in-place check), then each input gradient
+//    reduced to the input's shape and accumulated into its producer or leaf.
+void Engine::run_node_impl(Node& n) {
   auto git = node_grads_.find(&n);
   if (git == node_grads_.end() || !git->second.defined()) return;
   Tensor g = git->second;
@@ -275,16 +393,12 @@ void Engine::release() {
 std::vector<Tensor> Engine::deliver(const std::vector<Tensor>& targets, bool create_graph) {
   std::vector<Tensor> result;
   if (accumulate_leaves_) {
-    for (auto& [impl, g] : leaf_grads_) {
-      auto* mut = const_cast<TensorImpl*>(impl);
-      Tensor stored = create_graph ? g : g.detach();
-      if (mut->grad) {
-        Tensor prev(mut->grad);
-        NoGradGuard ng;
-        stored = create_graph ? prev + g : (prev + g).detach();
-      }
-      mut->grad = stored.impl_ptr();
-    }
+    // Leaves whose hooks already ran were written (and erased) in leaf_edges_done.
+    for (auto& [impl, g] : leaf_grads_) write_leaf_grad(impl, g);
+    if (g_num_hooks > 0)
+      for (auto& [impl, g] : leaf_grads_)
+        for (auto& h : hooks_of(impl))
+          if (auto p = h.leaf.lock()) h.fn(Tensor(p));
     return result;
   }
   for (auto& t : targets) {
@@ -304,9 +418,11 @@ std::vector<Tensor> Engine::run(const std::vector<Tensor>& outputs,
                                 const std::vector<Tensor>& targets, bool accumulate_leaves,
                                 bool retain_graph, bool create_graph) {
   Engine e(targets, accumulate_leaves);
+  e.create_graph_ = create_graph;
   e.collect(outputs);
   e.mark_useful();
   e.seed(outputs, grad_outputs);
+  if (accumulate_leaves && g_num_hooks > 0) e.count_leaf_edges();
   {
     // The backward functions record a graph of their own only with create_graph.
     std::optional<NoGradGuard> no_grad;
@@ -317,6 +433,29 @@ std::vector<Tensor> Engine::run(const std::vector<Tensor>& outputs,
   }
   return e.deliver(targets, create_graph);
 }
+
+namespace {
+// backward()'s queued callbacks (queue_backward_callback): pushed for the pass, run after
+// every .grad was written, dropped if the pass throws.
+class CallbackScope {
+ public:
+  CallbackScope() { g_callbacks.push_back(&queued_); }
+  ~CallbackScope() {
+    if (!g_callbacks.empty() && g_callbacks.back() == &queued_) g_callbacks.pop_back();
+  }
+  void run() {
+    // a callback may queue more: they run too, in order
+    for (size_t i = 0; i < queued_.size(); ++i) {
+      auto fn = std::move(queued_[i]);
+      fn();
+    }
+    queued_.clear();
+  }
+
+ private:
+  std::vector<std::function<void()>> queued_;
+};
+}  // namespace
 
 std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& inputs,
                          const std::vector<Tensor>& grad_outputs, GradOptions options) {
@@ -338,7 +477,9 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
 }
 
 void Tensor::backward(const Tensor& grad_output, bool retain_graph, bool create_graph) const {
+  CallbackScope callbacks;
   Engine::run({*this}, {grad_output}, {}, true, retain_graph || create_graph, create_graph);
+  callbacks.run();
 }
 
 }  // namespace kern

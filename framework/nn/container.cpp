@@ -15,6 +15,13 @@ void ModuleList::append(std::shared_ptr<Module> module) {
   modules_.push_back(std::move(module));
 }
 
+void ModuleList::set(size_t i, std::shared_ptr<Module> module) {
+  KERN_CHECK(i < modules_.size(), name(), "::set(", i, "): index out of range (size ", modules_.size(), ")");
+  KERN_CHECK(module != nullptr, name(), "::set(", i, "): module is null");
+  register_module(std::to_string(i), module);
+  modules_[i] = std::move(module);
+}
+
 std::shared_ptr<Module> ModuleList::operator[](size_t i) const {
   KERN_CHECK(i < modules_.size(), name(), "[", i, "]: index out of range (size ", modules_.size(),
              ")");

@@ -121,6 +121,22 @@ struct GradOptions {
 std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& inputs,
                          const std::vector<Tensor>& grad_outputs = {}, GradOptions options = {});
 
+/// Leaf gradient hooks (PyTorch's Tensor.register_post_accumulate_grad_hook). During
+/// backward() (not grad()), a leaf's hook runs as soon as every node that feeds the leaf has
+/// run and its .grad holds the accumulated result for this pass: while the rest of the graph
+/// is still being differentiated. DistributedDataParallel starts its gradient all-reduces
+/// from here. The hook is keyed by the leaf's TensorImpl (views or copies of the handle share
+/// it); a hook whose tensor has been freed is dropped. Hooks run on the thread that called
+/// backward(), in the engine's order; they must not start another backward.
+using PostAccumulateGradHook = std::function<void(const Tensor& leaf)>;
+uint64_t register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulateGradHook hook);
+/// Removes a hook; false when the id is unknown.
+bool remove_post_accumulate_grad_hook(uint64_t id);
+/// Queues `fn` to run when the innermost backward() running on this thread finishes, after
+/// every .grad was written (PyTorch's Variable._execution_engine.queue_callback). Called
+/// outside a backward, it throws. If the backward throws, queued callbacks are dropped.
+void queue_backward_callback(std::function<void()> fn);
+
 /// Is the graph being recorded? (thread-local, like PyTorch's grad mode)
 bool grad_mode_enabled();
 void set_grad_mode(bool enabled);

@@ -3,6 +3,7 @@
 // transforms.
 #include <kern/data/dataloader.hpp>
 #include <kern/data/dataset.hpp>
+#include <kern/data/distributed_sampler.hpp>
 #include <kern/data/idx.hpp>
 #include <kern/data/sequence_tasks.hpp>
 #include <kern/data/transforms.hpp>

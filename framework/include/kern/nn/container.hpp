@@ -64,6 +64,9 @@ class ModuleList : public Module {
     return push_back(std::make_shared<std::remove_cvref_t<M>>(std::move(module)));
   }
 
+  /// Replaces the i-th module (same name "i"; throws when out of range). Used by module
+  /// conversions such as nn::convert_sync_batchnorm.
+  void set(size_t i, std::shared_ptr<Module> module);
   /// The i-th module (throws when out of range).
   std::shared_ptr<Module> operator[](size_t i) const;
   /// The i-th module as M (throws when out of range or of another type).

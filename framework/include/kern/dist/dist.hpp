@@ -1,0 +1,112 @@
+#pragma once
+// kern::dist: multi-process collectives over MPI (OpenMPI on Debian), for data-parallel
+// training (nn::DistributedDataParallel, nn::SyncBatchNorm) and sharded instruments.
+//
+// Built only when CMake finds MPI (option KERN_WITH_MPI); link kern::kern_dist. Run with
+//   mpirun -np 2 ./train
+// One process per rank, one communicator (a duplicate of MPI_COMM_WORLD). Every collective
+// must be called by every rank in the same order, as in MPI and torch.distributed.
+//
+// Checks: every collective first all-gathers a small header (dtype, rank, shape) and throws
+// the same kern::Error on every rank when the ranks disagree ("dist::all_reduce: tensors
+// differ across ranks: rank 0 float32 [4, 3], rank 1 float32 [4]"), so a mismatch is an
+// error, never a hang or a silent mis-reduction. MPI errors are returned (MPI_ERRORS_RETURN),
+// not fatal, and become kern::Error naming the call and MPI's message.
+//
+// Faults: an exception on one rank leaves the others blocked in their next collective.
+// dist::run_or_abort(fn) (or Environment's destructor during stack unwinding) prints
+// "kern::dist: rank R of N failed: <what>" to stderr and calls MPI_Abort, which ends every
+// rank of the job with a non-zero status. There are no collective timeouts: a rank that
+// dies without an exception (SIGKILL, OOM) is detected by mpirun, which ends the job.
+#include <kern/tensor.hpp>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace kern::dist {
+
+/// MPI_Init_thread (MPI_THREAD_FUNNELED: only the thread that initialized calls MPI; OpenMP
+/// threads inside kern's ops never do) and MPI_Finalize, as RAII. Nested or repeated
+/// Environments are fine: only the outermost one initializes and finalizes. If MPI was
+/// initialized by someone else, it is neither initialized nor finalized here.
+/// Destroyed while an exception propagates, it calls abort() instead of MPI_Finalize
+/// (finalizing would block until the other ranks finalize, which they never do).
+class Environment {
+ public:
+  Environment();
+  Environment(int& argc, char**& argv);
+  ~Environment();
+  Environment(const Environment&) = delete;
+  Environment& operator=(const Environment&) = delete;
+
+ private:
+  bool owns_ = false;
+  int uncaught_ = 0;
+};
+
+/// True between the first Environment's construction and MPI_Finalize.
+bool is_initialized();
+/// This process's rank in [0, world_size()). Throws if dist is not initialized.
+int rank();
+int world_size();
+
+enum class ReduceOp { Sum, Mean };
+
+/// In place: t = the sum (or mean) of t over all ranks. float32, float64, int64 (Sum only).
+/// t may be a non-contiguous view (reduced through a contiguous copy). Bumps t's version.
+void all_reduce(Tensor& t, ReduceOp op = ReduceOp::Sum);
+/// In place: t = root's t on every rank.
+void broadcast(Tensor& t, int root = 0);
+/// Every rank's t, in rank order (one tensor per rank, each shaped like t).
+std::vector<Tensor> all_gather(const Tensor& t);
+/// Blocks until every rank arrives.
+void barrier();
+
+/// A non-blocking sum all-reduce started by all_reduce_async (MPI_Iallreduce): the tensor
+/// must not be read or written until wait() returns. Unchecked (no header exchange): the
+/// caller guarantees identical shapes and dtypes on every rank (DistributedDataParallel's
+/// buckets, which are checked once at construction).
+class Work {
+ public:
+  Work() = default;
+  Work(Work&& other) noexcept;
+  Work& operator=(Work&& other) noexcept;
+  Work(const Work&) = delete;
+  Work& operator=(const Work&) = delete;
+  ~Work();
+  /// Blocks until the reduction is done (no-op on a default or finished Work).
+  void wait();
+  /// Lets MPI progress the reduction; true when it is done.
+  bool test();
+  bool pending() const { return request_ != nullptr; }
+
+ private:
+  friend Work all_reduce_async(Tensor& t);
+  void* request_ = nullptr;  // MPI_Request, heap-allocated (mpi.h stays out of this header)
+  Tensor tensor_;            // keeps the buffer alive while MPI writes into it
+};
+/// Starts an in-place sum all-reduce of a contiguous float32/float64 tensor.
+Work all_reduce_async(Tensor& t);
+
+/// Checks that `what` (a description such as a parameter list) is identical on every rank;
+/// throws the same kern::Error on every rank naming the first rank that differs from rank 0.
+void check_same_on_all_ranks(const std::string& context, const std::string& what);
+
+/// Prints "kern::dist: rank R of N failed: <message>" to stderr and aborts the whole job
+/// (MPI_Abort with `code`). Does not return.
+[[noreturn]] void abort(const std::string& message, int code = 1);
+
+/// Runs fn; an exception ends the job through abort() naming this rank and the error, so
+/// that the other ranks do not wait forever in a collective. Returns fn's status (0 if void).
+int run_or_abort(const std::function<void()>& fn);
+
+namespace functional {
+/// Differentiable sum all-reduce (torch.distributed.nn.functional.all_reduce): returns the
+/// sum of x over ranks, and its backward sums the incoming gradients over ranks (every rank
+/// must run the backward). SyncBatchNorm's batch statistics go through it, which makes its
+/// gradient exact. x: any shape, float32/float64 -> same shape.
+Tensor all_reduce(const Tensor& x);
+}  // namespace functional
+
+}  // namespace kern::dist

@@ -1,0 +1,96 @@
+// dist collectives: values from closed forms of the rank (sum_r (r + 1) = n(n+1)/2, ...),
+// and the agreement check's error on every rank.
+#include "check.hpp"
+
+using namespace kern;
+
+namespace {
+
+void collectives() {
+  const int r = dist::rank(), n = dist::world_size();
+  for (DType dt : {DType::Float32, DType::Float64, DType::Int64}) {
+    Tensor t = full({2, 3}, r + 1.0, dt);
+    dist::all_reduce(t);
+    DCHECK(maxdiff(t, full({2, 3}, n * (n + 1) / 2.0, DType::Float64)) == 0.0, dt);
+    Tensor b = full({3}, 10.0 * (r + 1), dt);
+    dist::broadcast(b, n - 1);
+    DCHECK(maxdiff(b, full({3}, 10.0 * n, DType::Float64)) == 0.0);
+    auto parts = dist::all_gather(full({2}, static_cast<double>(r), dt));
+    DCHECK(static_cast<int>(parts.size()) == n);
+    for (int q = 0; q < n; ++q) DCHECK(maxdiff(parts[q], full({2}, q, DType::Float64)) == 0.0);
+  }
+  // mean, and a non-contiguous view reduced in place
+  Tensor m = full({4, 2}, 2.0 * r, DType::Float64);
+  Tensor col = m.narrow(1, 1, 1);
+  dist::all_reduce(col, dist::ReduceOp::Mean);
+  DCHECK(maxdiff(m.narrow(1, 1, 1), full({4, 1}, n - 1.0, DType::Float64)) == 0.0);  // mean of 2r
+  DCHECK(maxdiff(m.narrow(1, 0, 1), full({4, 1}, 2.0 * r, DType::Float64)) == 0.0);  // untouched
+  // async
+  Tensor a = full({5}, r + 1.0, DType::Float32);
+  dist::Work w = dist::all_reduce_async(a);
+  w.wait();
+  DCHECK(maxdiff(a, full({5}, n * (n + 1) / 2.0, DType::Float64)) == 0.0);
+  dist::barrier();
+}
+
+void mismatch() {
+  const int r = dist::rank();
+  DCHECK(dist::world_size() >= 2, "needs 2 ranks");
+  // shape differs: every rank gets the same error, naming each rank's shape
+  Tensor t = zeros({r == 0 ? 3 : 4}, DType::Float32);
+  DCHECK_THROWS(dist::all_reduce(t), "dist::all_reduce: tensors differ across ranks", "rank 0 float32 [3]",
+                "rank 1 float32 [4]");
+  Tensor u = zeros({2}, r == 0 ? DType::Float32 : DType::Float64);
+  DCHECK_THROWS(dist::broadcast(u), "dist::broadcast", "rank 0 float32 [2]", "rank 1 float64 [2]");
+  DCHECK_THROWS(dist::all_gather(zeros({2, r + 1})), "dist::all_gather", "[2, 1]", "[2, 2]");
+  Tensor i = zeros({2}, DType::Int64);
+  DCHECK_THROWS(dist::all_reduce(i, dist::ReduceOp::Mean), "Mean of a int64");
+  Tensor bad = zeros({2}, DType::Float32);
+  DCHECK_THROWS(dist::broadcast(bad, 7), "root 7 is not a rank");
+  // the communicator still works after the errors
+  Tensor ok = ones({2}, DType::Float64);
+  dist::all_reduce(ok);
+  DCHECK(maxdiff(ok, full({2}, dist::world_size(), DType::Float64)) == 0.0);
+}
+
+// The differentiable all-reduce: y = sum_r x_r, loss_r = <c_r, y> on every rank, so
+// d(sum_r loss_r)/dx_q = sum_r c_r on every rank q.
+void functional_all_reduce() {
+  const int r = dist::rank(), n = dist::world_size();
+  Tensor x = full({3}, r + 1.0, DType::Float64).requires_grad_();
+  Tensor y = dist::functional::all_reduce(x);
+  DCHECK(maxdiff(y, full({3}, n * (n + 1) / 2.0, DType::Float64)) == 0.0);
+  Tensor c = full({3}, 2.0 * r + 1.0, DType::Float64);
+  (y * c).sum().backward();
+  DCHECK(maxdiff(x.grad(), full({3}, static_cast<double>(n) * n, DType::Float64)) == 0.0);  // sum of 2r+1
+}
+
+// DistributedSampler on the real ranks: the gathered shares cover every index once.
+void sampler() {
+  const int r = dist::rank(), n = dist::world_size();
+  const int64_t size = 10 * n;
+  std::vector<int64_t> prev;
+  for (int64_t epoch = 0; epoch < 3; ++epoch) {
+    data::DistributedSampler s(size, {.num_replicas = n, .rank = r, .seed = 3});
+    s.set_epoch(epoch);
+    auto mine = s.indices();
+    auto parts = dist::all_gather(from_vector(mine, {static_cast<int64_t>(mine.size())}));
+    std::vector<int> count(size, 0);
+    std::vector<int64_t> all;
+    for (auto& p : parts)
+      for (int64_t i : p.to_vector<int64_t>()) {
+        ++count[i];
+        all.push_back(i);
+      }
+    for (int64_t i = 0; i < size; ++i) DCHECK(count[i] == 1, "index ", i, " seen ", count[i], " times");
+    DCHECK(all != prev, "epoch ", epoch, " has the previous epoch's order");
+    prev = all;
+  }
+}
+
+Register r1("collectives", collectives);
+Register r2("mismatch", mismatch);
+Register r3("functional_all_reduce", functional_all_reduce);
+Register r4("sampler", sampler);
+
+}  // namespace
