@@ -99,6 +99,15 @@ Tensor transformed_grid(const Samples& s, int64_t k, DType dtype) {
   return bmm(u, s.g_inv.transpose(1, 2));  // [S, k*k, 2] x [S, 2, 2]^T
 }
 
+// The kernel envelope at coordinates c [..., 2]: (1 - |c|^2 / rho^2)^2 inside the disk, else 0
+// -> [..., 1] (a constant: the coordinates carry no gradient). rho <= 0: undefined (none).
+Tensor envelope_of(const Tensor& c, double rho) {
+  if (rho <= 0) return {};
+  NoGradGuard ng;
+  const Tensor t2 = (c * c).sum({-1}, true) / (rho * rho);
+  return where(t2 < 1.0, square(1.0 - t2), 0.0);
+}
+
 Tensor conv_same(const Tensor& x, const Tensor& w, const Tensor& bias, int64_t k) {
   Conv2dParams p;
   p.padding = {(k - 1) / 2, (k - 1) / 2};
@@ -127,7 +136,8 @@ Tensor AffineLiftingConv::filter_bank(const Samples& s) {
   const int64_t S = s.size(), k = o.kernel_size(), Co = o.out_channels(), Ci = o.in_channels();
   const DType dt = s.g.dtype();
   const Tensor coords = transformed_grid(s, k, dt);             // [S, k*k, 2]
-  const Tensor kv = kernel->forward(coords);                    // [S, k*k, Co*Ci]
+  Tensor kv = kernel->forward(coords);                          // [S, k*k, Co*Ci]
+  if (o.envelope() > 0) kv = kv * envelope_of(coords, o.envelope());
   Tensor w = kv.reshape({S, k, k, Co, Ci}).permute({3, 0, 4, 1, 2});  // [Co, S, Ci, k, k]
   // volume correction 1 / |det h_s| and the init scale 1 / sqrt(Ci k^2)
   const Tensor vol = (1.0 / abs(det2(s.g))).detach() / std::sqrt(static_cast<double>(Ci * k * k));
@@ -185,7 +195,8 @@ Tensor AffineGroupConv::filter_bank(const Samples& in, const Samples& out) {
   const Tensor coords = cat({spatial.unsqueeze(1).expand({So, Si, K2, 2}),
                              emb.unsqueeze(2).expand({So, Si, K2, E})},
                             -1);                                      // [So, Si, k*k, 2 + E]
-  const Tensor kv = kernel->forward(coords);                           // [So, Si, k*k, Co*Ci]
+  Tensor kv = kernel->forward(coords);                                 // [So, Si, k*k, Co*Ci]
+  if (o.envelope() > 0) kv = kv * envelope_of(spatial, o.envelope()).unsqueeze(1);
   Tensor w = kv.reshape({So, Si, k, k, Co, Ci}).permute({4, 0, 5, 1, 2, 3});  // [Co, So, Ci, Si, k, k]
   // Monte-Carlo weight w_j / S_in, volume correction 1 / |det h_s|, init scale.
   const Tensor f = (in.weight.reshape({1, Si}) / abs(det2(out.g)).reshape({So, 1})).detach() /

@@ -71,6 +71,10 @@ struct AffineConvOptions {
   AffineConvOptions& hidden(int64_t v) { hidden_ = v; return *this; }
   AffineConvOptions& hidden_layers(int64_t v) { hidden_layers_ = v; return *this; }
   AffineConvOptions& omega0(double v) { omega0_ = v; return *this; }
+  /// > 0: multiply the kernel by the bump (1 - |h^-1 u|^2 / rho^2)^2 (0 outside), in the
+  /// kernel's own coordinates, so it has compact support (the paper's kernel mask; a smooth
+  /// one so Monte-Carlo / grid sums converge). 0 (default): no envelope.
+  AffineConvOptions& envelope(double rho) { envelope_ = rho; return *this; }
   int64_t in_channels() const { return in_channels_; }
   int64_t out_channels() const { return out_channels_; }
   int64_t kernel_size() const { return kernel_size_; }
@@ -79,6 +83,7 @@ struct AffineConvOptions {
   int64_t hidden() const { return hidden_; }
   int64_t hidden_layers() const { return hidden_layers_; }
   double omega0() const { return omega0_; }
+  double envelope() const { return envelope_; }
 
  private:
   int64_t in_channels_, out_channels_, kernel_size_;
@@ -86,6 +91,7 @@ struct AffineConvOptions {
   bool bias_ = true;
   int64_t hidden_ = 32, hidden_layers_ = 2;
   double omega0_ = 10.0;
+  double envelope_ = 0.0;
 };
 
 /// The k x k offsets u (row, col) / ((k - 1) / 2): [k * k, 2] in row-major order, dtype.
