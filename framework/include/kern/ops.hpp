@@ -6,6 +6,7 @@
 #include <kern/ops/elementwise.hpp>
 #include <kern/ops/fft.hpp>
 #include <kern/ops/flip.hpp>
+#include <kern/ops/grid_sample.hpp>
 #include <kern/ops/index.hpp>
 #include <kern/ops/linalg.hpp>
 #include <kern/ops/loss.hpp>
