@@ -301,3 +301,54 @@ TEST_CASE("limits: batching over pairs and x2 give the same kernel as one block"
   for (int i = 0; i < 5; ++i)
     for (int j = 0; j < 5; ++j) CHECK(std::abs(sa[i * 5 + j] - sa[j * 5 + i]) <= 1e-14 * std::abs(sa[i * 5 + j]));
 }
+
+namespace {
+
+// mean over seeds of ||Theta_twin - Theta_inf||_F / ||Theta_inf||_F
+double twin_distance(const L::Layer& net, const Tensor& x, int64_t width, int seeds,
+                     std::array<int64_t, 2> hw, L::Parameterization) {
+  auto want = vec(net.kernel(x, {}, {.width = width}).ntk);
+  double norm = 0;
+  for (double v : want) norm += v * v;
+  double total = 0;
+  for (int s = 0; s < seeds; ++s) {
+    kern::Generator g(77 + s);
+    auto twin = net.twin(x.size(1), width, 1, hw, &g);
+    auto got = vec(kern::tools::ntk(*twin, x));
+    double d = 0;
+    for (size_t i = 0; i < got.size(); ++i) d += (got[i] - want[i]) * (got[i] - want[i]);
+    total += std::sqrt(d / norm);
+  }
+  return total / seeds;
+}
+
+}  // namespace
+
+TEST_CASE("limits: the finite twin's empirical NTK approaches the analytic one with width",
+          "[limits]") {
+  // Deep nets (3 nonlinearities): the distance is O(width^-1/2); 16x the width -> ~1/4.
+  Tensor x = inputs({4, 5}, 12);
+  for (auto par : {L::Parameterization::NTK, L::Parameterization::Standard}) {
+    INFO((par == L::Parameterization::NTK ? "ntk" : "standard"));
+    const L::DenseOptions o{.W_std = 1.4, .b_std = 0.2, .parameterization = par};
+    auto mlp = L::serial({L::Dense(o), L::Relu(), L::Dense(o), L::Erf(), L::Dense(o), L::Gelu(),
+                          L::Dense(o)});
+    const double d64 = twin_distance(mlp, x, 64, 3, {0, 0}, par);
+    const double d1024 = twin_distance(mlp, x, 1024, 3, {0, 0}, par);
+    INFO("distance at 64: " << d64 << ", at 1024: " << d1024);
+    CHECK(d1024 < 0.08);
+    CHECK(d1024 < 0.5 * d64);
+  }
+  // a small CNN with a residual block, LayerNorm and GAP
+  Tensor xi = inputs({3, 2, 5, 5}, 13);
+  const L::ConvOptions c{.W_std = 1.3, .b_std = 0.1};
+  auto cnn = L::serial({L::Conv(3, c),
+                        L::fan_sum({L::serial({L::Relu(), L::Conv(3, c), L::Relu(), L::Conv(3, c)}), L::Identity()}),
+                        L::LayerNorm(), L::Relu(), L::AvgPool({2, 2}, {.stride = {1, 1}}), L::GlobalAvgPool(),
+                        L::Dense({.W_std = 1.0, .b_std = 0.1})});
+  const double d16 = twin_distance(cnn, xi, 16, 3, {5, 5}, L::Parameterization::NTK);
+  const double d256 = twin_distance(cnn, xi, 256, 3, {5, 5}, L::Parameterization::NTK);
+  INFO("CNN distance at 16: " << d16 << ", at 256: " << d256);
+  CHECK(d256 < 0.1);
+  CHECK(d256 < 0.5 * d16);
+}

@@ -36,7 +36,8 @@
 //     mean over all pixels: nngp' = mean_{p, q} nngp[p, q]. Flatten: nngp' = mean_p nngp[p, p]
 //     (nt's Flatten divides by the pixel count: the flattened vector's Dense has fan_in C H W).
 //   - LayerNorm over channels (no affine): nngp'[p, q] = nngp[p, q] / sqrt(K11[p] K22[q]),
-//     ntk' likewise.
+//     ntk' likewise. Like nt's, the map assumes zero-mean inputs (a Dense/Conv output, or sums
+//     of them); the twin subtracts the channel mean, so right after a Relu they differ.
 //   - fan_sum({branch, ...}) (FanOut + parallel + FanInSum, e.g. a residual block with
 //     Identity() as the shortcut): the branches' kernels add.
 //
