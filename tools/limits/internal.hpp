@@ -3,6 +3,7 @@
 #include <kern/error.hpp>
 #include <kern/tools/limits/limits.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -43,27 +44,44 @@ inline Unit unit(Kernel& k, int64_t u) {
 /// Pixel variances of every input: [n][P] for side 1 and side 2.
 void pixel_variances(const Kernel& k, std::vector<double>& d1, std::vector<double>& d2);
 
-/// Applies a linear map f(in [S], out [S']) to every block; S' = out_entries.
+/// Applies a linear map f(in [S], out [S']) to every block; S' = out_entries. A map that
+/// keeps the size runs in place through a per-thread buffer (no n1*n2*S allocation per layer).
 template <class F>
 void map_blocks(Kernel& k, int64_t out_entries, F f) {
   const int64_t S = k.entries();
   const int64_t units = unit_count(k);
-  std::vector<double> nngp(k.n1 * k.n2 * out_entries), ntk(k.n1 * k.n2 * out_entries),
-      cov1(k.n1 * out_entries), cov2(k.n2 * out_entries);
+  const bool in_place = out_entries == S;
+  std::vector<double> nngp, ntk, cov1, cov2;
+  if (!in_place) {
+    nngp.resize(k.n1 * k.n2 * out_entries);
+    ntk.resize(k.n1 * k.n2 * out_entries);
+    cov1.resize(k.n1 * out_entries);
+    cov2.resize(k.n2 * out_entries);
+  }
   const int64_t cross = k.n1 * k.n2;
-#pragma omp parallel for schedule(dynamic, 1) if (units * S > 65536)
-  for (int64_t u = 0; u < units; ++u) {
-    if (u < cross) {
-      f(k.nngp.data() + u * S, nngp.data() + u * out_entries);
-      f(k.ntk.data() + u * S, ntk.data() + u * out_entries);
-    } else if (u < cross + k.n1) {
-      const int64_t i = u - cross;
-      f(k.cov1.data() + i * S, cov1.data() + i * out_entries);
-    } else {
-      const int64_t j = u - cross - k.n1;
-      f(k.cov2.data() + j * S, cov2.data() + j * out_entries);
+#pragma omp parallel if (units * S > 65536)
+  {
+    std::vector<double> buf(in_place ? S : 0);
+    auto run = [&](const double* in, double* out) {
+      if (!in_place) return f(in, out);
+      f(in, buf.data());
+      std::copy(buf.begin(), buf.end(), const_cast<double*>(in));
+    };
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t u = 0; u < units; ++u) {
+      if (u < cross) {
+        run(k.nngp.data() + u * S, in_place ? nullptr : nngp.data() + u * out_entries);
+        run(k.ntk.data() + u * S, in_place ? nullptr : ntk.data() + u * out_entries);
+      } else if (u < cross + k.n1) {
+        const int64_t i = u - cross;
+        run(k.cov1.data() + i * S, in_place ? nullptr : cov1.data() + i * out_entries);
+      } else {
+        const int64_t j = u - cross - k.n1;
+        run(k.cov2.data() + j * S, in_place ? nullptr : cov2.data() + j * out_entries);
+      }
     }
   }
+  if (in_place) return;
   k.nngp.swap(nngp);
   k.ntk.swap(ntk);
   k.cov1.swap(cov1);

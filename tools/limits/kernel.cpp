@@ -124,6 +124,16 @@ Tensor prepare(const Tensor& x, const char* what) {
   return x.to(DType::Float64).contiguous();
 }
 
+// out [P, P] = in^T for full blocks (P = full_p), a copy otherwise.
+void transpose_into(double* out, const double* in, int64_t S, int64_t full_p) {
+  if (full_p == 0) {
+    std::memcpy(out, in, S * sizeof(double));
+    return;
+  }
+  for (int64_t p = 0; p < full_p; ++p)
+    for (int64_t q = 0; q < full_p; ++q) out[q * full_p + p] = in[p * full_p + q];
+}
+
 }  // namespace
 
 Kernel input_kernel(const Tensor& x1, const Tensor& x2, bool full) {
@@ -194,10 +204,12 @@ Kernels Layer::kernel(const Tensor& x1_in, const Tensor& x2_in, const KernelOpti
 
   std::vector<double> out_nngp, out_ntk;
   Shape tail;  // the output's per-pair shape
-  int64_t S = -1;
+  int64_t S = -1, full_out = 0;  // full_out: P of a full [P, P] output block, else 0
+  // K(x, x) is symmetric: blocks below the diagonal are mirrored, not computed
+  const bool same = !x2_in.defined();
   for (int64_t r1 = 0; r1 < N1; r1 += bs) {
     const int64_t b1 = std::min(bs, N1 - r1);
-    for (int64_t r2 = 0; r2 < N2; r2 += bs) {
+    for (int64_t r2 = same ? r1 : 0; r2 < N2; r2 += bs) {
       const int64_t b2 = std::min(bs, N2 - r2);
       Kernel k = input_kernel(x1.narrow(0, r1, b1).contiguous(), x2.narrow(0, r2, b2).contiguous(),
                               full);
@@ -205,6 +217,7 @@ Kernels Layer::kernel(const Tensor& x1_in, const Tensor& x2_in, const KernelOpti
       net.apply(k);
       if (S < 0) {
         S = k.entries();
+        full_out = k.full ? k.pixels() : 0;
         if (k.spatial) tail = k.full ? Shape{k.h, k.w, k.h, k.w} : Shape{k.h, k.w};
         out_nngp.assign(N1 * N2 * S, 0.0);
         out_ntk.assign(N1 * N2 * S, 0.0);
@@ -214,6 +227,12 @@ Kernels Layer::kernel(const Tensor& x1_in, const Tensor& x2_in, const KernelOpti
           const int64_t src = (i * b2 + j) * S, dst = ((r1 + i) * N2 + r2 + j) * S;
           std::memcpy(out_nngp.data() + dst, k.nngp.data() + src, S * sizeof(double));
           std::memcpy(out_ntk.data() + dst, k.ntk.data() + src, S * sizeof(double));
+          if (same && r2 != r1) {
+            // the mirrored pair (j, i): full blocks swap the pixel indices p and q
+            const int64_t mdst = ((r2 + j) * N2 + r1 + i) * S;
+            transpose_into(out_nngp.data() + mdst, k.nngp.data() + src, S, full_out);
+            transpose_into(out_ntk.data() + mdst, k.ntk.data() + src, S, full_out);
+          }
         }
     }
   }
