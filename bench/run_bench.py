@@ -55,12 +55,16 @@ WORKLOADS = [
     ("fmnist_epoch", "fmnist_epoch", None),
     ("zoo_ntk_convnext", "zoo_ntk_convnext", None),
     ("zoo_sharpness_convnext", "zoo_sharpness_convnext", None),
+    ("cntk_gap_16", "cntk_gap_16", None),
+    ("cntk_gap", "cntk_gap", None),
 ]
 # Zoo-scale workloads: one PyTorch iteration takes seconds (NTK, ~7 s) to a minute (20
 # HVPs), so they get their own (warm-up, timed) counts, overridable by --zoo-warmup /
 # --zoo-iters. Each side runs (1 + 3) x 2 PyTorch environments for the NTK, (1 + 1) x 2
 # for the Hessian: a few minutes in all.
-ZOO_REPS = {"zoo_ntk_convnext": (1, 3), "zoo_sharpness_convnext": (1, 1)}
+ZOO_REPS = {"zoo_ntk_convnext": (1, 3), "zoo_sharpness_convnext": (1, 1),
+            # the analytic CNTK (kern::limits): ~10 s (16 images) and minutes (64) per iteration
+            "cntk_gap_16": (1, 3), "cntk_gap": (0, 1)}
 # Keys of a run's JSON line that are timing/bookkeeping; everything else is an "extra".
 BASE_KEYS = {"id", "median_s", "min_s", "max_s", "peak_rss_mb", "threads", "iters",
              "length", "check", "max_abs_err"}
