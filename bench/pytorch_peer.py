@@ -57,6 +57,7 @@ WORKLOADS = [
     "dwconv31_train", "inceptionnext_block_train", "longconv_train", "ntk_mlp", "ntk_cnn",
     "sharpness_mlp", "fmnist_epoch", "zoo_ntk_convnext", "zoo_sharpness_convnext",
     "cntk_gap", "cntk_gap_16",
+    "ddp_mlp_train",
 ]
 
 
@@ -155,6 +156,9 @@ class Bench:
     reference: Callable[[], list]
     extras: Callable[[float], dict] = lambda median_s: {}
     after: Callable[[], dict] = lambda: {}
+    # Multi-process workloads (ddp_mlp_train): run(warmup, iters, threads) times the steps
+    # itself and returns (times in s, peak RSS in MB); `step` is then unused.
+    run: Callable[[int, int, int], tuple] = None
 
 
 class Exports:
@@ -970,6 +974,84 @@ def build_cntk_gap(n):
         "each with its images' own covariances. PyTorch: the same recursion with torch ops "
         "(pad + shifted slices for the conv map, atan2 arc-cosine ReLU map). Check: "
         "max|K_kern - K| <= 1e-6 * max|K| (the export is float32)."), step=step, reference=reference)
+# ddp_mlp_train: mlp_train over 2 processes x `threads` threads, DDP over gloo
+# ----------------------------------------------------------------------------------------
+
+DDP_RANKS = 2
+
+
+def _ddp_worker(rank, world, port, state, x, labels, warmup, iters, threads, queue):
+    """One rank: DDP(mlp) over gloo on 127.0.0.1, training on rows
+    [rank*B/world, (rank+1)*B/world) of the global batch. Every step starts after a barrier
+    (untimed); rank 0 reports its step times, every rank its peak RSS."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    model = mlp([784, 1024, 1024, 10], nn.ReLU)
+    model.load_state_dict(state)
+    ddp = DDP(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
+    b = x.shape[0] // world
+    xs, ys = x[rank * b:(rank + 1) * b].contiguous(), labels[rank * b:(rank + 1) * b].contiguous()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(ddp(xs), ys).backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        dist.barrier()
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    queue.put((rank, times if rank == 0 else None,
+               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def build_ddp_mlp_train():
+    base = build_mlp_train()  # same seed: the same model, x, labels and reference as mlp_train
+
+    def run(warmup, iters, threads):
+        import socket
+        import torch.multiprocessing as mp
+        # the initial parameters, as build_mlp_train drew them (reference() deep-copies)
+        entries = {k: t.detach() for k, t, _ in base.reference()}
+        state = {k[len("param."):]: t for k, t in entries.items() if k.startswith("param.")}
+        with socket.socket() as s:  # a free port for the rendezvous
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_ddp_worker,
+                             args=(r, DDP_RANKS, port, state, entries["x"], entries["labels"],
+                                   warmup, iters, threads, queue))
+                 for r in range(DDP_RANKS)]
+        for p in procs:
+            p.start()
+        results = [queue.get() for _ in procs]
+        for p in procs:
+            p.join()
+            if p.exitcode != 0:
+                raise RuntimeError(f"ddp_mlp_train: a rank exited with {p.exitcode}")
+        times = next(t for r, t, _ in results if r == 0)
+        return times, max(rss for _, _, rss in results)
+
+    return Bench(
+        definition="ddp_mlp_train: mlp_train's model, batch and SGD step (its definition "
+                   "applies) over 2 processes x 1 thread, DistributedDataParallel over gloo "
+                   "(PyTorch) / MPI (kern) on one machine: rank r trains on rows "
+                   "[128 r, 128 r + 128) of x, gradients averaged over ranks, so one step "
+                   "equals mlp_train's step on the global batch of 256 (the reference, "
+                   "param_after.*). Time per step on rank 0, each step after an untimed "
+                   "barrier.",
+        step=None, reference=base.reference, extras=base.extras, run=run)
 
 
 # ----------------------------------------------------------------------------------------
@@ -988,6 +1070,8 @@ def build(workload, length):
         return build_dwconv(31)
     if workload == "mlp_train":
         return build_mlp_train()
+    if workload == "ddp_mlp_train":
+        return build_ddp_mlp_train()
     if workload == "convnext_block_train":
         return build_convnext_block()
     if workload == "inceptionnext_block_train":
@@ -1085,17 +1169,20 @@ def main():
 
     log(f"{rid}: {args.warmup} warm-up + {args.iters} timed iterations, "
         f"{torch.get_num_threads()} threads")
-    for _ in range(args.warmup):
-        bench.step()
-    times = []
-    for _ in range(args.iters):
-        t0 = time.perf_counter()
-        bench.step()
-        times.append(time.perf_counter() - t0)
+    if bench.run is not None:  # multi-process: the ranks time themselves
+        times, peak_rss = bench.run(args.warmup, args.iters, args.threads)
+    else:
+        for _ in range(args.warmup):
+            bench.step()
+        times = []
+        for _ in range(args.iters):
+            t0 = time.perf_counter()
+            bench.step()
+            times.append(time.perf_counter() - t0)
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     median = statistics.median(times)
     result = {"id": rid, "median_s": median, "min_s": min(times), "max_s": max(times),
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "threads": args.threads, "iters": args.iters}
+              "peak_rss_mb": peak_rss, "threads": args.threads, "iters": args.iters}
     if args.workload == "longconv_train":
         result["length"] = args.length
     result.update(bench.extras(median))

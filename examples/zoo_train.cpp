@@ -11,6 +11,13 @@
 //             [--ntk-every 0] [--probe 32]
 //             [--threads 2] [--out run/zoo_train]
 //   zoo_train --list                 # the registered model names
+//   OMP_NUM_THREADS=1 mpirun -np 2 zoo_train --ddp ...   # data-parallel (kern built with MPI)
+//
+// --ddp: nn::DistributedDataParallel over the MPI ranks; the global batch stays --batch-size
+// (each rank takes batch_size / ranks examples of its data::DistributedSampler shard), one
+// thread per rank unless --threads is given. The tracker lives on rank 0 only (it records
+// the global mean loss, all-reduced every step, and runs its probe metrics on rank 0's copy
+// of the model, which every rank shares); rank 0 prints, evaluates and writes the outputs.
 //   python3 tools/plot_dynamics.py run/zoo_train/dynamics.jsonl
 //
 // The last line printed is "test accuracy: " and the fraction of the 10k test images right. Outputs in --out: dynamics.jsonl (the
@@ -27,6 +34,12 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <memory>
+#include <optional>
+
+#ifdef KERN_EXAMPLE_DIST
+#include <kern/dist/ddp.hpp>
+#endif
 
 namespace nn = kern::nn;
 namespace tools = kern::tools;
@@ -70,11 +83,25 @@ int main(int argc, char** argv) {
   app.add_option("--data", data_dir, "Fashion-MNIST directory (default: Debian's)");
   app.add_option("--out", out_dir, "output directory");
   app.add_option("--seed", seed, "seed (init, data order, drop path)");
+  bool ddp = false;
+  app.add_flag("--ddp", ddp, "data-parallel over the MPI ranks (run under mpirun)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+#ifdef KERN_EXAMPLE_DIST
+  std::optional<kern::dist::Environment> env;
+  if (ddp) env.emplace(argc, argv);
+  const int rank = ddp ? kern::dist::rank() : 0, ranks = ddp ? kern::dist::world_size() : 1;
+  if (ddp && app.count("--threads") == 0) threads = 1;
+#else
+  if (ddp) {
+    fmt::print(stderr, "zoo_train: error: --ddp: this kern was built without MPI (KERN_WITH_MPI=OFF)\n");
+    return 1;
+  }
+  const int rank = 0, ranks = 1;
+#endif
   try {
     if (list) {
       for (const auto& name : kern::models::list_models()) fmt::print("{}\n", name);
@@ -83,6 +110,7 @@ int main(int argc, char** argv) {
     KERN_CHECK(sharpness_every % track_every == 0 && ntk_every % track_every == 0,
                "--sharpness-every (", sharpness_every, ") and --ntk-every (", ntk_every,
                ") must be multiples of --track-every (", track_every, ")");
+    KERN_CHECK(batch_size % ranks == 0, "--batch-size ", batch_size, " is not divisible by the ", ranks, " ranks");
     kern::set_num_threads(threads);
     kern::manual_seed(seed);
     auto train_full = kern::data::FashionMNIST::train(data_dir);
@@ -96,10 +124,22 @@ int main(int argc, char** argv) {
         model_name, {.num_classes = 10, .in_chans = 1, .drop_path_rate = drop_path});
     int64_t n_params = 0;
     for (const Tensor& p : model->parameters()) n_params += p.numel();
-    const int64_t total_steps = epochs * loader.size();
-    fmt::print("{}: {:.2f}M parameters; {} images, {} epochs, {} steps of batch {}, AdamW lr {} wd {}\n",
+    std::shared_ptr<nn::Module> net = model;  // what training forwards run: the model, or DDP around it
+    // --ddp: this rank's shard of each epoch, in batches of batch_size / ranks
+    kern::data::DistributedSampler sampler(train.size(), {.num_replicas = ranks, .rank = rank, .seed = seed});
+#ifdef KERN_EXAMPLE_DIST
+    if (ddp) {
+      net = std::make_shared<nn::DistributedDataParallel>(model);  // rank 0's initial weights
+      kern::manual_seed(seed + 7919 * static_cast<uint64_t>(rank));  // per-rank drop-path masks
+    }
+#endif
+    const int64_t steps_per_epoch =
+        ddp ? static_cast<int64_t>(sampler.batches(batch_size / ranks).size()) : loader.size();
+    const int64_t total_steps = epochs * steps_per_epoch;
+    if (rank == 0) fmt::print("{}: {:.2f}M parameters; {} images, {} epochs, {} steps of batch {}, AdamW lr {} wd {}\n",
                model_name, static_cast<double>(n_params) / 1e6, subsample, epochs, total_steps,
                batch_size, lr, weight_decay);
+    if (ddp && rank == 0) fmt::print("--ddp: {} ranks x {} threads, {} examples per rank and step\n", ranks, threads, batch_size / ranks);
 
     kern::optim::AdamW opt(model->parameters(), {.lr = lr, .weight_decay = weight_decay});
     kern::optim::WarmupCosine schedule(opt, std::min(warmup, total_steps / 2), total_steps);
@@ -107,41 +147,68 @@ int main(int argc, char** argv) {
     // The probe: a fixed batch of test images, prepared once.
     auto probe_raw = test.batch(0, probe_size);
     kern::data::Batch probe{prepare(probe_raw.x, norm), probe_raw.y};
-    std::filesystem::create_directories(out_dir);
-    tools::Tracker tracker(out_dir + "/dynamics.jsonl", {.every = track_every, .lr = lr, .label = model_name});
-    tracker.track(tools::probe_metrics(*model, probe, tools::mean_cross_entropy));
-    tracker.track(tools::norm_metrics(*model));
-    if (sharpness_every > 0 && sharpness_kind == "preconditioned")
-      tracker.track(tools::preconditioned_sharpness(*model, probe, tools::mean_cross_entropy, opt, {.iters = 20}),
-                    sharpness_every);
-    else if (sharpness_every > 0)
-      tracker.track(tools::sharpness(*model, probe, tools::mean_cross_entropy, {.iters = 20}), sharpness_every);
-    if (ntk_every > 0) tracker.track(tools::ntk_metrics(*model, probe), ntk_every);
+    // rank 0 only: the tracker's metrics run on rank 0's copy of the model (the same on every rank)
+    std::optional<tools::Tracker> tracker_storage;
+    if (rank == 0) {
+      std::filesystem::create_directories(out_dir);
+      tracker_storage.emplace(out_dir + "/dynamics.jsonl", tools::TrackerOptions{.every = track_every, .lr = lr, .label = model_name});
+      auto& tracker = *tracker_storage;
+      tracker.track(tools::probe_metrics(*model, probe, tools::mean_cross_entropy));
+      tracker.track(tools::norm_metrics(*model));
+      if (sharpness_every > 0 && sharpness_kind == "preconditioned")
+        tracker.track(tools::preconditioned_sharpness(*model, probe, tools::mean_cross_entropy, opt, {.iters = 20}),
+                      sharpness_every);
+      else if (sharpness_every > 0)
+        tracker.track(tools::sharpness(*model, probe, tools::mean_cross_entropy, {.iters = 20}), sharpness_every);
+      if (ntk_every > 0) tracker.track(tools::ntk_metrics(*model, probe), ntk_every);
+    }
 
     double accuracy = 0.0;
     for (int epoch = 0; epoch < epochs; ++epoch) {
       loader.set_epoch(epoch);
+      sampler.set_epoch(epoch);
       const auto t0 = std::chrono::steady_clock::now();
       double loss_sum = 0.0;
-      auto bar = kern::progress(loader, "epoch {}/{}", epoch + 1, epochs);
-      for (auto& batch : bar) {
-        Tensor loss = kern::cross_entropy((*model)(prepare(batch.x, norm)), batch.y);
+      auto train_step = [&](const Tensor& x, const Tensor& y) {
+        Tensor loss = kern::cross_entropy((*net)(prepare(x, norm)), y);
         opt.zero_grad();
         loss.backward();
-        tracker.set_lr(opt.lr());
-        tracker.step(loss);  // after backward: grad norms refer to this step's gradient
+        Tensor recorded = loss.detach();
+#ifdef KERN_EXAMPLE_DIST
+        if (ddp) {  // the global batch's mean loss (equal shards), on every rank
+          recorded = recorded.reshape({1}).contiguous().clone();
+          kern::dist::all_reduce(recorded, kern::dist::ReduceOp::Mean);
+        }
+#endif
+        if (tracker_storage) {
+          tracker_storage->set_lr(opt.lr());
+          tracker_storage->step(recorded);  // after backward: grad norms refer to this step's gradient
+        }
         opt.step();
         schedule.step();
-        loss_sum += loss.item();
-        bar.set_postfix("loss", loss.item());
+        const double l = recorded.item();
+        loss_sum += l;
+        return l;
+      };
+      if (ddp) {
+        for (auto& idx : sampler.batches(batch_size / ranks)) {
+          auto batch = train.get_batch(idx);
+          train_step(batch.x, batch.y);
+        }
+      } else {
+        auto bar = kern::progress(loader, "epoch {}/{}", epoch + 1, epochs);
+        for (auto& batch : bar) bar.set_postfix("loss", train_step(batch.x, batch.y));
+        bar.bar().finish();
       }
-      bar.bar().finish();
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (rank != 0) continue;  // every rank holds the same model; rank 0 reports
       accuracy = evaluate(*model, test, norm);
       fmt::print("epoch {}: train loss {:.4f}, test accuracy {:.4f}, {:.1f} s (tracker {:.1f} s)\n",
-                 epoch + 1, loss_sum / static_cast<double>(loader.size()), accuracy, seconds,
-                 tracker.overhead_seconds());
+                 epoch + 1, loss_sum / static_cast<double>(steps_per_epoch), accuracy, seconds,
+                 tracker_storage->overhead_seconds());
     }
+    if (rank != 0) return 0;
+    auto& tracker = *tracker_storage;
     tracker.record();
     kern::io::save_checkpoint(out_dir + "/last.safetensors", *model, opt, total_steps,
                               {{"model", model_name}});
@@ -149,6 +216,9 @@ int main(int argc, char** argv) {
     fmt::print("test accuracy: {:.4f}\n", accuracy);
     return 0;
   } catch (const std::exception& e) {
+#ifdef KERN_EXAMPLE_DIST
+    if (ddp) kern::dist::abort(fmt::format("zoo_train: error: {}", e.what()));  // ends every rank
+#endif
     fmt::print(stderr, "zoo_train: error: {}\n", e.what());
     return 1;
   }
