@@ -3,21 +3,10 @@
 #include <kern/optim/optim.hpp>
 
 #include "harness.hpp"
+#include "mlp.hpp"
 
 namespace kern::bench {
 namespace {
-
-// MLP with PyTorch's names: fc1, fc2, fc3 (ReLU between).   x: [B, 784] -> [B, 10]
-class Mlp : public nn::Module {
- public:
-  Mlp() {
-    fc1 = register_module("fc1", std::make_shared<nn::Linear>(784, 1024));
-    fc2 = register_module("fc2", std::make_shared<nn::Linear>(1024, 1024));
-    fc3 = register_module("fc3", std::make_shared<nn::Linear>(1024, 10));
-  }
-  Tensor forward(const Tensor& x) override { return (*fc3)(relu((*fc2)(relu((*fc1)(x))))); }
-  std::shared_ptr<nn::Linear> fc1, fc2, fc3;
-};
 
 // The Fashion-MNIST CNN with PyTorch's names.   x: [B, 1, 28, 28] -> [B, 10]
 class FmnistCnn : public nn::Module {

@@ -18,6 +18,8 @@
 #include <nlohmann/json.hpp>
 #include <sys/resource.h>
 
+#include "../mlp.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <iostream>
@@ -26,17 +28,7 @@ using namespace kern;
 
 namespace {
 
-// The same MLP as bench/wl_train.cpp (PyTorch's names fc1, fc2, fc3).   x: [B, 784] -> [B, 10]
-class Mlp : public nn::Module {
- public:
-  Mlp() {
-    fc1 = register_module("fc1", std::make_shared<nn::Linear>(784, 1024));
-    fc2 = register_module("fc2", std::make_shared<nn::Linear>(1024, 1024));
-    fc3 = register_module("fc3", std::make_shared<nn::Linear>(1024, 10));
-  }
-  Tensor forward(const Tensor& x) override { return (*fc3)(relu((*fc2)(relu((*fc1)(x))))); }
-  std::shared_ptr<nn::Linear> fc1, fc2, fc3;
-};
+using bench::Mlp;  // mlp_train's network (bench/mlp.hpp)
 
 nn::StateDict with_prefix(const io::SafetensorsFile& in, const std::string& prefix) {
   nn::StateDict sd;
