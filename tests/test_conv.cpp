@@ -250,6 +250,16 @@ TEST_CASE("conv2d oneDNN fast path agrees with the reference", "[conv][backend]"
     compare_backends({2, 3, 11, 15}, {3, 1, 7, 7}, cp({1, 1}, {3, 3}, {1, 1}, 3), 23, kDepthwise);
     compare_backends({1, 2, 3, 20}, {2, 1, 3, 7}, cp({1, 1}, {0, 0}, {1, 1}, 2), 24, kDepthwise);
   }
+  // Planes of at most 16 pixels run the channel-vectorized kernels (tap triples over
+  // [pixels, channels] blocks); more than 64 channels exercise the weight gradient's blocks.
+  SECTION("depthwise tiny planes: 4x4 ... 1x1, 70 channels, non-square, valid and partial padding") {
+    compare_backends({3, 70, 4, 4}, {70, 1, 7, 7}, cp({1, 1}, {3, 3}, {1, 1}, 70), 30, kDepthwise);
+    compare_backends({3, 70, 2, 2}, {70, 1, 7, 7}, cp({1, 1}, {3, 3}, {1, 1}, 70), 31, kDepthwise);
+    compare_backends({5, 130, 1, 1}, {130, 1, 7, 7}, cp({1, 1}, {3, 3}, {1, 1}, 130), 32, kDepthwise);
+    compare_backends({2, 9, 2, 5}, {9, 1, 3, 5}, cp({1, 1}, {1, 1}, {1, 1}, 9), 33, kDepthwise);
+    compare_backends({2, 6, 4, 3}, {6, 1, 3, 3}, cp({1, 1}, {0, 0}, {1, 1}, 6), 34, kDepthwise);
+    compare_backends({1, 3, 3, 3}, {3, 1, 31, 31}, cp({1, 1}, {15, 15}, {1, 1}, 3), 35, kDepthwise);
+  }
   SECTION("stride 2") {
     compare_backends({2, 16, 17, 17}, {32, 16, 3, 3}, cp({2, 2}, {1, 1}, {1, 1}, 1), 6, testing::Primitive::Conv2d);
   }

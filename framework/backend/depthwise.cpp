@@ -239,10 +239,126 @@ void depthwise_backward_weight_flat(const DepthwiseGeometry& g, const float* gy,
   }
 }
 
+// ---- tiny planes (Ho * Wo and H * W at most kTinyPlane): per plane, even the flattened loops
+// above cost more in padding and setup than in arithmetic (a 2x2 plane under a 7x7 filter has
+// 16 live multiply-adds). Here the planes of one example are transposed to [pixels, channels]
+// and every (output pixel, input pixel, tap) triple the geometry allows is one multiply-add
+// vectorized over the channels: ConvNeXt's 2x2 and 1x1 stages become a few hundred contiguous
+// vector FMAs per example. Each output's sum runs over the triples in a fixed order, so the
+// result does not depend on the thread count.
+
+constexpr int64_t kTinyPlane = 16;  // measured: 4x4 planes run 3x faster here, 8x8 no faster
+constexpr int64_t kChannelBlock = 64;  // channels per block in the weight gradient
+
+bool tiny_planes(const DepthwiseGeometry& g) {
+  return g.H * g.W <= kTinyPlane && g.Ho() * g.Wo() <= kTinyPlane;
+}
+
+struct TapTriple {
+  int64_t out, in, tap;  // flattened output pixel, input pixel, filter tap
+};
+
+// Every (output, input, tap) with the input inside the plane, ordered by output then tap.
+std::vector<TapTriple> tap_triples(const DepthwiseGeometry& g) {
+  std::vector<TapTriple> r;
+  for (int64_t i = 0; i < g.Ho(); ++i)
+    for (int64_t j = 0; j < g.Wo(); ++j)
+      for (int64_t a = 0; a < g.kH; ++a)
+        for (int64_t b = 0; b < g.kW; ++b) {
+          const int64_t ii = i + a - g.padH, jj = j + b - g.padW;
+          if (ii >= 0 && ii < g.H && jj >= 0 && jj < g.W) r.push_back({i * g.Wo() + j, ii * g.W + jj, a * g.kW + b});
+        }
+  return r;
+}
+
+// dst[p, c - c0] = src[c, p] for channels [c0, c0 + cb); src: [C, P] planes of one example.
+void to_channels_last(const float* src, int64_t P, int64_t c0, int64_t cb, float* dst) {
+  if (P == 1) return (void)std::memcpy(dst, src + c0, sizeof(float) * cb);  // 1x1 planes: the same layout
+  for (int64_t c = 0; c < cb; ++c)
+    for (int64_t p = 0; p < P; ++p) dst[p * cb + c] = src[(c0 + c) * P + p];
+}
+void from_channels_last(const float* src, int64_t P, int64_t C, float* dst) {
+  if (P == 1) return (void)std::memcpy(dst, src, sizeof(float) * C);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t p = 0; p < P; ++p) dst[c * P + p] = src[p * C + c];
+}
+
+// wt[tap, c] = w[c, tap]: [K, C]
+std::vector<float> taps_by_channel(const float* w, int64_t C, int64_t K) {
+  std::vector<float> wt(K * C);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t t = 0; t < K; ++t) wt[t * C + c] = w[c * K + t];
+  return wt;
+}
+
+// dst[to, :] += wt[tap, :] * src[from, :] for each triple (to, from) = (out, in) or (in, out).
+template <bool Transposed>
+void apply_triples(const std::vector<TapTriple>& triples, const float* wt, const float* src, int64_t C, float* dst) {
+  for (const auto& t : triples) {
+    float* d = dst + (Transposed ? t.in : t.out) * C;
+    const float* s = src + (Transposed ? t.out : t.in) * C;
+    const float* k = wt + t.tap * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) d[c] += k[c] * s[c];
+  }
+}
+
+// Forward (Transposed = false: src = x, dst = y) or backward input (true: src = gy, dst = gx).
+template <bool Transposed>
+void depthwise_tiny(const DepthwiseGeometry& g, const float* src, const float* w, const float* bias, float* dst) {
+  const int64_t C = g.C, K = g.kH * g.kW;
+  const int64_t P_src = Transposed ? g.Ho() * g.Wo() : g.H * g.W, P_dst = Transposed ? g.H * g.W : g.Ho() * g.Wo();
+  const auto triples = tap_triples(g);
+  const auto wt = taps_by_channel(w, C, K);
+#pragma omp parallel if (g.N * C * static_cast<int64_t>(triples.size()) > (1 << 15))
+  {
+    std::vector<float> s(P_src * C), d(P_dst * C);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < g.N; ++n) {
+      to_channels_last(src + n * C * P_src, P_src, 0, C, s.data());
+      for (int64_t p = 0; p < P_dst; ++p)
+        for (int64_t c = 0; c < C; ++c) d[p * C + c] = bias ? bias[c] : 0.f;
+      apply_triples<Transposed>(triples, wt.data(), s.data(), C, d.data());
+      from_channels_last(d.data(), P_dst, C, dst + n * C * P_dst);
+    }
+  }
+}
+
+// gw[c, tap] = sum_n sum_{(out, in, tap)} gy[n, c, out] * x[n, c, in], in blocks of channels
+// (the sum over n stays in one thread: no cross-thread reduction, a fixed order).
+void depthwise_backward_weight_tiny(const DepthwiseGeometry& g, const float* gy, const float* x, float* gw) {
+  const int64_t C = g.C, K = g.kH * g.kW, P = g.H * g.W, Q = g.Ho() * g.Wo();
+  const auto triples = tap_triples(g);
+  const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
+#pragma omp parallel if (g.N * C * static_cast<int64_t>(triples.size()) > (1 << 15))
+  {
+    std::vector<float> xs(P * kChannelBlock), gs(Q * kChannelBlock), acc(K * kChannelBlock);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t c0 = blk * kChannelBlock, cb = std::min(kChannelBlock, C - c0);
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t n = 0; n < g.N; ++n) {
+        to_channels_last(x + n * C * P, P, c0, cb, xs.data());
+        to_channels_last(gy + n * C * Q, Q, c0, cb, gs.data());
+        for (const auto& t : triples) {
+          float* a = acc.data() + t.tap * cb;
+          const float* gv = gs.data() + t.out * cb;
+          const float* xv = xs.data() + t.in * cb;
+#pragma omp simd
+          for (int64_t c = 0; c < cb; ++c) a[c] += gv[c] * xv[c];
+        }
+      }
+      for (int64_t c = 0; c < cb; ++c)
+        for (int64_t t = 0; t < K; ++t) gw[(c0 + c) * K + t] = acc[t * cb + c];
+    }
+  }
+}
+
 }  // namespace
 
 void depthwise_forward(const DepthwiseGeometry& g, const float* x, const float* w, const float* bias, float* y) {
   count_path(Primitive::DepthwiseConv2d, Path::Fast);
+  if (tiny_planes(g)) return depthwise_tiny<false>(g, x, w, bias, y);
   const int64_t Hp = g.H + 2 * g.padH, Wp = g.W + 2 * g.padW, Ho = g.Ho(), Wo = g.Wo();
   const bool flat = Wo < kVec;
   const TapRange ra = live_taps(g.H, Ho, g.kH, g.padH), rb = live_taps(g.W, Wo, g.kW, g.padW);
@@ -263,6 +379,7 @@ void depthwise_forward(const DepthwiseGeometry& g, const float* x, const float* 
 
 void depthwise_backward_input(const DepthwiseGeometry& g, const float* gy, const float* w, float* gx) {
   count_path(Primitive::DepthwiseConv2d, Path::Fast);
+  if (tiny_planes(g)) return depthwise_tiny<true>(g, gy, w, nullptr, gx);
   // gx = correlation of gy (padded by k - 1 - p) with the filter rotated by 180 degrees.
   const int64_t Ho = g.Ho(), Wo = g.Wo();
   const int64_t qH = g.kH - 1 - g.padH, qW = g.kW - 1 - g.padW;  // >= 0 when p < k
@@ -288,6 +405,7 @@ void depthwise_backward_weight(const DepthwiseGeometry& g, const float* gy, cons
   count_path(Primitive::DepthwiseConv2d, Path::Fast);
   const int64_t Hp = g.H + 2 * g.padH, Wp = g.W + 2 * g.padW, Ho = g.Ho(), Wo = g.Wo();
   const int64_t K = g.kH * g.kW;
+  if (tiny_planes(g)) return depthwise_backward_weight_tiny(g, gy, x, gw);
   if (Wo < kVec) {
     depthwise_backward_weight_flat(g, gy, x, gw);
     return;
