@@ -25,6 +25,40 @@ TEST_CASE("third derivative of x^4 by repeated create_graph", "[autograd][gradgr
   REQUIRE(g3.item() == Approx(24 * 1.5));
 }
 
+// The engine adds a gradient contribution into the slot's own buffer when nothing else holds
+// it (framework/ops/accumulate.hpp). Fan-out with contiguous, permuted (strided) and shared
+// (add's backward hands one tensor to both inputs) contributions: the result equals the closed
+// form, equals the create_graph run (always out of place) bit for bit, and no tensor the
+// caller holds is modified.
+TEST_CASE("gradient accumulation in place equals the out-of-place sums", "[autograd]") {
+  Generator gen(4);
+  Tensor x = randn({3, 4, 5}, DType::Float64, &gen).requires_grad_();
+  Tensor w = randn({5, 3, 4}, DType::Float64, &gen);
+  auto f = [&] {
+    Tensor h = x * 2.0;                                   // one intermediate used four times
+    Tensor p = h.permute({2, 0, 1});                      // its gradient arrives permuted
+    return (h * h).sum() + (p * w).sum() + (h + h).sum() + (h * 3.0).sum();
+  };
+  Tensor go = scalar_tensor(1.5, DType::Float64);
+  const Tensor go_before = go.clone();
+  Tensor g_fast = grad({f()}, {x}, {go})[0];
+  Tensor g_graph = grad({f()}, {x}, {go}, {.create_graph = true})[0];
+  // d/dx: 2 * (2h + w^T + 2 + 3) with h = 2x, times go
+  Tensor expected = (x * 8.0 + w.permute({1, 2, 0}) * 2.0 + 10.0) * 1.5;
+  REQUIRE(max_abs_diff(g_fast, expected) <= 1e-12);
+  REQUIRE(max_abs_diff(g_fast, g_graph.detach()) == 0.0);
+  REQUIRE(max_abs_diff(go, go_before) == 0.0);
+  // a retained intermediate gradient and a second pass are unaffected
+  Tensor h = x * 2.0;
+  Tensor y = (h * h).sum() + (h * 3.0).sum();
+  auto gs = grad({y}, {h, x}, {}, {.retain_graph = true});
+  Tensor gh = gs[0].clone();
+  auto gs2 = grad({y}, {h, x});
+  REQUIRE(max_abs_diff(gs[0], gh) == 0.0);
+  REQUIRE(max_abs_diff(gs2[1], gs[1]) == 0.0);
+  REQUIRE(max_abs_diff(gs[1], (h.detach() * 2.0 + 3.0) * 2.0) <= 1e-12);
+}
+
 TEST_CASE("broadcast gradients are reduced to input shapes", "[autograd]") {
   Tensor a = randn({3, 1}, DType::Float64).requires_grad_();
   Tensor b = randn({4}, DType::Float64).requires_grad_();

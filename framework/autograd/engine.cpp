@@ -4,6 +4,8 @@
 #include <kern/autograd.hpp>
 #include <kern/ops.hpp>
 
+#include "../ops/accumulate.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -210,7 +212,21 @@ class Engine {
   void release();
   std::vector<Tensor> deliver(const std::vector<Tensor>& targets, bool create_graph);
 
-  static void accumulate(Tensor& slot, const Tensor& g) { slot = slot.defined() ? slot + g : g; }
+  // slot += g: in place when nothing else can see slot's buffer and no graph is recorded
+  // (ops/accumulate.hpp), else out of place (with create_graph, the add is recorded).
+  // Addition commutes bit for bit, so when only g's buffer is free, g += slot serves as well.
+  void accumulate(Tensor& slot, Tensor g) const {
+    if (!slot.defined()) {
+      slot = std::move(g);
+    } else if (!create_graph_ && detail::can_accumulate_in_place(slot, g)) {
+      detail::accumulate_in_place(slot, g);
+    } else if (!create_graph_ && detail::can_accumulate_in_place(g, slot)) {
+      detail::accumulate_in_place(g, slot);
+      slot = std::move(g);
+    } else {
+      slot = slot + g;
+    }
+  }
 
   bool accumulate_leaves_;
   bool create_graph_ = false;
@@ -367,15 +383,15 @@ void Engine::run_node_impl(Node& n) {
   for (size_t i = 0; i < in_grads.size(); ++i) {
     if (!needs[i] || !in_grads[i].defined()) continue;
     const Tensor& in = n.inputs_[i];
-    Tensor gi = in_grads[i];
+    Tensor gi = std::move(in_grads[i]);  // the slot may then own (and add into) its buffer
     if (gi.shape() != in.shape()) gi = sum_to(gi, in.shape());
     KERN_CHECK(gi.dtype() == in.dtype(), "backward of '", n.name(), "': gradient dtype ", gi.dtype(),
                " for input ", i, " of dtype ", in.dtype());
     if (g_anomaly && has_non_finite(gi))
       throw Error(fmt::format("anomaly: backward of op '{}' produced NaN/Inf for input {} (inputs: {})",
                               n.name(), i, n.context_.empty() ? describe_inputs(n.inputs_) : n.context_));
-    if (in.grad_fn()) accumulate(node_grads_[in.grad_fn().get()], gi);
-    else accumulate(leaf_grads_[in.impl_ptr().get()], gi);
+    if (in.grad_fn()) accumulate(node_grads_[in.grad_fn().get()], std::move(gi));
+    else accumulate(leaf_grads_[in.impl_ptr().get()], std::move(gi));
   }
   if (!target_nodes_.count(&n)) node_grads_.erase(&n);
 }
