@@ -121,6 +121,25 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 // the weight gradient dy^T x then comes out in W's own [out, in] layout (the composite form
 // produced a transposed view that every optimizer step had to copy), and the bias is the GEMM's
 // initial C (beta = 1), which saves a pass over y.
+namespace {
+
+// a^T b for a: [rows, m], b: [rows, n] -> [m, n]: linear's weight gradient. As mm(a.t(), b) its
+// gradient in a would come back as the transpose of an [m, rows] product (a strided view that
+// every later add and copy of a double backward walks column-wise); here both gradients are
+// dense products: d/da = b V^T, d/db = a V.
+Tensor mm_tn(const Tensor& a, const Tensor& b) {
+  Tensor out = empty({a.size(1), b.size(1)}, a.dtype());
+  {
+    NoGradGuard ng;
+    gemm_into(a.t(), b, out, 0);
+  }
+  return record_op("mm_tn", out, {a, b}, [](const BackwardContext& c) {
+    return G{c.needs[0] ? mm(c.inputs[1], c.grad.t()) : Tensor(), c.needs[1] ? mm(c.inputs[0], c.grad) : Tensor()};
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
+}
+
+}  // namespace
+
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   KERN_CHECK(weight.dim() == 2, "linear: weight must be [out, in], got ", weight.shape());
   KERN_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "linear: input ", x.shape(), " does not match weight ",
@@ -154,7 +173,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     const Tensor& w = c.inputs[1];
     const Tensor g2 = reshape(c.grad, {-1, out_features});  // [rows, out]
     G grads{c.needs[0] ? matmul(c.grad, w) : Tensor(),
-            c.needs[1] ? mm(g2.t(), reshape(x, {-1, in})) : Tensor()};
+            c.needs[1] ? mm_tn(g2, reshape(x, {-1, in})) : Tensor()};
     if (c.inputs.size() == 3) grads.push_back(c.needs[2] ? sum(g2, {0}) : Tensor());
     return grads;
   }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
