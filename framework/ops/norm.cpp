@@ -101,8 +101,10 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
         const T* xr = p + r * M;
         T* yr = o + r * M;
         double s = 0, ss = 0;
+#pragma omp simd reduction(+ : s)
         for (int64_t i = 0; i < M; ++i) s += xr[i];
         const double mu = s / static_cast<double>(M);
+#pragma omp simd reduction(+ : ss)
         for (int64_t i = 0; i < M; ++i) ss += (xr[i] - mu) * (xr[i] - mu);
         const T rstd = static_cast<T>(1.0 / std::sqrt(ss / static_cast<double>(M) + eps));
         const T m = static_cast<T>(mu);
@@ -154,8 +156,10 @@ void check_same(const Tensor& a, const Tensor& x, const char* op, const char* na
 template <typename T>
 std::pair<double, double> row_stats(const T* xr, int64_t M, double eps) {
   double s = 0, ss = 0;
+#pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < M; ++i) s += xr[i];
   const double mu = s / static_cast<double>(M);
+#pragma omp simd reduction(+ : ss)
   for (int64_t i = 0; i < M; ++i) ss += (xr[i] - mu) * (xr[i] - mu);
   return {mu, 1.0 / std::sqrt(ss / static_cast<double>(M) + eps)};
 }
@@ -168,6 +172,7 @@ void ln_backward_rows(const T* g, const T* x, const T* w, T* out, int64_t rows, 
     const T *gr = g + r * M, *xr = x + r * M;
     const auto [mu, rstd] = row_stats(xr, M, eps);
     double sg = 0, sgx = 0;  // sum gy, sum gy x_hat
+#pragma omp simd reduction(+ : sg, sgx)
     for (int64_t i = 0; i < M; ++i) {
       const double gy = w ? gr[i] * w[i] : gr[i];
       sg += gy;
@@ -194,6 +199,7 @@ void ln_double_backward_rows(const T* u, const T* g, const T* x, const T* w, T* 
     const T *ur = u + r * M, *gr = g + r * M, *xr = x + r * M;
     const auto [mu, rstd] = row_stats(xr, M, eps);
     double sg = 0, sgx = 0, su = 0, sux = 0, sug = 0;
+#pragma omp simd reduction(+ : sg, sgx, su, sux, sug)
     for (int64_t i = 0; i < M; ++i) {
       const double gy = w ? gr[i] * w[i] : gr[i], xh = (xr[i] - mu) * rstd, uv = ur[i];
       sg += gy;
