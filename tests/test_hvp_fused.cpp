@@ -94,6 +94,44 @@ TEST_CASE("gelu_double_backward: finite differences and the composite GELU's HVP
   CHECK(rel_diff(hvp_of(loss(true), {x}, {v})[0], hvp_of(loss(false), {x}, {v})[0]) < 1e-12);
 }
 
+// float32 runs a polynomial exp (framework/ops/elementwise.cpp, exp_approx) so that the loop
+// vectorizes: against the float64 op on x over [-14, 14] (where exp(-x^2/2) spans 1 .. 1e-43,
+// through the clamp at the normal range) and special values, every element within 4 float32
+// ulp of the terms' scale (relative 5e-7, see below) or 1e-33 absolute (the clamp); NaN stays NaN.
+TEST_CASE("gelu_double_backward in float32 agrees with float64", "[hvp][activation]") {
+  Tensor x64 = arange(-14.0, 14.0, 1.4e-4, f64);
+  const int64_t n = x64.numel();
+  Generator gen(5);
+  Tensor u64 = randn({n}, f64, &gen), g64 = randn({n}, f64, &gen);
+  Tensor want = gelu_double_backward(u64, g64, x64);
+  Tensor got = gelu_double_backward(u64.to(DType::Float32), g64.to(DType::Float32), x64.to(DType::Float32));
+  // the float32 inputs are rounded: compare against float64 evaluated at the rounded inputs
+  Tensor want_r = gelu_double_backward(u64.to(DType::Float32).to(f64), g64.to(DType::Float32).to(f64),
+                                       x64.to(DType::Float32).to(f64));
+  // Relative to the terms' scale |u g phi(x)| (2 + x^2) (the float32 difference 2 - x^2 alone
+  // cancels near x = sqrt(2), with any exp) times the argument's conditioning (1 + x^2 / 2).
+  Tensor xr = x64.to(DType::Float32).to(f64);
+  // (1 + x^2 / 2): the float32 product x^2 / 2 has a relative error of an ulp, which exp turns
+  // into an absolute error of the argument times x^2 / 2 (in libm's exp as well).
+  Tensor scale = abs(u64.to(DType::Float32).to(f64) * g64.to(DType::Float32).to(f64)) *
+                 exp(square(xr) * -0.5) * 0.3989422804014327 * (square(xr) + 2.0) * (square(xr) * 0.5 + 1.0);
+  auto w = want_r.to_vector<double>(), gv = got.to(f64).to_vector<double>(), sc = scale.to_vector<double>();
+  double worst = 0;
+  for (size_t i = 0; i < w.size(); ++i) {
+    const double err = std::abs(gv[i] - w[i]);
+    if (err > 1e-33) worst = std::max(worst, err / sc[i]);
+  }
+  CHECK(worst < 5e-7);
+
+  CHECK(rel_diff(got.to(f64), want) < 1e-6);
+  Tensor special = tensor({0.0, 1.4142135, -1.4142135, 40.0, std::nan("")}, DType::Float32);
+  auto s = gelu_double_backward(ones_like(special), ones_like(special), special).to_vector<float>();
+  CHECK(s[0] == Approx(2 * 0.3989422804).epsilon(1e-6));
+  CHECK(std::abs(s[1]) < 1e-6);
+  CHECK(std::abs(s[3]) < 1e-30);
+  CHECK(std::isnan(s[4]));
+}
+
 TEST_CASE("gelu_double_backward and layer_norm_backward reject bad input", "[hvp][errors]") {
   Tensor a = zeros({2, 3}, f64), b = zeros({3, 2}, f64);
   CHECK_THROWS_WITH(gelu_double_backward(a, b, a), Catch::Contains("gelu_double_backward") && Catch::Contains("[3, 2]"));
