@@ -231,6 +231,15 @@ std::optional<backend::DepthwiseGeometry> as_depthwise(const backend::ConvGeomet
   return backend::DepthwiseGeometry{g.N, g.C_in, g.H, g.W, g.kH, g.kW, g.padding[0], g.padding[1]};
 }
 
+// bf16 on a plain depthwise geometry: kern's direct float32 kernels on the bf16 values
+// widened to float32, which is exactly bf16 compute with float32 accumulation (a product of two
+// bf16 values is exact in float32). oneDNN 2.6's bf16 depthwise weight gradient is im2col +
+// GEMM ("x64:gemm:jit"), 2x slower than float32 on convnext_block_bf16.
+std::optional<backend::DepthwiseGeometry> bf16_depthwise(const backend::ConvGeometry& g) {
+  if (!backend::use_fast(DType::Float32)) return std::nullopt;
+  return as_depthwise(g);
+}
+
 // The reference loops count as DepthwiseConv2d on a geometry the direct kernels take.
 void count_reference(const backend::ConvGeometry& g) {
   backend::count_path(as_depthwise(g) ? backend::Primitive::DepthwiseConv2d : backend::Primitive::Conv2d,
@@ -247,6 +256,12 @@ Tensor raw_forward(const backend::ConvGeometry& g, const Tensor& x, const Tensor
   Tensor bc = b.defined() ? contiguous(b.detach()) : Tensor();
   if (g.C_in == 0) return b.defined() ? out.copy_(bc.reshape({1, g.C_out, 1, 1})) : out.fill_(0.0);
   if (x.dtype() == DType::BFloat16) {
+    if (auto dw = bf16_depthwise(g)) {
+      const Tensor xf = xc.to(DType::Float32), wf = wc.to(DType::Float32);
+      backend::depthwise_forward(*dw, xf.data_ptr<float>(), wf.data_ptr<float>(),
+                                 bc.defined() ? bc.data_ptr<float>() : nullptr, out.data_ptr<float>());
+      return out;
+    }
     backend::conv2d_forward_bf16(g, xc.data_ptr<bf16>(), wc.data_ptr<bf16>(),
                                  bc.defined() ? bc.data_ptr<float>() : nullptr, out.data_ptr<float>());
     return out;
@@ -274,6 +289,11 @@ Tensor raw_backward_input(const backend::ConvGeometry& g, const Tensor& gy, cons
   if (out.numel() == 0 || any_empty(g)) return out;
   Tensor gc = contiguous(gy.detach()), wc = contiguous(w.detach());
   if (gy.dtype() == DType::BFloat16) {
+    if (auto dw = bf16_depthwise(g)) {
+      const Tensor gf = gc.to(DType::Float32), wf = wc.to(DType::Float32);
+      backend::depthwise_backward_input(*dw, gf.data_ptr<float>(), wf.data_ptr<float>(), out.data_ptr<float>());
+      return out;
+    }
     backend::conv2d_backward_input_bf16(g, gc.data_ptr<bf16>(), wc.data_ptr<bf16>(), out.data_ptr<float>());
     return out;
   }
@@ -299,6 +319,11 @@ Tensor raw_backward_weight(const backend::ConvGeometry& g, const Tensor& gy, con
   if (out.numel() == 0 || any_empty(g)) return out;
   Tensor gc = contiguous(gy.detach()), xc = contiguous(x.detach());
   if (gy.dtype() == DType::BFloat16) {
+    if (auto dw = bf16_depthwise(g)) {
+      const Tensor gf = gc.to(DType::Float32), xf = xc.to(DType::Float32);
+      backend::depthwise_backward_weight(*dw, gf.data_ptr<float>(), xf.data_ptr<float>(), out.data_ptr<float>());
+      return out;
+    }
     backend::conv2d_backward_weight_bf16(g, gc.data_ptr<bf16>(), xc.data_ptr<bf16>(), out.data_ptr<float>());
     return out;
   }
