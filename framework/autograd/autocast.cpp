@@ -35,29 +35,41 @@ bool autocast_applies(const Tensor& a, const Tensor& b) {
   return g_autocast == DType::BFloat16 && a.dtype() == DType::Float32 && b.dtype() == DType::Float32;
 }
 
+Tensor autocast_graph_input(const Tensor& t) {
+  // Leaves that require grad are matched by identity (and the module holds them anyway); a
+  // producer whose backward reads its output's values (tanh, exp, softmax, ...) needs t alive.
+  if (t.is_leaf() && t.requires_grad()) return t;
+  if (t.grad_fn() && node_reads_output(*t.grad_fn())) return t;
+  auto alias = std::make_shared<TensorImpl>(t.impl());
+  alias->storage.reset();
+  alias->grad.reset();
+  return Tensor(std::move(alias));
+}
+
+Tensor autocast_record_cast(const Tensor& values, const Tensor& source) {
+  if (!grad_mode_enabled() || !source.requires_grad()) return values;
+  // A fresh handle on the values' storage: record_op marks its output, not `values`.
+  auto fresh = std::make_shared<TensorImpl>(values.impl());
+  fresh->grad.reset();
+  fresh->grad_fn.reset();
+  fresh->requires_grad = false;
+  return record_op("autocast_to_bfloat16", Tensor(std::move(fresh)), {source}, [](const BackwardContext& c) {
+    return std::vector<Tensor>{c.grad.to(DType::Float32)};
+  }, SavedValues::none());
+}
+
 Tensor autocast_cast(const Tensor& t) {
   Tensor out;
   {
     NoGradGuard ng;
     out = t.detach().to(DType::BFloat16);
   }
-  if (!grad_mode_enabled() || !t.requires_grad()) return out;
   // The conversion's backward needs only the gradient, so the node need not keep the float32
   // values: an intermediate is recorded through a storage-less alias that carries its grad_fn
   // (the engine routes gradients by grad_fn), so that t's float32 buffer is freed once nothing
-  // else holds it. The engine then hands t's producer a storage-less stand-in for its output,
-  // which is fine unless that backward reads its output's values (tanh, exp, softmax, ...):
-  // those keep t. Leaves are matched by identity and kept (the module holds them anyway).
-  Tensor in = t;
-  if (!t.is_leaf() && !node_reads_output(*t.grad_fn())) {
-    auto alias = std::make_shared<TensorImpl>(t.impl());
-    alias->storage.reset();
-    alias->grad.reset();
-    in = Tensor(std::move(alias));
-  }
-  return record_op("autocast_to_bfloat16", out, {in}, [](const BackwardContext& c) {
-    return std::vector<Tensor>{c.grad.to(DType::Float32)};
-  }, SavedValues::none());
+  // else holds it. The engine then hands t's producer a storage-less stand-in for its output.
+  if (!grad_mode_enabled() || !t.requires_grad()) return out;
+  return autocast_record_cast(out, autocast_graph_input(t));
 }
 
 }  // namespace detail

@@ -83,6 +83,8 @@ void check_operand(const Tensor& t, const char* op) {
 
 }  // namespace
 
+static Tensor linear_autocast(const Tensor& x, const Tensor& weight, const Tensor& bias);
+
 Tensor mm(const Tensor& a, const Tensor& b) {
   KERN_CHECK(a.dim() == 2 && b.dim() == 2, "mm: expected 2-D operands, got ", a.shape(), " and ", b.shape());
   KERN_CHECK(a.size(1) == b.size(0), "mm: shapes ", a.shape(), " and ", b.shape(), " cannot be multiplied");
@@ -164,8 +166,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
              weight.shape(), " (in_features = ", weight.size(1), ")");
   check_operand(x, "linear");
   detail::check_same_dtype(x, weight, "linear");
-  if (detail::autocast_applies(x, weight))  // the bias stays float32: it is added in float32
-    return linear(detail::autocast_cast(x), detail::autocast_cast(weight), bias);
+  if (detail::autocast_applies(x, weight)) return linear_autocast(x, weight, bias);
   const DType out_dtype = product_dtype(x.dtype());
   if (bias.defined()) {
     KERN_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "linear: bias ", bias.shape(),
@@ -201,6 +202,37 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     if (c.inputs.size() == 3) grads.push_back(c.needs[2] ? sum(reshape(c.grad, {-1, out_features}), {0}) : Tensor());
     return grads;
   }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
+}
+
+// linear under bf16 autocast, as one node: y = bf16(x) @ bf16(W)^T + b (float32 result; the
+// bias stays float32). It is the composite linear(autocast_cast(x), autocast_cast(W), b)
+// with the conversions folded in: the node saves the bf16 copies (and a storage-less alias of
+// x, so that x's float32 buffer can be freed), and its backward returns float32 gradients
+// straight from the bf16 GEMMs' float32 results instead of rounding them to bf16 and widening
+// them back (two passes over W's size per step). With create_graph the backward records the
+// conversions (autocast_record_cast) and bf16 products, so it is differentiable again.
+static Tensor linear_autocast(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  const int64_t in = weight.size(1), out_features = weight.size(0);
+  Tensor xb, wb, out;
+  {
+    NoGradGuard ng;
+    xb = x.detach().to(DType::BFloat16);
+    wb = weight.detach().to(DType::BFloat16);
+    out = linear(xb, wb, bias);
+  }
+  // inputs: the graph's x (or its alias), W, the bf16 copies (no gradient), then the bias.
+  G inputs{detail::autocast_graph_input(x), weight, xb, wb};
+  if (bias.defined()) inputs.push_back(bias);
+  return record_op("linear_autocast", out, inputs, [in, out_features](const BackwardContext& c) {
+    const Tensor xr = detail::autocast_record_cast(c.inputs[2], c.inputs[0]);  // bf16(x), recorded
+    const Tensor wr = detail::autocast_record_cast(c.inputs[3], c.inputs[1]);  // bf16(W), recorded
+    const Tensor g = c.grad.to(DType::BFloat16);
+    G grads(c.inputs.size());
+    if (c.needs[0]) grads[0] = matmul(g, wr);                                   // float32
+    if (c.needs[1]) grads[1] = mm(reshape(g, {-1, out_features}).t(), reshape(xr, {-1, in}));
+    if (c.inputs.size() == 5 && c.needs[4]) grads[4] = sum(reshape(c.grad, {-1, out_features}), {0});
+    return grads;
+  }, SavedValues::none());
 }
 
 Tensor outer(const Tensor& a, const Tensor& b) {
