@@ -11,8 +11,9 @@
 // float32 operands convert their input and weight to bfloat16 through a recorded,
 // differentiable conversion (its backward converts the gradient back to float32) and run on
 // oneDNN's bf16 kernels with float32 accumulation. Everything else (norms, softmax, losses,
-// reductions, elementwise ops) stays float32. Parameters stay float32 master weights and their
-// .grad is float32.
+// reductions, elementwise ops) stays float32. linear records the conversions and the product
+// as one node ("linear_autocast") whose gradients come out in float32 straight from the bf16
+// GEMMs. Parameters stay float32 master weights and their .grad is float32.
 //
 // Output dtype: kern's bf16 products return **float32** (PyTorch returns bf16): the oneDNN
 // primitive accumulates in float32 and writes float32, so every op downstream (layer_norm,
