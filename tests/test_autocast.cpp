@@ -214,6 +214,37 @@ TEST_CASE("autocast: a Hessian-vector product through an autocast region matches
   CHECK(max_abs_diff(hbf[2], h64[2]) <= 3e-2 * max(abs(h64[2])).item<double>());
 }
 
+TEST_CASE("autocast: second order through bf16 conv2d and matmul (the composite path)", "[autocast]") {
+  // f(w, m) = 0.5 |tanh(conv2d(x, w)) flattened @ m|^2: conv2d and mm record bf16 conversions
+  // of their operands and bf16 backward ops; the HVP differentiates those again.
+  const Tensor x = rnd({2, 3, 7, 7}, 35);
+  const Tensor w0 = rnd({4, 3, 3, 3}, 36) * 0.3, m0 = rnd({100, 6}, 37) * 0.1;
+  const Tensor vw = rnd({4, 3, 3, 3}, 38), vm = rnd({100, 6}, 39);
+  auto hvp_of = [&](DType dt, bool autocast) {
+    Tensor w = w0.to(dt).requires_grad_(), m = m0.to(dt).requires_grad_();
+    Tensor loss;
+    {
+      AutocastGuard guard(b16, autocast);
+      const Tensor h = tanh(conv2d(x.to(dt), w, {}, cp(1, 1, 1)));  // [2, 4, 7, 7]
+      const Tensor y = matmul(reshape(h, {2, 196}).narrow(1, 0, 100), m);
+      loss = sum(y * y) * 0.5;
+      if (autocast) REQUIRE(graph_has(loss, "autocast_to_bfloat16"));
+    }
+    auto g = grad({loss}, {w, m}, {}, {.create_graph = true});
+    REQUIRE(g[0].dtype() == dt);
+    auto h = grad({sum(g[0] * vw.to(dt)) + sum(g[1] * vm.to(dt))}, {w, m});
+    return std::vector<Tensor>{h[0].to(f64), h[1].to(f64)};
+  };
+  const auto h64 = hvp_of(f64, false), hbf = hvp_of(f32, true), h32 = hvp_of(f32, false);
+  for (int i = 0; i < 2; ++i) {
+    const double scale = max(abs(h64[i])).item<double>();
+    INFO("block " << i << " max |hvp| " << scale << " bf16 err " << max_abs_diff(hbf[i], h64[i]));
+    CHECK(max_abs_diff(hbf[i], h64[i]) <= 3e-2 * scale);
+    // ... and it is a bf16 result, not a float32 one.
+    CHECK(max_abs_diff(hbf[i], h32[i]) > 1e-5 * scale);
+  }
+}
+
 TEST_CASE("autocast: ops outside the list stay float32 and unchanged", "[autocast]") {
   const Tensor x = rnd({6, 10}, 40), gamma = rnd({10}, 41), beta = rnd({10}, 42);
   const Tensor t = randint(0, 10, {6});
