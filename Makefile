@@ -4,6 +4,8 @@
 BUILD ?= build
 JOBS ?= 2
 BENCH ?=
+# Arguments for examples/fashion_mnist, e.g. `make demo DEMO_ARGS=--bf16` (bf16 autocast).
+DEMO_ARGS ?=
 DEPS := cmake g++ make pkg-config libdnnl-dev libeigen3-dev libfmt-dev catch2 nlohmann-json3-dev \
         zlib1g-dev libcli11-dev ocl-icd-opencl-dev dataset-fashion-mnist python3 python3-matplotlib \
         libopenmpi-dev openmpi-bin
@@ -58,7 +60,7 @@ test-sanitize: deps
 	@cd $(SANITIZE_BUILD) && $(SANITIZE_ENV) ctest --output-on-failure -j$(JOBS) --timeout 1800 -LE perf
 
 demo: build
-	@$(BUILD)/examples/fashion_mnist
+	@$(BUILD)/examples/fashion_mnist $(DEMO_ARGS)
 
 bench: build bench-deps
 	@/usr/bin/python3 bench/run_bench.py --kern-bench $(BUILD)/bench/kern_bench \

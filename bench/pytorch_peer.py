@@ -57,7 +57,7 @@ WORKLOADS = [
     "dwconv31_train", "inceptionnext_block_train", "longconv_train", "ntk_mlp", "ntk_cnn",
     "sharpness_mlp", "fmnist_epoch", "zoo_ntk_convnext", "zoo_sharpness_convnext",
     "cntk_gap", "cntk_gap_16",
-    "ddp_mlp_train",
+    "ddp_mlp_train", "mlp_train_bf16", "convnext_block_bf16",
 ]
 
 
@@ -311,8 +311,27 @@ class MetaNeXtBlock(nn.Module):
         return x + shortcut
 
 
-def build_block(module, definition, shape=(8, 64, 32, 32)):
-    """Common harness of the four block workloads. Seeded before `module` was built."""
+class ConvNeXtBlockBf16Casts(ConvNeXtBlock):
+    """ConvNeXtBlock for convnext_block_bf16, run under torch.autocast(bfloat16). PyTorch
+    1.13's CPU autocast fails on the plain block ("layer_norm: expected scalar type BFloat16
+    but found Float": conv_dw returns bf16, LayerNorm is not on the CPU autocast lists and its
+    weight is float32), so this forward casts explicitly, as a user would: the LayerNorm input
+    goes back to float32. Same parameters and names as ConvNeXtBlock."""
+
+    def forward(self, x):                 # x: [N, C, H, W]
+        shortcut = x
+        x = self.conv_dw(x)               # bf16 under autocast
+        x = x.permute(0, 2, 3, 1)
+        x = self.norm(x.float())          # the explicit cast
+        x = self.mlp(x)                   # fc1, fc2 in bf16 under autocast
+        x = x.mul(self.gamma)             # bf16 * float32 -> float32
+        x = x.permute(0, 3, 1, 2)
+        return x + shortcut
+
+
+def build_block(module, definition, shape=(8, 64, 32, 32), bf16=False):
+    """Common harness of the block workloads. Seeded before `module` was built. bf16: the
+    forward runs under torch.autocast("cpu", dtype=torch.bfloat16); exports are float32."""
     randomize_norms_and_scales(module)
     module.train()
     x = torch.randn(shape, requires_grad=True)   # [8, 64, 32, 32]
@@ -322,16 +341,20 @@ def build_block(module, definition, shape=(8, 64, 32, 32)):
         x.grad = None
         module.zero_grad(set_to_none=True)
 
+    def forward():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return module(x)
+
     def step():
         clear()
-        out = module(x)
+        out = forward()
         (out * g).sum().backward()
 
     def reference():
         clear()
         # BatchNorm's running statistics are updated by this forward; they do not affect
         # train-mode outputs, so they are neither exported nor restored.
-        out = module(x)
+        out = forward().float()
         loss = (out * g).sum()
         loss.backward()
         e = Exports()
@@ -369,6 +392,16 @@ def build_convnext_block():
         "[64,1,7,7]; norm over channels; mlp.fc1 Linear 64->256, mlp.fc2 Linear 256->64 "
         "(weights [out,in]); gamma [64]. Conv/Linear: PyTorch default init; norm weight and "
         "gamma U(0.5,1.5), norm bias N(0,0.1). " + BLOCK_COMMON))
+
+
+def build_convnext_block_bf16():
+    return build_block(ConvNeXtBlockBf16Casts(64), (
+        "convnext_block_bf16: convnext_block_train's block, inputs and step with the forward "
+        "under bf16 autocast (PyTorch: torch.autocast('cpu', dtype=torch.bfloat16); its 1.13 "
+        "autocast fails on this block at layer_norm, so the PyTorch side casts the LayerNorm "
+        "input to float32 explicitly, as a user would; kern: kern::AutocastGuard). The "
+        "references (out, grads) are PyTorch's autocast results in float32; bf16 sides agree "
+        "to ~1e-2 relative. " + BLOCK_COMMON), bf16=True)
 
 
 def build_inceptionnext_block():
@@ -409,16 +442,22 @@ def redraw_relu_near_ties(x, layers, margin=1e-5):
         x[bad] = torch.randn(int(bad.sum()), x.shape[1])
 
 
-def build_mlp_train():
+def build_mlp_train(bf16=False):
+    """bf16: mlp_train_bf16, the forward and loss under torch.autocast(bfloat16)."""
     model = mlp([784, 1024, 1024, 10], nn.ReLU)
     x = torch.randn(256, 784)                    # [256, 784]
     redraw_relu_near_ties(x, [model.fc1, model.fc2])
     labels = torch.randint(0, 10, (256,))        # [256] int64
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
+    def forward_loss(m):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = m(x)
+            return logits, F.cross_entropy(logits, labels)
+
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), labels)
+        _, loss = forward_loss(model)
         loss.backward()
         opt.step()
 
@@ -428,10 +467,9 @@ def build_mlp_train():
         e.add("x", x, "input batch, N(0,1), rows without ReLU near-ties")
         e.add("labels", labels, "class labels in [0,10)")
         e.add_params("param.", m, "initial parameter (PyTorch default init)")
-        logits = m(x)
-        loss = F.cross_entropy(logits, labels)
+        logits, loss = forward_loss(m)
         loss.backward()
-        e.add("logits", logits, "model(x) with the initial parameters")
+        e.add("logits", logits.float(), "model(x) with the initial parameters")
         e.add("loss", loss, "mean cross-entropy of logits vs labels")
         e.add_grads("grad.param.", m)
         with torch.no_grad():
@@ -440,6 +478,15 @@ def build_mlp_train():
         e.add_params("param_after.", m, "parameter after one SGD(lr 0.01) step:")
         return e.entries()
 
+    if bf16:
+        return Bench(
+            definition="mlp_train_bf16: mlp_train's model, inputs and step with the forward "
+                       "and the loss under bf16 autocast (PyTorch: torch.autocast('cpu', "
+                       "dtype=torch.bfloat16); kern: kern::AutocastGuard(DType::BFloat16)): "
+                       "the three Linears run in bf16 with float32 accumulation, parameters "
+                       "and gradients stay float32. References are PyTorch's autocast results "
+                       "(float32); bf16 sides agree to ~1e-2 relative.",
+            step=step, reference=reference, extras=lambda m: {"gflops": 2.448 / m})
     return Bench(
         definition="mlp_train: MLP Linear(784,1024) ReLU Linear(1024,1024) ReLU "
                    "Linear(1024,10) (names fc1, fc2, fc3; weight [out,in]; PyTorch default "
@@ -1070,6 +1117,10 @@ def build(workload, length):
         return build_dwconv(31)
     if workload == "mlp_train":
         return build_mlp_train()
+    if workload == "mlp_train_bf16":
+        return build_mlp_train(bf16=True)
+    if workload == "convnext_block_bf16":
+        return build_convnext_block_bf16()
     if workload == "ddp_mlp_train":
         return build_ddp_mlp_train()
     if workload == "convnext_block_train":

@@ -46,6 +46,8 @@ WORKLOADS = [
     ("dwconv7_train", "dwconv7_train", None),
     ("mlp_train", "mlp_train", None),
     ("convnext_block_train", "convnext_block_train", None),
+    ("mlp_train_bf16", "mlp_train_bf16", None),
+    ("convnext_block_bf16", "convnext_block_bf16", None),
     ("dwconv31_train", "dwconv31_train", None),
     ("inceptionnext_block_train", "inceptionnext_block_train", None),
     ("longconv_train", "longconv_train", 4096),

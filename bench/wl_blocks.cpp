@@ -1,6 +1,9 @@
 // Block workloads: dwconv7_train, dwconv31_train, convnext_block_train,
-// inceptionnext_block_train. One timed iteration: clear grads, out = block(x),
-// loss = sum(out * g), backward (grads of x and of every parameter).
+// inceptionnext_block_train, convnext_block_bf16 (the forward under bf16 autocast). One timed
+// iteration: clear grads, out = block(x), loss = sum(out * g), backward (grads of x and of
+// every parameter).
+#include <kern/autocast.hpp>
+
 #include "blocks.hpp"
 #include "harness.hpp"
 
@@ -8,7 +11,8 @@ namespace kern::bench {
 namespace {
 
 // Loads param.* into the module (strict), then builds the timed step and the check.
-Workload block_workload(std::shared_ptr<nn::Module> block, const io::SafetensorsFile& in) {
+// bf16: the forward runs under AutocastGuard(BFloat16) and the check has a bf16 tolerance.
+Workload block_workload(std::shared_ptr<nn::Module> block, const io::SafetensorsFile& in, bool bf16 = false) {
   nn::StateDict params;
   for (auto& [name, t] : in.tensors)
     if (name.rfind("param.", 0) == 0) params.emplace_back(name.substr(6), t);
@@ -17,18 +21,22 @@ Workload block_workload(std::shared_ptr<nn::Module> block, const io::Safetensors
   block->load_state_dict(params, true);
   block->train();
   Tensor x = in.get("x").clone().detach().requires_grad_(true), g = in.get("g");
-  auto run = [block, x, g]() mutable {
+  auto run = [block, x, g, bf16]() mutable {
     x.zero_grad();
     block->zero_grad();
-    Tensor out = (*block)(x);
+    Tensor out;
+    {
+      AutocastGuard autocast(DType::BFloat16, bf16);
+      out = (*block)(x);
+    }
     sum(out * g).backward();
     return out;
   };
   Workload w;
   w.step = [run]() mutable { (void)run(); };
-  w.check = [run, block, x, inputs = in]() mutable {
+  w.check = [run, block, x, bf16, inputs = in]() mutable {
     Tensor out = run();
-    Comparator c(2e-4);
+    Comparator c(bf16 ? 5e-2 : 2e-4);
     c.compare("out", out, inputs.get("out"));
     c.compare("grad.x", x.grad(), inputs.get("grad.x"));
     for (auto& [name, p] : block->named_parameters()) {
@@ -42,6 +50,7 @@ Workload block_workload(std::shared_ptr<nn::Module> block, const io::Safetensors
     }
     return c.result();
   };
+  if (bf16) w.extras = [](double) { return nlohmann::json{{"isa", autocast_isa()}}; };
   return w;
 }
 
@@ -53,6 +62,9 @@ Register dw7("dwconv7_train", [](const io::SafetensorsFile& in, const Args&) { r
 Register dw31("dwconv31_train", [](const io::SafetensorsFile& in, const Args&) { return block_workload(depthwise(31), in); });
 Register convnext("convnext_block_train", [](const io::SafetensorsFile& in, const Args&) {
   return block_workload(std::make_shared<ConvNeXtBlock>(64), in);
+});
+Register convnext_bf16("convnext_block_bf16", [](const io::SafetensorsFile& in, const Args&) {
+  return block_workload(std::make_shared<ConvNeXtBlock>(64), in, true);
 });
 Register inceptionnext("inceptionnext_block_train", [](const io::SafetensorsFile& in, const Args&) {
   return block_workload(std::make_shared<MetaNeXtBlock>(64), in);

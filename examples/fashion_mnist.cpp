@@ -12,7 +12,12 @@
 // data::DistributedSampler shard); gradients are averaged by nn::DistributedDataParallel;
 // rank 0 prints, evaluates and writes the checkpoint, every rank reads --resume. One
 // thread per rank unless --threads is given.
+//
+// --bf16: mixed precision, the forward and the loss under kern::AutocastGuard(BFloat16): the
+// convolutions and Linears run in bf16 on oneDNN (float32 accumulation), parameters, optimizer
+// and gradients stay float32 (`make demo DEMO_ARGS=--bf16`).
 #include <CLI/CLI.hpp>
+#include <kern/autocast.hpp>
 #include <kern/kern.hpp>
 #include <kern/optim/optim.hpp>
 #ifdef KERN_EXAMPLE_DIST
@@ -97,8 +102,9 @@ int main(int argc, char** argv) {
   app.add_option("--resume", resume, "checkpoint to resume from");
   app.add_option("--out", out_dir, "output directory (checkpoints)");
   app.add_option("--seed", seed, "random seed");
-  bool ddp = false;
+  bool ddp = false, bf16 = false;
   app.add_flag("--ddp", ddp, "data-parallel over the MPI ranks (run under mpirun)");
+  app.add_flag("--bf16", bf16, "bf16 autocast around the forward (oneDNN bf16 convolutions and matmuls)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -150,13 +156,18 @@ int main(int argc, char** argv) {
       schedule.set_step(step);
       if (rank == 0) fmt::print("resumed from {} at step {} (epoch {})\n", resume, step, step / steps_per_epoch);
     }
+    if (bf16 && rank == 0) fmt::print("bf16 autocast: {}\n", kern::autocast_isa());
     double accuracy = -1.0;
     for (int64_t epoch = step / steps_per_epoch; epoch < epochs; ++epoch) {
       loader.set_epoch(epoch);
       const auto t0 = std::chrono::steady_clock::now();
       double loss_sum = 0.0;
       auto train_step = [&](const Tensor& x, const Tensor& y) {
-        Tensor loss = kern::cross_entropy((*net)(norm(x)), y);
+        Tensor loss;
+        {
+          kern::AutocastGuard autocast(kern::DType::BFloat16, bf16);  // off unless --bf16
+          loss = kern::cross_entropy((*net)(norm(x)), y);
+        }
         opt.zero_grad();
         loss.backward();
         opt.step();

@@ -197,6 +197,8 @@ class Engine {
                                  const std::vector<Tensor>& grad_outputs,
                                  const std::vector<Tensor>& targets, bool accumulate_leaves,
                                  bool retain_graph, bool create_graph);
+  // Does n's backward read its output's values? (detail::node_reads_output)
+  static bool reads_output(const Node& n) { return n.saved_.reads_output(); }
 
  private:
   Engine(const std::vector<Tensor>& targets, bool accumulate_leaves);
@@ -215,9 +217,13 @@ class Engine {
   // slot += g: in place when nothing else can see slot's buffer and no graph is recorded
   // (ops/accumulate.hpp), else out of place (with create_graph, the add is recorded).
   // Addition commutes bit for bit, so when only g's buffer is free, g += slot serves as well.
+  // bf16 gradients (of autocast's bf16 operands, reached by more than one path in a double
+  // backward) are added in float32 and rounded back, differentiably.
   void accumulate(Tensor& slot, Tensor g) const {
     if (!slot.defined()) {
       slot = std::move(g);
+    } else if (g.dtype() == DType::BFloat16) {
+      slot = (slot.to(DType::Float32) + g.to(DType::Float32)).to(DType::BFloat16);
     } else if (!create_graph_ && detail::can_accumulate_in_place(slot, g)) {
       detail::accumulate_in_place(slot, g);
     } else if (!create_graph_ && detail::can_accumulate_in_place(g, slot)) {
@@ -363,10 +369,20 @@ void Engine::run_node_impl(Node& n) {
   for (size_t i = 0; i < needs.size(); ++i) any |= (needs[i] = input_wanted(n.inputs_[i]));
   Tensor out(n.output_.lock());
   if (!out.defined()) {
-    // The output tensor is gone (only possible when nothing downstream holds it, e.g. a
-    // released root); rebuild a detached stand-in with the right metadata is impossible,
-    // so refuse clearly.
-    throw Error(fmt::format("backward: the output of op '{}' was freed before backward", n.name()));
+    // The output tensor is gone: nothing downstream holds it (a released root, or a bf16
+    // autocast conversion, which records a storage-less alias of its float32 input; see
+    // framework/autograd/autocast.cpp). A backward that reads the output's values cannot
+    // run; one that reads none gets a storage-less stand-in with the output's shape and
+    // dtype (those of its gradient).
+    if (n.saved_.reads_output())
+      throw Error(fmt::format("backward: the output of op '{}' was freed before backward", n.name()));
+    auto stand_in = std::make_shared<TensorImpl>();
+    stand_in->shape = g.shape();
+    stand_in->strides.assign(g.shape().size(), 1);
+    for (int64_t d = static_cast<int64_t>(g.shape().size()) - 2; d >= 0; --d)
+      stand_in->strides[d] = stand_in->strides[d + 1] * std::max<int64_t>(1, g.shape()[d + 1]);
+    stand_in->dtype = g.dtype();
+    out = Tensor(std::move(stand_in));
   }
   std::vector<Tensor> in_grads;
   if (any) {
@@ -497,5 +513,9 @@ void Tensor::backward(const Tensor& grad_output, bool retain_graph, bool create_
   Engine::run({*this}, {grad_output}, {}, true, retain_graph || create_graph, create_graph);
   callbacks.run();
 }
+
+namespace detail {
+bool node_reads_output(const Node& n) { return Engine::reads_output(n); }
+}  // namespace detail
 
 }  // namespace kern

@@ -7,6 +7,7 @@
 #include <kern/tensor.hpp>
 
 #include <cstdint>
+#include <string>
 
 namespace kern::backend {
 
@@ -101,5 +102,27 @@ bool max_pool2d_fast(const PoolGeometry& g, const float* x, float* y, int64_t* i
 /// or kernel[0] * kernel[1] (then every window must lie inside the padded input for
 /// PyTorch's count_include_pad semantics; the caller checks).
 void avg_pool2d_fast(const PoolGeometry& g, bool exclude_pad, const float* x, float* y);
+
+}  // namespace kern::backend
+
+// ---- bfloat16 products for autocast (framework/backend/dnnl_bf16.cpp, dnnl_conv.cpp):
+// oneDNN with bf16 operands, float32 accumulation and float32 results.
+namespace kern::backend {
+
+/// C[M, N] (float32, leading dim ldc) = A @ B (+ beta * C), A and B bf16 with any strides
+/// oneDNN's matmul accepts (every 2-D stride pair; the caller passes BLAS layouts).
+void gemm_bf16(const MatRef<bf16>& a, const MatRef<bf16>& b, float* c, int64_t ldc, float beta);
+
+/// Convolutions as the float32 ones above, with bf16 operands and float32 results
+/// (bias float32).
+void conv2d_forward_bf16(const ConvGeometry& g, const bf16* x, const bf16* w, const float* bias, float* y);
+void conv2d_backward_input_bf16(const ConvGeometry& g, const bf16* gy, const bf16* w, float* gx);
+void conv2d_backward_weight_bf16(const ConvGeometry& g, const bf16* gy, const bf16* x, float* gw);
+
+/// The effective ISA and the implementation names oneDNN picks for a probe bf16 matmul and
+/// convolution (kern::autocast_isa()).
+std::string bf16_impl_info();
+/// The implementation name of the bf16 convolution primitive for a geometry (forward).
+std::string conv2d_bf16_impl(const ConvGeometry& g);
 
 }  // namespace kern::backend

@@ -1,4 +1,4 @@
-// Convolution on oneDNN 2.6 (float32): forward, backward-data and backward-weights, the
+// Convolution on oneDNN 2.6 (float32, and bf16 operands with float32 results for autocast): forward, backward-data and backward-weights, the
 // fast path of framework/ops/conv.cpp. The caller's buffers are plain nchw / oihw (goihw
 // when groups > 1); each primitive picks its own layouts (format_tag::any) and we reorder
 // in and out when they differ. Primitives and their reorders are built once per
@@ -62,6 +62,7 @@ struct Entry {
   std::vector<Operand> inputs;
   Operand output;
   memory::desc scratchpad;
+  std::string impl;  // oneDNN's implementation name, e.g. "brg:avx512_core_bf16"
 };
 
 // The plain descriptors and spatial params of a geometry.
@@ -71,7 +72,10 @@ struct Descs {
   memory::dims strides, dilates, pad_l, pad_r;
 };
 
-Descs make_descs(const ConvGeometry& g) {
+// src / wei / dst: the data types of the source, weights and destination tensors (diff_src,
+// diff_weights and diff_dst in the backward kinds): all f32, or bf16 operands with an f32
+// result under autocast.
+Descs make_descs(const ConvGeometry& g, dt src_t, dt wei_t, dt dst_t) {
   Descs d;
   const memory::dims src{g.N, g.C_in, g.H, g.W}, dst{g.N, g.C_out, g.Ho, g.Wo};
   memory::dims wei;
@@ -84,13 +88,13 @@ Descs make_descs(const ConvGeometry& g) {
     wei = {g.groups, g.C_out / g.groups, g.C_in / g.groups, g.kH, g.kW};
     wtag = tag::goihw;
   }
-  d.src = memory::desc(src, dt::f32, tag::nchw);
-  d.wei = memory::desc(wei, dt::f32, wtag);
-  d.dst = memory::desc(dst, dt::f32, tag::nchw);
+  d.src = memory::desc(src, src_t, tag::nchw);
+  d.wei = memory::desc(wei, wei_t, wtag);
+  d.dst = memory::desc(dst, dst_t, tag::nchw);
   d.bias = memory::desc({g.C_out}, dt::f32, tag::x);
-  d.src_any = memory::desc(src, dt::f32, tag::any);
-  d.wei_any = memory::desc(wei, dt::f32, tag::any);
-  d.dst_any = memory::desc(dst, dt::f32, tag::any);
+  d.src_any = memory::desc(src, src_t, tag::any);
+  d.wei_any = memory::desc(wei, wei_t, tag::any);
+  d.dst_any = memory::desc(dst, dst_t, tag::any);
   d.strides = {g.stride[0], g.stride[1]};
   d.dilates = {g.dilation[0] - 1, g.dilation[1] - 1};  // oneDNN counts the gaps: dense = 0
   // Symmetric padding; oneDNN accepts a right pad larger than needed (floor division).
@@ -115,11 +119,18 @@ dnnl::convolution_forward::primitive_desc forward_pd(const Descs& d, bool with_b
 
 enum class Kind { Forward, ForwardBias, BackwardData, BackwardWeights };
 
-std::shared_ptr<Entry> build(Kind kind, const ConvGeometry& g) {
-  const Descs d = make_descs(g);
+std::shared_ptr<Entry> build(Kind kind, const ConvGeometry& g, bool bf16) {
+  // bf16: the operands are bf16 and the result f32 (diff_src / diff_weights in backward).
+  const dt op_t = bf16 ? dt::bf16 : dt::f32;
+  const bool is_fwd = kind == Kind::Forward || kind == Kind::ForwardBias;
+  const Descs d = is_fwd                           ? make_descs(g, op_t, op_t, dt::f32)
+                  : kind == Kind::BackwardData     ? make_descs(g, dt::f32, op_t, op_t)
+                                                   : make_descs(g, op_t, dt::f32, op_t);
   auto e = std::make_shared<Entry>();
-  auto fwd = forward_pd(d, kind == Kind::ForwardBias);
-  if (kind == Kind::Forward || kind == Kind::ForwardBias) {
+  // The backward kinds take the forward's descriptor as a hint: all operands in op_t.
+  auto fwd = is_fwd ? forward_pd(d, kind == Kind::ForwardBias) : forward_pd(make_descs(g, op_t, op_t, op_t), false);
+  e->impl = fwd.impl_info_str();
+  if (is_fwd) {
     e->prim = dnnl::convolution_forward(fwd);
     e->inputs.push_back(make_operand(DNNL_ARG_SRC, d.src, fwd.src_desc(), false));
     e->inputs.push_back(make_operand(DNNL_ARG_WEIGHTS, d.wei, fwd.weights_desc(), false));
@@ -135,6 +146,7 @@ std::shared_ptr<Entry> build(Kind kind, const ConvGeometry& g) {
     e->inputs.push_back(make_operand(DNNL_ARG_WEIGHTS, d.wei, pd.weights_desc(), false));
     e->output = make_operand(DNNL_ARG_DIFF_SRC, d.src, pd.diff_src_desc(), true);
     e->scratchpad = pd.scratchpad_desc();
+    e->impl = pd.impl_info_str();
   } else {
     dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, d.src_any, d.wei_any,
                                                   d.dst_any, d.strides, d.dilates, d.pad_l, d.pad_r);
@@ -144,6 +156,7 @@ std::shared_ptr<Entry> build(Kind kind, const ConvGeometry& g) {
     e->inputs.push_back(make_operand(DNNL_ARG_SRC, d.src, pd.src_desc(), false));
     e->output = make_operand(DNNL_ARG_DIFF_WEIGHTS, d.wei, pd.diff_weights_desc(), true);
     e->scratchpad = pd.scratchpad_desc();
+    e->impl = pd.impl_info_str();
   }
   return e;
 }
@@ -158,25 +171,25 @@ const char* kind_name(Kind k) {
   return "conv2d";
 }
 
-std::string describe(Kind kind, const ConvGeometry& g) {
-  return fmt::format("{}: x [{}, {}, {}, {}], w [{}, {}, {}, {}], y [{}, {}, {}, {}], stride ({}, {}), "
+std::string describe(Kind kind, const ConvGeometry& g, bool bf16 = false) {
+  return fmt::format("{}{}: x [{}, {}, {}, {}], w [{}, {}, {}, {}], y [{}, {}, {}, {}], stride ({}, {}), "
                      "padding ({}, {}), dilation ({}, {}), groups {}",
-                     kind_name(kind), g.N, g.C_in, g.H, g.W, g.C_out, g.C_in / g.groups, g.kH, g.kW, g.N, g.C_out,
+                     kind_name(kind), bf16 ? " (bf16)" : "", g.N, g.C_in, g.H, g.W, g.C_out, g.C_in / g.groups, g.kH, g.kW, g.N, g.C_out,
                      g.Ho, g.Wo, g.stride[0], g.stride[1], g.padding[0], g.padding[1], g.dilation[0],
                      g.dilation[1], g.groups);
 }
 
 // The cache key is the full description: every shape and param that shapes the primitive.
-std::shared_ptr<Entry> lookup(Kind kind, const ConvGeometry& g) {
+std::shared_ptr<Entry> lookup(Kind kind, const ConvGeometry& g, bool bf16) {
   static std::mutex mu;
   static std::unordered_map<std::string, std::shared_ptr<Entry>> cache;
-  const std::string key = describe(kind, g);
+  const std::string key = describe(kind, g, bf16);
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   std::shared_ptr<Entry> e;
   try {
-    e = build(kind, g);
+    e = build(kind, g, bf16);
   } catch (const dnnl::error& err) {
     throw Error(fmt::format("{}: oneDNN could not create the primitive ({})", key, err.what()));
   }
@@ -188,16 +201,16 @@ std::shared_ptr<Entry> lookup(Kind kind, const ConvGeometry& g) {
 }
 
 // Runs a cached primitive on the caller's buffers (inputs in Entry order).
-void run(Kind kind, const ConvGeometry& g, std::vector<const float*> in, float* out) {
+void run(Kind kind, const ConvGeometry& g, std::vector<const void*> in, void* out, bool bf16 = false) {
   count_path(Primitive::Conv2d, Path::Fast);
-  auto e = lookup(kind, g);
+  auto e = lookup(kind, g, bf16);
   auto& eng = cpu_engine();
   auto& s = cpu_stream();
   try {
     std::unordered_map<int, memory> args;
     for (size_t i = 0; i < e->inputs.size(); ++i) {
       const Operand& o = e->inputs[i];
-      memory user(o.user, eng, const_cast<float*>(in[i]));
+      memory user(o.user, eng, const_cast<void*>(in[i]));
       if (o.same) {
         args.emplace(o.arg, user);
       } else {
@@ -214,7 +227,7 @@ void run(Kind kind, const ConvGeometry& g, std::vector<const float*> in, float* 
     if (!e->output.same) e->output.convert.execute(s, prim_out, user_out);
     s.wait();
   } catch (const dnnl::error& err) {
-    throw Error(fmt::format("{}: oneDNN execution failed ({})", describe(kind, g), err.what()));
+    throw Error(fmt::format("{}: oneDNN execution failed ({})", describe(kind, g, bf16), err.what()));
   }
 }
 
@@ -232,5 +245,20 @@ void conv2d_backward_input_fast(const ConvGeometry& g, const float* gy, const fl
 void conv2d_backward_weight_fast(const ConvGeometry& g, const float* gy, const float* x, float* gw) {
   run(Kind::BackwardWeights, g, {gy, x}, gw);
 }
+
+void conv2d_forward_bf16(const ConvGeometry& g, const bf16* x, const bf16* w, const float* bias, float* y) {
+  if (bias) run(Kind::ForwardBias, g, {x, w, bias}, y, true);
+  else run(Kind::Forward, g, {x, w}, y, true);
+}
+
+void conv2d_backward_input_bf16(const ConvGeometry& g, const bf16* gy, const bf16* w, float* gx) {
+  run(Kind::BackwardData, g, {gy, w}, gx, true);
+}
+
+void conv2d_backward_weight_bf16(const ConvGeometry& g, const bf16* gy, const bf16* x, float* gw) {
+  run(Kind::BackwardWeights, g, {gy, x}, gw, true);
+}
+
+std::string conv2d_bf16_impl(const ConvGeometry& g) { return lookup(Kind::Forward, g, true)->impl; }
 
 }  // namespace kern::backend

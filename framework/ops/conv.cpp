@@ -7,6 +7,12 @@
 //
 // Reference path: direct loops (any float dtype), OpenMP over output planes so every thread
 // owns what it writes. Fast path: oneDNN (float32), framework/backend/dnnl_conv.cpp.
+//
+// bf16 (autocast, kern/autocast.hpp): the three ops also take bf16 operands and return
+// float32 (oneDNN's bf16 convolutions, float32 accumulation; depthwise too). Each backward
+// converts the float32 gradient to its operands' dtype, so the backward convolutions run in
+// bf16, and returns gradients in the operands' dtypes (no-ops for float32/float64). Under
+// autocast, conv2d converts float32 input and weight (recorded) and reruns on bf16.
 #include <kern/autograd.hpp>
 #include <kern/ops.hpp>
 
@@ -14,6 +20,7 @@
 
 #include "../backend/backend.hpp"
 #include "../backend/depthwise.hpp"
+#include "autocast_internal.hpp"
 #include "kernel_utils.hpp"
 
 namespace kern {
@@ -224,18 +231,41 @@ std::optional<backend::DepthwiseGeometry> as_depthwise(const backend::ConvGeomet
   return backend::DepthwiseGeometry{g.N, g.C_in, g.H, g.W, g.kH, g.kW, g.padding[0], g.padding[1]};
 }
 
+// bf16 on a plain depthwise geometry: kern's direct float32 kernels on the bf16 values
+// widened to float32, which is exactly bf16 compute with float32 accumulation (a product of two
+// bf16 values is exact in float32). oneDNN 2.6's bf16 depthwise weight gradient is im2col +
+// GEMM ("x64:gemm:jit"), 2x slower than float32 on convnext_block_bf16.
+std::optional<backend::DepthwiseGeometry> bf16_depthwise(const backend::ConvGeometry& g) {
+  if (!backend::use_fast(DType::Float32)) return std::nullopt;
+  return as_depthwise(g);
+}
+
 // The reference loops count as DepthwiseConv2d on a geometry the direct kernels take.
 void count_reference(const backend::ConvGeometry& g) {
   backend::count_path(as_depthwise(g) ? backend::Primitive::DepthwiseConv2d : backend::Primitive::Conv2d,
                       backend::Path::Reference);
 }
 
+// The dtype a convolution of `operand`-dtype tensors writes: bf16 accumulates into float32.
+DType result_dtype(DType operand) { return operand == DType::BFloat16 ? DType::Float32 : operand; }
+
 Tensor raw_forward(const backend::ConvGeometry& g, const Tensor& x, const Tensor& w, const Tensor& b) {
-  Tensor out = empty({g.N, g.C_out, g.Ho, g.Wo}, x.dtype());
+  Tensor out = empty({g.N, g.C_out, g.Ho, g.Wo}, result_dtype(x.dtype()));
   if (out.numel() == 0) return out;
   Tensor xc = contiguous(x.detach()), wc = contiguous(w.detach());
   Tensor bc = b.defined() ? contiguous(b.detach()) : Tensor();
   if (g.C_in == 0) return b.defined() ? out.copy_(bc.reshape({1, g.C_out, 1, 1})) : out.fill_(0.0);
+  if (x.dtype() == DType::BFloat16) {
+    if (auto dw = bf16_depthwise(g)) {
+      const Tensor xf = xc.to(DType::Float32), wf = wc.to(DType::Float32);
+      backend::depthwise_forward(*dw, xf.data_ptr<float>(), wf.data_ptr<float>(),
+                                 bc.defined() ? bc.data_ptr<float>() : nullptr, out.data_ptr<float>());
+      return out;
+    }
+    backend::conv2d_forward_bf16(g, xc.data_ptr<bf16>(), wc.data_ptr<bf16>(),
+                                 bc.defined() ? bc.data_ptr<float>() : nullptr, out.data_ptr<float>());
+    return out;
+  }
   detail::dispatch_float(x.dtype(), "conv2d", [&]<typename T>() {
     const T* bp = bc.defined() ? bc.template data_ptr<T>() : nullptr;
     if constexpr (std::is_same_v<T, float>) {
@@ -255,9 +285,18 @@ Tensor raw_forward(const backend::ConvGeometry& g, const Tensor& x, const Tensor
 }
 
 Tensor raw_backward_input(const backend::ConvGeometry& g, const Tensor& gy, const Tensor& w) {
-  Tensor out = zeros({g.N, g.C_in, g.H, g.W}, gy.dtype());
+  Tensor out = zeros({g.N, g.C_in, g.H, g.W}, result_dtype(gy.dtype()));
   if (out.numel() == 0 || any_empty(g)) return out;
   Tensor gc = contiguous(gy.detach()), wc = contiguous(w.detach());
+  if (gy.dtype() == DType::BFloat16) {
+    if (auto dw = bf16_depthwise(g)) {
+      const Tensor gf = gc.to(DType::Float32), wf = wc.to(DType::Float32);
+      backend::depthwise_backward_input(*dw, gf.data_ptr<float>(), wf.data_ptr<float>(), out.data_ptr<float>());
+      return out;
+    }
+    backend::conv2d_backward_input_bf16(g, gc.data_ptr<bf16>(), wc.data_ptr<bf16>(), out.data_ptr<float>());
+    return out;
+  }
   detail::dispatch_float(gy.dtype(), "conv2d_backward_input", [&]<typename T>() {
     if constexpr (std::is_same_v<T, float>) {
       if (backend::use_fast(DType::Float32)) {
@@ -276,9 +315,18 @@ Tensor raw_backward_input(const backend::ConvGeometry& g, const Tensor& gy, cons
 }
 
 Tensor raw_backward_weight(const backend::ConvGeometry& g, const Tensor& gy, const Tensor& x) {
-  Tensor out = zeros({g.C_out, g.C_in / g.groups, g.kH, g.kW}, gy.dtype());
+  Tensor out = zeros({g.C_out, g.C_in / g.groups, g.kH, g.kW}, result_dtype(gy.dtype()));
   if (out.numel() == 0 || any_empty(g)) return out;
   Tensor gc = contiguous(gy.detach()), xc = contiguous(x.detach());
+  if (gy.dtype() == DType::BFloat16) {
+    if (auto dw = bf16_depthwise(g)) {
+      const Tensor gf = gc.to(DType::Float32), xf = xc.to(DType::Float32);
+      backend::depthwise_backward_weight(*dw, gf.data_ptr<float>(), xf.data_ptr<float>(), out.data_ptr<float>());
+      return out;
+    }
+    backend::conv2d_backward_weight_bf16(g, gc.data_ptr<bf16>(), xc.data_ptr<bf16>(), out.data_ptr<float>());
+    return out;
+  }
   detail::dispatch_float(gy.dtype(), "conv2d_backward_weight", [&]<typename T>() {
     if constexpr (std::is_same_v<T, float>) {
       if (backend::use_fast(DType::Float32)) {
@@ -306,10 +354,13 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   KERN_CHECK(x.defined() && weight.defined(), "conv2d: input and weight must be defined");
   const auto g = geometry("conv2d", x.shape(), weight.shape(), params);
   check_float_pair("conv2d", "input", x, "weight", weight);
+  if (detail::autocast_applies(x, weight))  // the bias stays float32: it is added in float32
+    return conv2d(detail::autocast_cast(x), detail::autocast_cast(weight), bias, params);
   if (bias.defined()) {
     KERN_CHECK(bias.dim() == 1 && bias.size(0) == g.C_out, "conv2d: bias ", bias.shape(), " must be [C_out] = [",
                g.C_out, "] for weight ", weight.shape());
-    check_float_pair("conv2d", "input", x, "bias", bias);
+    KERN_CHECK(bias.dtype() == result_dtype(x.dtype()), "conv2d: bias is ", bias.dtype(), " but a convolution of ",
+               x.dtype(), " input and weight is ", result_dtype(x.dtype()));
   }
   // A strided input becomes a recorded contiguous() copy first: the node then saves the
   // dense tensor, and every later pass through it (backward, double backward, each HVP)
@@ -322,9 +373,10 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   return record_op("conv2d", out, inputs, [p](const BackwardContext& c) {
     const Tensor& x = c.inputs[0];
     const Tensor& w = c.inputs[1];
+    const Tensor g = c.grad.to(x.dtype());  // bf16 operands: the backward convolutions run in bf16
     G grads(c.inputs.size());
-    if (c.needs[0]) grads[0] = conv2d_backward_input(c.grad, w, x.shape(), p);
-    if (c.needs[1]) grads[1] = conv2d_backward_weight(c.grad, x, w.shape(), p);
+    if (c.needs[0]) grads[0] = conv2d_backward_input(g, w, x.shape(), p).to(x.dtype());
+    if (c.needs[1]) grads[1] = conv2d_backward_weight(g, x, w.shape(), p).to(w.dtype());
     if (c.inputs.size() > 2 && c.needs[2]) grads[2] = sum(c.grad, {0, 2, 3});
     return grads;
   }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));  // x for the weight's gradient, w for the input's
@@ -342,8 +394,9 @@ Tensor conv2d_backward_input(const Tensor& grad_out, const Tensor& weight, const
   return record_op("conv2d_backward_input", out, {grad_out, weight}, [p](const BackwardContext& c) {
     const Tensor& gy = c.inputs[0];
     const Tensor& w = c.inputs[1];
-    return G{c.needs[0] ? conv2d(c.grad, w, {}, p) : Tensor(),
-             c.needs[1] ? conv2d_backward_weight(gy, c.grad, w.shape(), p) : Tensor()};
+    const Tensor g = c.grad.to(gy.dtype());
+    return G{c.needs[0] ? conv2d(g, w, {}, p).to(gy.dtype()) : Tensor(),
+             c.needs[1] ? conv2d_backward_weight(gy, g, w.shape(), p).to(w.dtype()) : Tensor()};
   }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
 }
 
@@ -360,8 +413,9 @@ Tensor conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, const Sha
   return record_op("conv2d_backward_weight", out, {grad_out, x}, [p](const BackwardContext& c) {
     const Tensor& gy = c.inputs[0];
     const Tensor& x = c.inputs[1];
-    return G{c.needs[0] ? conv2d(x, c.grad, {}, p) : Tensor(),
-             c.needs[1] ? conv2d_backward_input(gy, c.grad, x.shape(), p) : Tensor()};
+    const Tensor g = c.grad.to(gy.dtype());
+    return G{c.needs[0] ? conv2d(x, g, {}, p).to(gy.dtype()) : Tensor(),
+             c.needs[1] ? conv2d_backward_input(gy, g, x.shape(), p).to(x.dtype()) : Tensor()};
   }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
 }
 
