@@ -1,5 +1,6 @@
 // torch.func-style transforms built on the engine's grad(); every one is exact because
 // backward formulas are differentiable.
+#include <kern/forward_ad.hpp>
 #include <kern/functional.hpp>
 #include <kern/ops.hpp>
 
@@ -33,8 +34,9 @@ VjpResult vjp(const TensorFn& f, const std::vector<Tensor>& primals, const Tenso
   return {create_graph ? out : out.detach(), g};
 }
 
-JvpResult jvp(const TensorFn& f, const std::vector<Tensor>& primals, const std::vector<Tensor>& tangents,
-              bool create_graph) {
+// The oracle for kern::jvp (forward_ad.cpp): exact, two reverse passes.
+JvpResult jvp_double_vjp(const TensorFn& f, const std::vector<Tensor>& primals, const std::vector<Tensor>& tangents,
+                         bool create_graph) {
   KERN_CHECK(tangents.size() == primals.size(), "jvp: ", tangents.size(), " tangents for ", primals.size(),
              " primals");
   for (size_t i = 0; i < primals.size(); ++i)

@@ -5,6 +5,7 @@
 
 #include "../backend/backend.hpp"
 #include "kernel_utils.hpp"
+#include "jvp_util.hpp"
 
 namespace kern {
 
@@ -64,7 +65,11 @@ Tensor mm(const Tensor& a, const Tensor& b) {
   return record_op("mm", out, {a, b}, [](const BackwardContext& c) {
     return G{c.needs[0] ? mm(c.grad, c.inputs[1].t()) : Tensor(),
              c.needs[1] ? mm(c.inputs[0].t(), c.grad) : Tensor()};
-  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}), JvpRule([](const JvpContext& c) {  // t_a b + a t_b
+    return detail::sum_defined({c.has(0) ? mm(c.tangents[0], c.inputs[1]) : Tensor(),
+                                c.has(1) ? mm(c.inputs[0], c.tangents[1]) : Tensor()},
+                               c.output.shape());
+  }));
 }
 
 Tensor bmm(const Tensor& a, const Tensor& b) {
@@ -82,7 +87,11 @@ Tensor bmm(const Tensor& a, const Tensor& b) {
   return record_op("bmm", out, {a, b}, [](const BackwardContext& c) {
     return G{c.needs[0] ? bmm(c.grad, transpose(c.inputs[1], 1, 2)) : Tensor(),
              c.needs[1] ? bmm(transpose(c.inputs[0], 1, 2), c.grad) : Tensor()};
-  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}), JvpRule([](const JvpContext& c) {
+    return detail::sum_defined({c.has(0) ? bmm(c.tangents[0], c.inputs[1]) : Tensor(),
+                                c.has(1) ? bmm(c.inputs[0], c.tangents[1]) : Tensor()},
+                               c.output.shape());
+  }));
 }
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
@@ -157,7 +166,20 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
             c.needs[1] ? mm(g2.t(), reshape(x, {-1, in})) : Tensor()};
     if (c.inputs.size() == 3) grads.push_back(c.needs[2] ? sum(g2, {0}) : Tensor());
     return grads;
-  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}), JvpRule([](const JvpContext& c) {
+    // linear(t_x, W, t_b) + linear(x, t_W): one GEMM per tangent, the bias tangent as its C
+    const Tensor& x = c.inputs[0];
+    const Tensor& w = c.inputs[1];
+    Tensor tb = c.inputs.size() == 3 && c.has(2) ? c.tangents[2] : Tensor();
+    Tensor t;
+    if (c.has(0)) {
+      t = linear(c.tangents[0], w, tb);
+      tb = Tensor();
+    }
+    if (c.has(1)) t = t.defined() ? t + linear(x, c.tangents[1]) : linear(x, c.tangents[1], tb);
+    else if (tb.defined()) t = detail::at_shape(tb, c.output.shape());
+    return t;
+  }));
 }
 
 Tensor outer(const Tensor& a, const Tensor& b) {
