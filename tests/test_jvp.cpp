@@ -259,3 +259,22 @@ TEST_CASE("forward AD: ops without a rule take the local double-vjp fallback, ex
   require_close(grad_of(jvp(h, {zeros_like(a), b}, {ta, tb}, true)),
                 grad_of(jvp_double_vjp(h, {zeros_like(a), b}, {ta, tb}, true)), "grad through the fallback");
 }
+
+TEST_CASE("jvp of a function that calls jvp, and forward-over-reverse by hand", "[jvp]") {
+  Generator g(5);
+  Tensor x = randn({4}, DType::Float64, &g), v = randn({4}, DType::Float64, &g), u = randn({4}, DType::Float64, &g);
+  TensorFn f = [](const std::vector<Tensor>& p) { return p[0] * p[0] * p[0]; };
+  // inner: 3 x^2 v; outer, along u: 6 x v u
+  TensorFn inner = [&](const std::vector<Tensor>& p) { return jvp(f, p, {v}).tangent_out; };
+  auto r = jvp(inner, {x}, {u});
+  require_close(r.output, x * x * v * 3.0, "inner jvp");
+  require_close(r.tangent_out, x * v * u * 6.0, "jvp of jvp");
+  // hvp of sum(sin(x) x) = jvp of its gradient: H = diag(2 cos x - x sin x)
+  TensorFn gradient = [](const std::vector<Tensor>& p) {
+    Tensor xi = p[0];
+    xi.requires_grad_(true);
+    return grad({sum(sin(xi) * xi)}, {xi}, {}, {.create_graph = true})[0];
+  };
+  auto h = jvp(gradient, {x}, {u});
+  require_close(h.tangent_out, (cos(x) * 2.0 - x * sin(x)) * u, "forward-over-reverse by hand");
+}

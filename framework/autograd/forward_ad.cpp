@@ -3,6 +3,7 @@
 // transforms built on it (jvp, forward-over-reverse hvp). See kern/forward_ad.hpp.
 #include <kern/ops.hpp>
 
+#include <algorithm>
 #include <optional>
 #include <unordered_map>
 
@@ -21,6 +22,7 @@ struct Level {
   bool create_graph = false;
   int suspended = 0;
   std::unordered_map<const TensorImpl*, Dual> duals;
+  size_t next_sweep = 256;  // drop dead primals' tangents when the map reaches this size
   forward_ad::Stats stats;
 };
 
@@ -38,8 +40,15 @@ Tensor lookup(Level& l, const Tensor& t) {
   return it->second.tangent;
 }
 
+// A tangent lives as long as its primal: the map is swept of freed primals whenever it has
+// doubled since the last sweep (amortized O(1) per op), so a long forward holds only the
+// tangents of live tensors, as forward mode should.
 void set_tangent(Level& l, const Tensor& t, Tensor tangent) {
   l.duals[t.impl_ptr().get()] = Dual{t.impl_ptr(), std::move(tangent)};
+  if (l.duals.size() >= l.next_sweep) {
+    std::erase_if(l.duals, [](const auto& kv) { return kv.second.primal.expired(); });
+    l.next_sweep = std::max<size_t>(256, 2 * l.duals.size());
+  }
 }
 
 struct Suspend {
@@ -185,9 +194,10 @@ JvpResult jvp(const TensorFn& f, const std::vector<Tensor>& primals, const std::
               bool create_graph) {
   KERN_CHECK(tangents.size() == primals.size(), "jvp: ", tangents.size(), " tangents for ", primals.size(),
              " primals");
-  // Inside another level (a jvp of a function that calls jvp), the double-vjp path runs
-  // through ops the outer level differentiates.
-  if (forward_ad::level_active()) return jvp_double_vjp(f, primals, tangents, create_graph);
+  // Inside another level (a jvp of a function that calls jvp): the double-vjp path, with its
+  // graph (create_graph), so that the outer level's rules see every op of both reverse passes
+  // and the result carries the outer tangent (the primals keep theirs, see fresh_primals).
+  if (forward_ad::level_active()) return jvp_double_vjp(f, primals, tangents, true);
   EnableGradGuard eg;  // forward rules run where the graph would be recorded
   forward_ad::DualLevel level(create_graph);
   std::vector<Tensor> p;

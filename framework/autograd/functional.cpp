@@ -12,7 +12,9 @@ std::vector<Tensor> fresh_primals(const std::vector<Tensor>& primals) {
   for (size_t i = 0; i < primals.size(); ++i) {
     KERN_CHECK(primals[i].defined() && is_floating(primals[i].dtype()), "functional: primal ", i,
                " must be a defined floating tensor");
-    Tensor t = primals[i].detach();
+    // Under a forward level the copy keeps the primal's tangent (a jvp that calls vjp/jvp).
+    Tensor tangent = forward_ad::tangent(primals[i]);
+    Tensor t = tangent.defined() ? forward_ad::make_dual(primals[i], tangent) : primals[i].detach();
     t.requires_grad_(true);
     p.push_back(t);
   }
