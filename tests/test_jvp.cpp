@@ -278,3 +278,30 @@ TEST_CASE("jvp of a function that calls jvp, and forward-over-reverse by hand", 
   auto h = jvp(gradient, {x}, {u});
   require_close(h.tangent_out, (cos(x) * 2.0 - x * sin(x)) * u, "forward-over-reverse by hand");
 }
+
+TEST_CASE("the gradient of a jvp in its tangents is the vjp (tools::linearize's case)", "[jvp]") {
+  // d<J t, c>/dt = J^T c: the forward rules, recorded with create_graph, transpose exactly.
+  for (auto& op : op_table()) {
+    DYNAMIC_SECTION(op.name) {
+      Generator gen(7);
+      Split s = split(op.inputs(gen));
+      if (s.floating.empty()) continue;
+      std::vector<Tensor> primals;
+      for (size_t i : s.floating) primals.push_back(s.all[i]);
+      Generator tg(19);
+      auto tangents = random_like(primals, tg);
+      for (auto& t : tangents) t.requires_grad_(true);
+      auto f = of_primals(op, s);
+      JvpResult r = jvp(f, primals, tangents, true);
+      Generator cg(23);
+      Tensor c = randn(r.tangent_out.shape(), r.tangent_out.dtype(), &cg);
+      Tensor l = sum(r.tangent_out * c);
+      std::vector<Tensor> g(tangents.size());
+      if (l.requires_grad()) g = grad({l}, tangents, {}, {.allow_unused = true});
+      auto ref = vjp(f, primals, c);
+      for (size_t k = 0; k < g.size(); ++k)
+        require_close(g[k].defined() ? g[k] : zeros_like(primals[k]), ref.grads[k],
+                      "d<Jt, c>/dt " + std::to_string(k));
+    }
+  }
+}
