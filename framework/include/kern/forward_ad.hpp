@@ -16,6 +16,10 @@
 //
 // Tangents are keyed by tensor identity (TensorImpl), as PyTorch's are: in-place writes into
 // a tensor do not update its tangent, and neither does anything that bypasses record_op.
+// Grad mode gates tangents as it gates recording: kern::jvp turns it on for f, and what f
+// computes under NoGradGuard is a constant, as it is for reverse mode (the ops' internal
+// NoGradGuard scopes thus cost no tangent work). Levels are per thread; a tangent lives as
+// long as its primal.
 #include <kern/autograd.hpp>
 #include <kern/functional.hpp>
 
