@@ -5,6 +5,7 @@
 #include <kern/ops.hpp>
 
 #include "../ops/accumulate.hpp"
+#include "forward_ad_internal.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -163,6 +164,19 @@ Tensor record_op(std::string_view name, Tensor output, std::vector<Tensor> input
     throw Error(fmt::format("anomaly: op '{}' produced NaN/Inf (inputs: {})", name,
                             describe_inputs(inputs)));
   if (!g_grad_mode) return output;
+  // Under a forward level (forward_ad.hpp): record first, so a tangent computed with
+  // create_graph is differentiable through the recorded output, then the tangent by the
+  // local double-vjp fallback.
+  if (detail::tangent_wanted(inputs)) {
+    std::vector<Tensor> ins = inputs;
+    BackwardFn bw = backward;
+    Tensor out;
+    {
+      detail::SuspendForwardAD s;
+      out = record_op(name, std::move(output), std::move(inputs), std::move(backward), std::move(saved));
+    }
+    return detail::attach_tangent(out, ins, detail::forward_tangent(name, ins, out, bw, nullptr));
+  }
   bool any = false;
   for (auto& t : inputs) any = any || (t.defined() && t.requires_grad());
   if (!any) return output;
@@ -184,6 +198,24 @@ Tensor record_op(std::string_view name, Tensor output, std::vector<Tensor> input
   output.impl().requires_grad = true;
   output.impl().grad_fn = std::move(node);
   return output;
+}
+
+Tensor record_op(std::string_view name, Tensor output, std::vector<Tensor> inputs, BackwardFn backward,
+                 SavedValues saved, JvpRule jvp) {
+  const bool want = g_grad_mode && detail::tangent_wanted(inputs);
+  std::vector<Tensor> ins;
+  BackwardFn bw;
+  if (want) {
+    ins = inputs;
+    if (jvp.is_self_adjoint()) bw = backward;
+  }
+  Tensor out;
+  {
+    detail::SuspendForwardAD s;  // the rule gives the tangent below: no fallback
+    out = record_op(name, std::move(output), std::move(inputs), std::move(backward), std::move(saved));
+  }
+  if (!want) return out;
+  return detail::attach_tangent(out, ins, detail::forward_tangent(name, ins, out, bw, &jvp));
 }
 
 // One backward pass (like PyTorch's GraphTask): the reachable nodes in reverse topological

@@ -1,5 +1,6 @@
 // torch.func-style transforms built on the engine's grad(); every one is exact because
 // backward formulas are differentiable.
+#include <kern/forward_ad.hpp>
 #include <kern/functional.hpp>
 #include <kern/ops.hpp>
 
@@ -11,7 +12,9 @@ std::vector<Tensor> fresh_primals(const std::vector<Tensor>& primals) {
   for (size_t i = 0; i < primals.size(); ++i) {
     KERN_CHECK(primals[i].defined() && is_floating(primals[i].dtype()), "functional: primal ", i,
                " must be a defined floating tensor");
-    Tensor t = primals[i].detach();
+    // Under a forward level the copy keeps the primal's tangent (a jvp that calls vjp/jvp).
+    Tensor tangent = forward_ad::tangent(primals[i]);
+    Tensor t = tangent.defined() ? forward_ad::make_dual(primals[i], tangent) : primals[i].detach();
     t.requires_grad_(true);
     p.push_back(t);
   }
@@ -33,8 +36,9 @@ VjpResult vjp(const TensorFn& f, const std::vector<Tensor>& primals, const Tenso
   return {create_graph ? out : out.detach(), g};
 }
 
-JvpResult jvp(const TensorFn& f, const std::vector<Tensor>& primals, const std::vector<Tensor>& tangents,
-              bool create_graph) {
+// The oracle for kern::jvp (forward_ad.cpp): exact, two reverse passes.
+JvpResult jvp_double_vjp(const TensorFn& f, const std::vector<Tensor>& primals, const std::vector<Tensor>& tangents,
+                         bool create_graph) {
   KERN_CHECK(tangents.size() == primals.size(), "jvp: ", tangents.size(), " tangents for ", primals.size(),
              " primals");
   for (size_t i = 0; i < primals.size(); ++i)

@@ -5,6 +5,8 @@
 
 #include "kernel_utils.hpp"
 
+#include <kern/forward_ad.hpp>
+
 namespace kern::detail {
 
 bool can_accumulate_in_place(const Tensor& dst, const Tensor& src) {
@@ -13,6 +15,7 @@ bool can_accumulate_in_place(const Tensor& dst, const Tensor& src) {
   if (impl.use_count() != 1 || !impl->storage || impl->storage.use_count() != 1) return false;
   if (dst.requires_grad() || src.requires_grad() || dst.grad_fn() || src.grad_fn()) return false;
   if (dst.dtype() != src.dtype() || dst.shape() != src.shape() || !dst.is_contiguous()) return false;
+  if (forward_ad::tangent(dst).defined() || forward_ad::tangent(src).defined()) return false;  // a dual's tangent must follow
   return dst.dtype() == DType::Float32 || dst.dtype() == DType::Float64;
 }
 

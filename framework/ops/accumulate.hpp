@@ -9,7 +9,7 @@ namespace kern::detail {
 
 /// True when `dst += src` may overwrite dst's buffer unobserved: dst is the only handle on
 /// its TensorImpl and on its storage (no view, no saved copy, no other gradient slot shares
-/// it), dense, and of src's shape and dtype, and neither tracks a graph.
+/// it), dense, and of src's shape and dtype, and neither tracks a graph or a forward tangent.
 bool can_accumulate_in_place(const Tensor& dst, const Tensor& src);
 /// dst += src elementwise (src may be strided); dst as accepted above. Not recorded.
 void accumulate_in_place(Tensor& dst, const Tensor& src);

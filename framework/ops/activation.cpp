@@ -12,6 +12,7 @@
 
 #include "../backend/backend.hpp"
 #include "kernel_utils.hpp"
+#include "jvp_util.hpp"
 
 namespace kern {
 
@@ -82,7 +83,7 @@ Tensor softmax(const Tensor& x, int64_t dim) {
     const Tensor& y = c.output;
     if (y.dim() == 0) return G{c.grad * 0.0};  // softmax of a scalar is the constant 1
     return G{y * (c.grad - sum(c.grad * y, {dim}, true))};
-  }, SavedValues::none().output());
+  }, SavedValues::none().output(), JvpRule::self_adjoint());
 }
 
 Tensor log_softmax(const Tensor& x, int64_t dim) {
@@ -93,7 +94,11 @@ Tensor log_softmax(const Tensor& x, int64_t dim) {
     const Tensor& y = c.output;
     if (y.dim() == 0) return G{c.grad * 0.0};  // log_softmax of a scalar is the constant 0
     return G{c.grad - exp(y) * sum(c.grad, {dim}, true)};
-  }, SavedValues::none().output());
+  }, SavedValues::none().output(), JvpRule([dim](const JvpContext& c) {  // t - sum(softmax(x) t, dim)
+    const Tensor& y = c.output;
+    if (y.dim() == 0) return c.tangents[0] * 0.0;
+    return c.tangents[0] - sum(exp(y) * c.tangents[0], {dim}, true);
+  }));
 }
 
 }  // namespace kern

@@ -22,6 +22,7 @@
 #include "../backend/depthwise.hpp"
 #include "autocast_internal.hpp"
 #include "kernel_utils.hpp"
+#include "jvp_util.hpp"
 
 namespace kern {
 
@@ -379,7 +380,18 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
     if (c.needs[1]) grads[1] = conv2d_backward_weight(g, x, w.shape(), p).to(w.dtype());
     if (c.inputs.size() > 2 && c.needs[2]) grads[2] = sum(c.grad, {0, 2, 3});
     return grads;
-  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));  // x for the weight's gradient, w for the input's
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}), JvpRule([p](const JvpContext& c) {  // conv2d(t_x, w, t_b) + conv2d(x, t_w)
+    const Tensor &x = c.inputs[0], &w = c.inputs[1];
+    Tensor tb = c.inputs.size() > 2 && c.has(2) ? c.tangents[2] : Tensor();
+    Tensor t;
+    if (c.has(0)) {
+      t = conv2d(c.tangents[0], w, tb, p);
+      tb = Tensor();
+    }
+    if (c.has(1)) t = t.defined() ? t + conv2d(x, c.tangents[1], {}, p) : conv2d(x, c.tangents[1], tb, p);
+    else if (tb.defined()) t = detail::at_shape(reshape(tb, {tb.size(0), 1, 1}), c.output.shape());
+    return t;
+  }));  // x for the weight's gradient, w for the input's
 }
 
 Tensor conv2d_backward_input(const Tensor& grad_out, const Tensor& weight, const Shape& input_shape,
@@ -397,7 +409,11 @@ Tensor conv2d_backward_input(const Tensor& grad_out, const Tensor& weight, const
     const Tensor g = c.grad.to(gy.dtype());
     return G{c.needs[0] ? conv2d(g, w, {}, p).to(gy.dtype()) : Tensor(),
              c.needs[1] ? conv2d_backward_weight(gy, g, w.shape(), p).to(w.dtype()) : Tensor()};
-  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}), JvpRule([p, input_shape](const JvpContext& c) {  // bilinear in (grad_out, weight)
+    return detail::sum_defined({c.has(0) ? conv2d_backward_input(c.tangents[0], c.inputs[1], input_shape, p) : Tensor(),
+                                c.has(1) ? conv2d_backward_input(c.inputs[0], c.tangents[1], input_shape, p) : Tensor()},
+                               c.output.shape());
+  }));
 }
 
 Tensor conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, const Shape& weight_shape,
@@ -416,7 +432,11 @@ Tensor conv2d_backward_weight(const Tensor& grad_out, const Tensor& x, const Sha
     const Tensor g = c.grad.to(gy.dtype());
     return G{c.needs[0] ? conv2d(x, g, {}, p).to(gy.dtype()) : Tensor(),
              c.needs[1] ? conv2d_backward_input(gy, g, x.shape(), p).to(x.dtype()) : Tensor()};
-  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}), JvpRule([p, weight_shape](const JvpContext& c) {  // bilinear in (grad_out, x)
+    return detail::sum_defined({c.has(0) ? conv2d_backward_weight(c.tangents[0], c.inputs[1], weight_shape, p) : Tensor(),
+                                c.has(1) ? conv2d_backward_weight(c.inputs[0], c.tangents[1], weight_shape, p) : Tensor()},
+                               c.output.shape());
+  }));
 }
 
 }  // namespace kern

@@ -10,6 +10,7 @@
 #include "../backend/backend.hpp"
 #include "../backend/eltwise.hpp"
 #include "kernel_utils.hpp"
+#include "jvp_util.hpp"
 
 namespace kern {
 
@@ -97,7 +98,7 @@ inline float exp_approx(float x) {
 // ---- arithmetic
 Tensor add(const Tensor& a, const Tensor& b) {
   return record_op("add", binary_forward(a, b, "add", [](auto x, auto y) { return x + y; }), {a, b},
-                   [](const BackwardContext& c) { return G{c.grad, c.grad}; }, SavedValues::none());
+                   [](const BackwardContext& c) { return G{c.grad, c.grad}; }, SavedValues::none(), JvpRule([](const JvpContext& c) { return detail::sum_defined({c.tangents[0], c.tangents[1]}, c.output.shape()); }));
 }
 
 Tensor sub(const Tensor& a, const Tensor& b) {
@@ -105,7 +106,9 @@ Tensor sub(const Tensor& a, const Tensor& b) {
                    [](const BackwardContext& c) {
                      return G{c.grad, c.needs[1] ? neg(c.grad) : Tensor()};
                    },
-                   SavedValues::none());
+                   SavedValues::none(), JvpRule([](const JvpContext& c) {
+                     return detail::sum_defined({c.tangents[0], c.has(1) ? neg(c.tangents[1]) : Tensor()}, c.output.shape());
+                   }));
 }
 
 Tensor mul(const Tensor& a, const Tensor& b) {
@@ -114,7 +117,11 @@ Tensor mul(const Tensor& a, const Tensor& b) {
                      return G{c.needs[0] ? c.grad * c.inputs[1] : Tensor(),
                               c.needs[1] ? c.grad * c.inputs[0] : Tensor()};
                    },
-                   SavedValues::none().input_for(0, {1}).input_for(1, {0}));
+                   SavedValues::none().input_for(0, {1}).input_for(1, {0}), JvpRule([](const JvpContext& c) {  // t_a b + a t_b
+                     return detail::sum_defined({c.has(0) ? c.tangents[0] * c.inputs[1] : Tensor(),
+                                                 c.has(1) ? c.inputs[0] * c.tangents[1] : Tensor()},
+                                                c.output.shape());
+                   }));
 }
 
 Tensor div(const Tensor& a, const Tensor& b) {
@@ -124,12 +131,17 @@ Tensor div(const Tensor& a, const Tensor& b) {
                      return G{c.needs[0] ? c.grad / b : Tensor(),
                               c.needs[1] ? neg(c.grad * c.inputs[0] / (b * b)) : Tensor()};
                    },
-                   SavedValues::none().input_for(0, {1}).input(1));
+                   SavedValues::none().input_for(0, {1}).input(1), JvpRule([](const JvpContext& c) {  // t_a / b - (a / b) t_b / b
+                     const Tensor& b = c.inputs[1];
+                     return detail::sum_defined({c.has(0) ? c.tangents[0] / b : Tensor(),
+                                                 c.has(1) ? neg(c.output * c.tangents[1] / b) : Tensor()},
+                                                c.output.shape());
+                   }));
 }
 
 Tensor neg(const Tensor& x) {
   return record_op("neg", unary_forward(x, "neg", [](auto v) { return -v; }), {x},
-                   [](const BackwardContext& c) { return G{neg(c.grad)}; }, SavedValues::none());
+                   [](const BackwardContext& c) { return G{neg(c.grad)}; }, SavedValues::none(), JvpRule::self_adjoint());
 }
 
 Tensor pow(const Tensor& x, double p) {
@@ -142,7 +154,7 @@ Tensor pow(const Tensor& x, double p) {
     if (p == 1.0) return G{c.grad};
     if (p == 2.0) return G{c.grad * c.inputs[0] * 2.0};
     return G{c.grad * pow(c.inputs[0], p - 1.0) * p};
-  }, SavedValues::none().input(0));
+  }, SavedValues::none().input(0), JvpRule::self_adjoint());
 }
 
 Tensor pow(const Tensor& a, const Tensor& b) {
@@ -151,7 +163,12 @@ Tensor pow(const Tensor& a, const Tensor& b) {
     const Tensor &a = c.inputs[0], &b = c.inputs[1];
     return G{c.needs[0] ? c.grad * b * pow(a, b - 1.0) : Tensor(),
              c.needs[1] ? c.grad * c.output * log(a) : Tensor()};
-  }, SavedValues::none().input(0).input_for(1, {0}).output());
+  }, SavedValues::none().input(0).input_for(1, {0}).output(), JvpRule([](const JvpContext& c) {  // t_a b a^(b-1) + t_b a^b log(a)
+    const Tensor &a = c.inputs[0], &b = c.inputs[1];
+    return detail::sum_defined({c.has(0) ? c.tangents[0] * b * pow(a, b - 1.0) : Tensor(),
+                                c.has(1) ? c.tangents[1] * c.output * log(a) : Tensor()},
+                               c.output.shape());
+  }));
 }
 
 Tensor square(const Tensor& x) { return pow(x, 2.0); }
@@ -161,22 +178,22 @@ Tensor reciprocal(const Tensor& x) { return 1.0 / x; }
 // ---- transcendental
 Tensor exp(const Tensor& x) {
   return record_op("exp", unary_forward(x, "exp", backend::Eltwise::Exp, [](auto v) { return std::exp(v); }), {x},
-                   [](const BackwardContext& c) { return G{c.grad * c.output}; }, SavedValues::none().output());
+                   [](const BackwardContext& c) { return G{c.grad * c.output}; }, SavedValues::none().output(), JvpRule::self_adjoint());
 }
 
 Tensor log(const Tensor& x) {
   return record_op("log", unary_forward(x, "log", backend::Eltwise::Log, [](auto v) { return std::log(v); }), {x},
-                   [](const BackwardContext& c) { return G{c.grad / c.inputs[0]}; }, SavedValues::none().input(0));
+                   [](const BackwardContext& c) { return G{c.grad / c.inputs[0]}; }, SavedValues::none().input(0), JvpRule::self_adjoint());
 }
 
 Tensor log1p(const Tensor& x) {
   return record_op("log1p", unary_forward(x, "log1p", [](auto v) { return std::log1p(v); }), {x},
-                   [](const BackwardContext& c) { return G{c.grad / (c.inputs[0] + 1.0)}; }, SavedValues::none().input(0));
+                   [](const BackwardContext& c) { return G{c.grad / (c.inputs[0] + 1.0)}; }, SavedValues::none().input(0), JvpRule::self_adjoint());
 }
 
 Tensor sqrt(const Tensor& x) {
   return record_op("sqrt", unary_forward(x, "sqrt", backend::Eltwise::Sqrt, [](auto v) { return std::sqrt(v); }), {x},
-                   [](const BackwardContext& c) { return G{c.grad / (c.output * 2.0)}; }, SavedValues::none().output());
+                   [](const BackwardContext& c) { return G{c.grad / (c.output * 2.0)}; }, SavedValues::none().output(), JvpRule::self_adjoint());
 }
 
 Tensor rsqrt(const Tensor& x) {
@@ -184,7 +201,7 @@ Tensor rsqrt(const Tensor& x) {
                    [](const BackwardContext& c) {
                      return G{c.grad * c.output * c.output * c.output * -0.5};
                    },
-                   SavedValues::none().output());
+                   SavedValues::none().output(), JvpRule::self_adjoint());
 }
 
 Tensor sign(const Tensor& x) {
@@ -193,17 +210,17 @@ Tensor sign(const Tensor& x) {
 
 Tensor abs(const Tensor& x) {
   return record_op("abs", unary_forward(x, "abs", backend::Eltwise::Abs, [](auto v) { return std::abs(v); }), {x},
-                   [](const BackwardContext& c) { return G{c.grad * sign(c.inputs[0])}; }, SavedValues::none().input(0));
+                   [](const BackwardContext& c) { return G{c.grad * sign(c.inputs[0])}; }, SavedValues::none().input(0), JvpRule::self_adjoint());
 }
 
 Tensor sin(const Tensor& x) {
   return record_op("sin", unary_forward(x, "sin", [](auto v) { return std::sin(v); }), {x},
-                   [](const BackwardContext& c) { return G{c.grad * cos(c.inputs[0])}; }, SavedValues::none().input(0));
+                   [](const BackwardContext& c) { return G{c.grad * cos(c.inputs[0])}; }, SavedValues::none().input(0), JvpRule::self_adjoint());
 }
 
 Tensor cos(const Tensor& x) {
   return record_op("cos", unary_forward(x, "cos", [](auto v) { return std::cos(v); }), {x},
-                   [](const BackwardContext& c) { return G{neg(c.grad * sin(c.inputs[0]))}; }, SavedValues::none().input(0));
+                   [](const BackwardContext& c) { return G{neg(c.grad * sin(c.inputs[0]))}; }, SavedValues::none().input(0), JvpRule::self_adjoint());
 }
 
 Tensor erf(const Tensor& x) {
@@ -212,7 +229,7 @@ Tensor erf(const Tensor& x) {
                      // d erf / dx = 2/sqrt(pi) exp(-x^2)
                      return G{c.grad * exp(neg(square(c.inputs[0]))) * (2.0 * kInvSqrt2Pi * M_SQRT2)};
                    },
-                   SavedValues::none().input(0));
+                   SavedValues::none().input(0), JvpRule::self_adjoint());
 }
 
 Tensor tanh(const Tensor& x) {
@@ -220,7 +237,7 @@ Tensor tanh(const Tensor& x) {
                    [](const BackwardContext& c) {
                      return G{c.grad * (1.0 - c.output * c.output)};
                    },
-                   SavedValues::none().output());
+                   SavedValues::none().output(), JvpRule::self_adjoint());
 }
 
 Tensor sigmoid(const Tensor& x) {
@@ -230,13 +247,13 @@ Tensor sigmoid(const Tensor& x) {
   });
   return record_op("sigmoid", out, {x}, [](const BackwardContext& c) {
     return G{c.grad * c.output * (1.0 - c.output)};
-  }, SavedValues::none().output());
+  }, SavedValues::none().output(), JvpRule::self_adjoint());
 }
 
 // ---- activations
 Tensor relu(const Tensor& x) {
   return record_op("relu", unary_forward(x, "relu", backend::Eltwise::Relu, [](auto v) { return v > 0 ? v : decltype(v)(0); }),
-                   {x}, [](const BackwardContext& c) { return G{relu_backward(c.grad, c.inputs[0])}; }, SavedValues::none().input(0));
+                   {x}, [](const BackwardContext& c) { return G{relu_backward(c.grad, c.inputs[0])}; }, SavedValues::none().input(0), JvpRule::self_adjoint());
 }
 
 // g where x > 0, else 0: ReLU's backward in one pass (no mask tensor, no second multiply).
@@ -248,7 +265,9 @@ Tensor relu_backward(const Tensor& g, const Tensor& x) {
   Tensor out = binary_forward(g, x, "relu_backward", [](auto gv, auto v) { return v > 0 ? gv : decltype(gv)(0); });
   return record_op("relu_backward", out, {g, x}, [](const BackwardContext& c) {
     return G{c.needs[0] ? relu_backward(c.grad, c.inputs[1]) : Tensor(), Tensor()};
-  }, SavedValues::none().input_for(1, {0}));
+  }, SavedValues::none().input_for(1, {0}), JvpRule([](const JvpContext& c) {  // linear in g; zero in x almost everywhere
+    return c.has(0) ? relu_backward(c.tangents[0], c.inputs[1]) : Tensor();
+  }));
 }
 
 Tensor gelu(const Tensor& x, std::string_view approximate) {
@@ -264,7 +283,7 @@ Tensor gelu(const Tensor& x, std::string_view approximate) {
     using T = decltype(v);
     return static_cast<T>(0.5) * v * (T(1) + std::erf(v * static_cast<T>(kInvSqrt2)));
   });
-  return record_op("gelu", out, {x}, [](const BackwardContext& c) { return G{gelu_backward(c.grad, c.inputs[0])}; }, SavedValues::none().input(0));
+  return record_op("gelu", out, {x}, [](const BackwardContext& c) { return G{gelu_backward(c.grad, c.inputs[0])}; }, SavedValues::none().input(0), JvpRule::self_adjoint());
 }
 
 // g * gelu'(x) with gelu'(x) = Phi(x) + x phi(x): one fused pass (oneDNN's GELU backward on
@@ -291,7 +310,12 @@ Tensor gelu_backward(const Tensor& g, const Tensor& x) {
     const Tensor& x = c.inputs[1];
     return G{c.needs[0] ? gelu_backward(c.grad, x) : Tensor(),
              c.needs[1] ? gelu_double_backward(c.grad, c.inputs[0], x) : Tensor()};
-  }, SavedValues::none().input_for(0, {1}).input(1));
+  }, SavedValues::none().input_for(0, {1}).input(1), JvpRule([](const JvpContext& c) {  // t_g gelu'(x) + g t_x gelu''(x)
+    const Tensor &g = c.inputs[0], &x = c.inputs[1];
+    return detail::sum_defined({c.has(0) ? gelu_backward(c.tangents[0], x) : Tensor(),
+                                c.has(1) ? gelu_double_backward(c.tangents[1], g, x) : Tensor()},
+                               c.output.shape());
+  }));
 }
 
 namespace {
@@ -335,7 +359,15 @@ Tensor gelu_double_backward(const Tensor& u, const Tensor& g, const Tensor& x) {
     if (c.needs[2]) d3 = c.grad * u * g * exp(square(x) * -0.5) * kInvSqrt2Pi * (pow(x, 3.0) - x * 4.0);
     return G{c.needs[0] ? gelu_double_backward(c.grad, g, x) : Tensor(),
              c.needs[1] ? gelu_double_backward(c.grad, u, x) : Tensor(), d3};
-  }, SavedValues::none().input_for(0, {1, 2}).input_for(1, {0, 2}).input(2));
+  }, SavedValues::none().input_for(0, {1, 2}).input_for(1, {0, 2}).input(2), JvpRule([](const JvpContext& c) {
+    // u g gelu''(x): product rule, gelu'''(x) = phi(x) (x^3 - 4 x)
+    const Tensor &u = c.inputs[0], &g = c.inputs[1], &x = c.inputs[2];
+    Tensor d3;
+    if (c.has(2)) d3 = c.tangents[2] * u * g * exp(square(x) * -0.5) * kInvSqrt2Pi * (pow(x, 3.0) - x * 4.0);
+    return detail::sum_defined({c.has(0) ? gelu_double_backward(c.tangents[0], g, x) : Tensor(),
+                                c.has(1) ? gelu_double_backward(u, c.tangents[1], x) : Tensor(), d3},
+                               c.output.shape());
+  }));
 }
 
 Tensor silu(const Tensor& x) { return x * sigmoid(x); }
@@ -353,7 +385,7 @@ Tensor softplus(const Tensor& x, double beta, double threshold) {
     const Tensor& x = c.inputs[0];
     Tensor linear = (x * beta) > threshold;
     return G{c.grad * (linear + (1.0 - linear) * sigmoid(x * beta))};
-  }, SavedValues::none().input(0));
+  }, SavedValues::none().input(0), JvpRule::self_adjoint());
 }
 
 Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
@@ -366,7 +398,7 @@ Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi
   return record_op("clamp", out, {x}, [l, h](const BackwardContext& c) {
     const Tensor& x = c.inputs[0];
     return G{c.grad * ((x >= l) * (x <= h))};
-  }, SavedValues::none().input(0));
+  }, SavedValues::none().input(0), JvpRule::self_adjoint());
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
@@ -398,7 +430,12 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
     const Tensor& mask = c.inputs[2];
     return G{c.needs[0] ? c.grad * mask : Tensor(), c.needs[1] ? c.grad * (1.0 - mask) : Tensor(),
              Tensor()};
-  }, SavedValues::none().input(2));  // the mask only
+  }, SavedValues::none().input(2), JvpRule([](const JvpContext& c) {
+    const Tensor& mask = c.inputs[2];
+    return detail::sum_defined({c.has(0) ? c.tangents[0] * mask : Tensor(),
+                                c.has(1) ? c.tangents[1] * (1.0 - mask) : Tensor()},
+                               c.output.shape());
+  }));  // the mask only
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, double b) { return where(cond, a, detail::scalar_like(b, a)); }
@@ -408,7 +445,11 @@ Tensor maximum(const Tensor& a, const Tensor& b) {
   return record_op("maximum", out, {a, b}, [](const BackwardContext& c) {
     Tensor m = c.inputs[0] >= c.inputs[1];
     return G{c.needs[0] ? c.grad * m : Tensor(), c.needs[1] ? c.grad * (1.0 - m) : Tensor()};
-  }, SavedValues::none().input(0).input(1));
+  }, SavedValues::none().input(0).input(1), JvpRule([](const JvpContext& c) {
+    Tensor m = c.inputs[0] >= c.inputs[1];
+    return detail::sum_defined({c.has(0) ? c.tangents[0] * m : Tensor(), c.has(1) ? c.tangents[1] * (1.0 - m) : Tensor()},
+                               c.output.shape());
+  }));
 }
 
 Tensor minimum(const Tensor& a, const Tensor& b) {
@@ -416,7 +457,11 @@ Tensor minimum(const Tensor& a, const Tensor& b) {
   return record_op("minimum", out, {a, b}, [](const BackwardContext& c) {
     Tensor m = c.inputs[0] <= c.inputs[1];
     return G{c.needs[0] ? c.grad * m : Tensor(), c.needs[1] ? c.grad * (1.0 - m) : Tensor()};
-  }, SavedValues::none().input(0).input(1));
+  }, SavedValues::none().input(0).input(1), JvpRule([](const JvpContext& c) {
+    Tensor m = c.inputs[0] <= c.inputs[1];
+    return detail::sum_defined({c.has(0) ? c.tangents[0] * m : Tensor(), c.has(1) ? c.tangents[1] * (1.0 - m) : Tensor()},
+                               c.output.shape());
+  }));
 }
 
 Tensor isfinite(const Tensor& x) {

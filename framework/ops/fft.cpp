@@ -21,6 +21,7 @@
 
 #include "../backend/backend.hpp"
 #include "kernel_utils.hpp"
+#include "jvp_util.hpp"
 
 namespace kern {
 
@@ -51,7 +52,7 @@ Tensor rfft_op(const Tensor& x, int64_t n, double s_end, double s_int) {
     if (L < n) g = narrow(g, -1, 0, L);
     else if (L > n) g = pad(g, {0, L - n});
     return G{g};
-  }, SavedValues::none());
+  }, SavedValues::none(), detail::linear_rule([n, s_end, s_int](const Tensor& t) { return rfft_op(t, n, s_end, s_int); }));
 }
 
 // X: [..., bins, 2] -> [..., n]: irfft of X's bins (zero-padded / truncated to n/2 + 1),
@@ -73,7 +74,7 @@ Tensor irfft_op(const Tensor& X, int64_t n, double s_end, double s_int) {
     if (bins < nb) g = narrow(g, -2, 0, bins);
     else if (bins > nb) g = pad(g, {0, 0, 0, bins - nb});
     return G{g};
-  }, SavedValues::none());
+  }, SavedValues::none(), detail::linear_rule([n, s_end, s_int](const Tensor& t) { return irfft_op(t, n, s_end, s_int); }));
 }
 
 // a * b, or a * conj(b) when conj_b: [..., 2] x [..., 2] -> broadcast [..., 2].
@@ -112,7 +113,11 @@ Tensor cmul(const Tensor& a, const Tensor& b, bool conj_b) {
     const Tensor &A = c.inputs[0], &B = c.inputs[1];
     return G{c.needs[0] ? cmul(c.grad, B, !conj_b) : Tensor(),
              c.needs[1] ? (conj_b ? cmul(A, c.grad, true) : cmul(c.grad, A, true)) : Tensor()};
-  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}), JvpRule([conj_b](const JvpContext& c) {  // bilinear: t_a b' + a t_b'
+    return detail::sum_defined({c.has(0) ? cmul(c.tangents[0], c.inputs[1], conj_b) : Tensor(),
+                                c.has(1) ? cmul(c.inputs[0], c.tangents[1], conj_b) : Tensor()},
+                               c.output.shape());
+  }));
 }
 
 }  // namespace

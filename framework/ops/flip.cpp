@@ -6,6 +6,7 @@
 #include <string>
 
 #include "kernel_utils.hpp"
+#include "jvp_util.hpp"
 
 namespace kern {
 
@@ -57,7 +58,7 @@ Tensor flip(const Tensor& x, const Dims& dims) {
   }
   Tensor out = copy_view(x, x.shape(), strides, offset);
   return record_op("flip", out, {x}, [dims](const BackwardContext& c) { return G{flip(c.grad, dims)}; },
-                   SavedValues::none());
+                   SavedValues::none(), detail::linear_rule([dims](const Tensor& t) { return flip(t, dims); }));
 }
 
 Tensor rot90(const Tensor& x, int64_t k, const Dims& dims) {
@@ -100,7 +101,7 @@ Tensor rot90(const Tensor& x, int64_t k, const Dims& dims) {
   const Dims dd = dims;
   return record_op("rot90", out, {x},
                    [k, dd](const BackwardContext& c) { return G{rot90(c.grad, -k, dd)}; },
-                   SavedValues::none());
+                   SavedValues::none(), detail::linear_rule([k, dd](const Tensor& t) { return rot90(t, k, dd); }));
 }
 
 }  // namespace kern

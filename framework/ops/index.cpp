@@ -4,6 +4,7 @@
 #include <kern/ops.hpp>
 
 #include "kernel_utils.hpp"
+#include "jvp_util.hpp"
 
 namespace kern {
 
@@ -69,7 +70,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   // makes backward fail instead of scattering to the wrong rows.
   return record_op("index_select", out, {x, index}, [dim, in_shape](const BackwardContext& c) {
     return G{index_add(zeros(in_shape, c.grad.dtype()), dim, c.inputs[1], c.grad), Tensor()};
-  }, SavedValues::none().input(1));
+  }, SavedValues::none().input(1), JvpRule([dim](const JvpContext& c) { return index_select(c.tangents[0], dim, c.inputs[1]); }));
 }
 
 Tensor index_add(const Tensor& self, int64_t dim, const Tensor& index, const Tensor& src) {
@@ -106,7 +107,10 @@ Tensor index_add(const Tensor& self, int64_t dim, const Tensor& index, const Ten
   });
   return record_op("index_add", out, {self, src, index}, [dim](const BackwardContext& c) {
     return G{c.grad, c.needs[1] ? index_select(c.grad, dim, c.inputs[2]) : Tensor(), Tensor()};
-  }, SavedValues::none().input_for(2, {1}));
+  }, SavedValues::none().input_for(2, {1}), JvpRule([dim](const JvpContext& c) {  // linear in (self, src)
+    if (!c.has(1)) return c.tangents[0];
+    return index_add(c.tangent_or_zeros(0), dim, c.inputs[2], c.tangents[1]);
+  }));
 }
 
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
@@ -147,7 +151,7 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
   const Shape in_shape = x.shape();
   return record_op("gather", out, {x, index}, [dim, in_shape](const BackwardContext& c) {
     return G{scatter_add(zeros(in_shape, c.grad.dtype()), dim, c.inputs[1], c.grad), Tensor()};
-  }, SavedValues::none().input(1));
+  }, SavedValues::none().input(1), JvpRule([dim](const JvpContext& c) { return gather(c.tangents[0], dim, c.inputs[1]); }));
 }
 
 Tensor scatter_add(const Tensor& self, int64_t dim, const Tensor& index, const Tensor& src) {
@@ -216,7 +220,10 @@ Tensor scatter_add(const Tensor& self, int64_t dim, const Tensor& index, const T
   });
   return record_op("scatter_add", out, {self, src, index}, [dim](const BackwardContext& c) {
     return G{c.grad, c.needs[1] ? gather(c.grad, dim, c.inputs[2]) : Tensor(), Tensor()};
-  }, SavedValues::none().input_for(2, {1}));
+  }, SavedValues::none().input_for(2, {1}), JvpRule([dim](const JvpContext& c) {  // linear in (self, src)
+    if (!c.has(1)) return c.tangents[0];
+    return scatter_add(c.tangent_or_zeros(0), dim, c.inputs[2], c.tangents[1]);
+  }));
 }
 
 Tensor one_hot(const Tensor& labels, int64_t num_classes, DType dtype) {

@@ -12,6 +12,7 @@
 #include "../backend/backend.hpp"
 #include "autocast_internal.hpp"
 #include "kernel_utils.hpp"
+#include "jvp_util.hpp"
 
 namespace kern {
 
@@ -99,7 +100,11 @@ Tensor mm(const Tensor& a, const Tensor& b) {
     const Tensor g = c.grad.to(a.dtype());  // bf16 operands: the backward GEMMs run in bf16
     return G{c.needs[0] ? mm(g, b.t()).to(a.dtype()) : Tensor(),
              c.needs[1] ? mm(a.t(), g).to(b.dtype()) : Tensor()};
-  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}), JvpRule([](const JvpContext& c) {  // t_a b + a t_b
+    return detail::sum_defined({c.has(0) ? mm(c.tangents[0], c.inputs[1]) : Tensor(),
+                                c.has(1) ? mm(c.inputs[0], c.tangents[1]) : Tensor()},
+                               c.output.shape());
+  }));
 }
 
 Tensor bmm(const Tensor& a, const Tensor& b) {
@@ -121,7 +126,11 @@ Tensor bmm(const Tensor& a, const Tensor& b) {
     const Tensor g = c.grad.to(a.dtype());
     return G{c.needs[0] ? bmm(g, transpose(b, 1, 2)).to(a.dtype()) : Tensor(),
              c.needs[1] ? bmm(transpose(a, 1, 2), g).to(b.dtype()) : Tensor()};
-  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}), JvpRule([](const JvpContext& c) {
+    return detail::sum_defined({c.has(0) ? bmm(c.tangents[0], c.inputs[1]) : Tensor(),
+                                c.has(1) ? bmm(c.inputs[0], c.tangents[1]) : Tensor()},
+                               c.output.shape());
+  }));
 }
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
@@ -174,7 +183,11 @@ Tensor mm_tn(const Tensor& a, const Tensor& b) {
   }
   return record_op("mm_tn", out, {a, b}, [](const BackwardContext& c) {
     return G{c.needs[0] ? mm(c.inputs[1], c.grad.t()) : Tensor(), c.needs[1] ? mm(c.inputs[0], c.grad) : Tensor()};
-  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}), JvpRule([](const JvpContext& c) {  // t_a^T b + a^T t_b
+    return detail::sum_defined({c.has(0) ? mm_tn(c.tangents[0], c.inputs[1]) : Tensor(),
+                                c.has(1) ? mm_tn(c.inputs[0], c.tangents[1]) : Tensor()},
+                               c.output.shape());
+  }));
 }
 
 }  // namespace
@@ -222,7 +235,20 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     // The bias gradient sums the float32 gradient (the bias is float32 under autocast).
     if (c.inputs.size() == 3) grads.push_back(c.needs[2] ? sum(reshape(c.grad, {-1, out_features}), {0}) : Tensor());
     return grads;
-  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}));
+  }, SavedValues::none().input_for(0, {1}).input_for(1, {0}), JvpRule([](const JvpContext& c) {
+    // linear(t_x, W, t_b) + linear(x, t_W): one GEMM per tangent, the bias tangent as its C
+    const Tensor& x = c.inputs[0];
+    const Tensor& w = c.inputs[1];
+    Tensor tb = c.inputs.size() == 3 && c.has(2) ? c.tangents[2] : Tensor();
+    Tensor t;
+    if (c.has(0)) {
+      t = linear(c.tangents[0], w, tb);
+      tb = Tensor();
+    }
+    if (c.has(1)) t = t.defined() ? t + linear(x, c.tangents[1]) : linear(x, c.tangents[1], tb);
+    else if (tb.defined()) t = detail::at_shape(tb, c.output.shape());
+    return t;
+  }));
 }
 
 // linear under bf16 autocast, as one node: y = bf16(x) @ bf16(W)^T + b (float32 result; the

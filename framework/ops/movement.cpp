@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "kernel_utils.hpp"
+#include "jvp_util.hpp"
 
 namespace kern {
 
@@ -88,7 +89,7 @@ Tensor view(const Tensor& x, const Shape& target) {
              x.shape(), "; use reshape (it copies)");
   const Shape in_shape = x.shape();
   return record_op("view", make_view(x, shape, *st, x.storage_offset()), {x},
-                   [in_shape](const BackwardContext& c) { return G{reshape(c.grad, in_shape)}; }, SavedValues::none());
+                   [in_shape](const BackwardContext& c) { return G{reshape(c.grad, in_shape)}; }, SavedValues::none(), detail::linear_rule([shape](const Tensor& t) { return reshape(t, shape); }));
 }
 
 Tensor reshape(const Tensor& x, const Shape& target) {
@@ -104,7 +105,7 @@ Tensor contiguous(const Tensor& x) {
     NoGradGuard ng;
     out.copy_(x);
   }
-  return record_op("contiguous", out, {x}, [](const BackwardContext& c) { return G{c.grad}; }, SavedValues::none());
+  return record_op("contiguous", out, {x}, [](const BackwardContext& c) { return G{c.grad}; }, SavedValues::none(), detail::linear_rule([](const Tensor& t) { return t; }));
 }
 
 Tensor permute(const Tensor& x, const Dims& dims) {
@@ -120,7 +121,7 @@ Tensor permute(const Tensor& x, const Dims& dims) {
     strides[i] = x.strides()[d];
   }
   return record_op("permute", make_view(x, shape, strides, x.storage_offset()), {x},
-                   [inverse](const BackwardContext& c) { return G{permute(c.grad, inverse)}; }, SavedValues::none());
+                   [inverse](const BackwardContext& c) { return G{permute(c.grad, inverse)}; }, SavedValues::none(), detail::linear_rule([dims](const Tensor& t) { return permute(t, dims); }));
 }
 
 Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
@@ -153,7 +154,7 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
                      pads[2 * (nd - 1 - dim) + 1] = n - start - length;
                      return G{pad(c.grad, pads)};
                    },
-                   SavedValues::none());
+                   SavedValues::none(), detail::linear_rule([dim, start, length](const Tensor& t) { return narrow(t, dim, start, length); }));
 }
 
 Tensor select(const Tensor& x, int64_t dim, int64_t index) {
@@ -185,7 +186,7 @@ Tensor expand(const Tensor& x, const Shape& target) {
   if (shape == x.shape()) return x;
   const Shape in_shape = x.shape();
   return record_op("expand", make_view(x, shape, strides, x.storage_offset()), {x},
-                   [in_shape](const BackwardContext& c) { return G{sum_to(c.grad, in_shape)}; }, SavedValues::none());
+                   [in_shape](const BackwardContext& c) { return G{sum_to(c.grad, in_shape)}; }, SavedValues::none(), detail::linear_rule([shape](const Tensor& t) { return expand(t, shape); }));
 }
 
 Tensor squeeze(const Tensor& x, int64_t dim) {
@@ -256,7 +257,11 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
       at += sizes[i];
     }
     return g;
-  }, SavedValues::none());
+  }, SavedValues::none(), JvpRule([dim](const JvpContext& c) {
+    std::vector<Tensor> ts;
+    for (size_t i = 0; i < c.inputs.size(); ++i) ts.push_back(c.tangent_or_zeros(i));
+    return cat(ts, dim);
+  }));
 }
 
 Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
@@ -331,7 +336,7 @@ Tensor pad(const Tensor& x, const std::vector<int64_t>& pads, double value) {
     for (size_t d = 0; d < in_shape.size(); ++d)
       if (g.shape()[d] != in_shape[d]) g = narrow(g, static_cast<int64_t>(d), before[d], in_shape[d]);
     return G{g};
-  }, SavedValues::none());
+  }, SavedValues::none(), detail::linear_rule([pads](const Tensor& t) { return pad(t, pads, 0.0); }));
 }
 
 }  // namespace kern

@@ -29,6 +29,7 @@
 
 #include "../backend/backend.hpp"
 #include "kernel_utils.hpp"
+#include "jvp_util.hpp"
 
 namespace kern {
 
@@ -124,7 +125,18 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
     return G{c.needs[0] ? layer_norm_backward(c.grad, x, normalized_shape, w, eps) : Tensor(),
              c.needs[1] ? c.grad * layer_norm(x, normalized_shape, {}, {}, eps) : Tensor(),
              c.needs[2] ? c.grad : Tensor()};
-  }, SavedValues::none().input(0).input_for(1, {0}));
+  }, SavedValues::none().input(0).input_for(1, {0}), JvpRule([normalized_shape, eps](const JvpContext& c) {
+    // w * P t_x + t_w * xhat + t_b, P = d xhat / dx (symmetric, so layer_norm_backward applies it)
+    const Tensor &x = c.inputs[0], &w = c.inputs[1];
+    Tensor tx;
+    if (c.has(0)) {
+      tx = layer_norm_backward(c.tangents[0], x, normalized_shape, {}, eps);
+      if (w.defined()) tx = tx * w;
+    }
+    return detail::sum_defined({tx, c.has(1) ? c.tangents[1] * layer_norm(x, normalized_shape, {}, {}, eps) : Tensor(),
+                                c.has(2) ? c.tangents[2] : Tensor()},
+                               c.output.shape());
+  }));
 }
 
 namespace {
@@ -238,8 +250,9 @@ Tensor ln_double_backward_composite(const Tensor& u, const Tensor& g, const Tens
 
 bool recording(std::initializer_list<const Tensor*> ts) {
   if (!grad_mode_enabled()) return false;
+  const bool tangents = forward_ad::tracking();  // the composite's ops carry tangents
   for (const Tensor* t : ts)
-    if (t->defined() && t->requires_grad()) return true;
+    if (t->defined() && (t->requires_grad() || (tangents && forward_ad::tangent(*t).defined()))) return true;
   return false;
 }
 
@@ -286,7 +299,17 @@ Tensor layer_norm_backward(const Tensor& grad, const Tensor& x, const Shape& nor
     return G{c.needs[0] ? (w.defined() ? pu * w : pu) : Tensor(),
              c.needs[1] ? layer_norm_double_backward(c.grad, g, x, w, normalized_shape, eps) : Tensor(),
              c.needs[2] ? g * pu : Tensor()};
-  }, SavedValues::none().input(1).input_for(0, {1, 2}).input_for(2, {0, 1}));
+  }, SavedValues::none().input(1).input_for(0, {1, 2}).input_for(2, {0, 1}), JvpRule([normalized_shape, eps](const JvpContext& c) {
+    // out = P_x (w g). Linear in g and in w; in x, d/dx [P_x v] t is the third derivative of a
+    // potential (xhat = grad phi, since P is symmetric), fully symmetric, so it equals
+    // layer_norm_double_backward with the cotangent slot given t: d<t, P_x v>/dx.
+    const Tensor &g = c.inputs[0], &x = c.inputs[1], &w = c.inputs[2];
+    return detail::sum_defined(
+        {c.has(0) ? layer_norm_backward(c.tangents[0], x, normalized_shape, w, eps) : Tensor(),
+         c.has(2) ? layer_norm_backward(g, x, normalized_shape, c.tangents[2], eps) : Tensor(),
+         c.has(1) ? layer_norm_double_backward(c.tangents[1], g, x, w, normalized_shape, eps) : Tensor()},
+        c.output.shape());
+  }));
 }
 
 namespace {
@@ -414,7 +437,22 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
     NormGrads n = norm_backward(x, c.grad, w.defined() ? reshape(w, bshape) : Tensor(), dims, eps, c.needs[0],
                                 c.needs[1]);
     return G{n.gx, c.needs[1] ? sum(n.g_xhat_prod, dims) : Tensor(), c.needs[2] ? sum(c.grad, dims) : Tensor()};
-  }, SavedValues::none().input(0).input_for(1, {0}));
+  }, SavedValues::none().input(0).input_for(1, {0}), JvpRule([dims, bshape, eps](const JvpContext& c) {
+    // w * J t_x + t_w * xhat + t_b; J = d xhat / dx = rstd (I - mean - xhat mean(xhat .)) per channel
+    const Tensor &x = c.inputs[0], &w = c.inputs[1];
+    Tensor xc = x - mean(x, dims, true);
+    Tensor rstd = rsqrt(mean(xc * xc, dims, true) + eps);
+    Tensor xhat = xc * rstd;
+    Tensor tx;
+    if (c.has(0)) {
+      const Tensor& t = c.tangents[0];
+      tx = rstd * (t - mean(t, dims, true) - xhat * mean(t * xhat, dims, true));
+      if (w.defined()) tx = tx * reshape(w, bshape);
+    }
+    return detail::sum_defined({tx, c.has(1) ? reshape(c.tangents[1], bshape) * xhat : Tensor(),
+                                c.has(2) ? reshape(c.tangents[2], bshape) : Tensor()},
+                               c.output.shape());
+  }));
 }
 
 }  // namespace kern

@@ -21,6 +21,7 @@
 
 #include "../backend/backend.hpp"
 #include "kernel_utils.hpp"
+#include "jvp_util.hpp"
 
 namespace kern {
 
@@ -181,14 +182,14 @@ Tensor avg_adjoint(const Tensor& grad_out, const PoolGeom& g);
 Tensor avg_forward(const Tensor& x, const PoolGeom& g) {
   Tensor out = avg_pool_apply(g, x, false);
   return record_op(g.adaptive ? "adaptive_avg_pool2d" : "avg_pool2d", out, {x},
-                   [g](const BackwardContext& c) { return G{avg_adjoint(c.grad, g)}; }, SavedValues::none());
+                   [g](const BackwardContext& c) { return G{avg_adjoint(c.grad, g)}; }, SavedValues::none(), detail::linear_rule([g](const Tensor& t) { return avg_forward(t, g); }));
 }
 
 // A^T as an op: grad_out [N, C, Ho, Wo] -> [N, C, H, W]; its backward is avg_forward.
 Tensor avg_adjoint(const Tensor& grad_out, const PoolGeom& g) {
   Tensor out = avg_pool_apply(g, grad_out, true);
   return record_op(g.adaptive ? "adaptive_avg_pool2d_backward" : "avg_pool2d_backward", out, {grad_out},
-                   [g](const BackwardContext& c) { return G{avg_forward(c.grad, g)}; }, SavedValues::none());
+                   [g](const BackwardContext& c) { return G{avg_forward(c.grad, g)}; }, SavedValues::none(), detail::linear_rule([g](const Tensor& t) { return avg_adjoint(t, g); }));
 }
 
 }  // namespace
@@ -260,7 +261,10 @@ Tensor max_pool2d(const Tensor& x, const Pool2dParams& params) {
     Tensor gy = c.grad.reshape({N, C, -1});
     Tensor plane = zeros({N, C, in_shape[2] * in_shape[3]}, c.grad.dtype());
     return G{scatter_add(plane, 2, flat_idx, gy).reshape(in_shape)};
-  }, SavedValues::none());  // the indices are the op's own (not returned)
+  }, SavedValues::none(), JvpRule([idx, in_shape](const JvpContext& c) {  // the tangent at each window's argmax
+    const int64_t N = in_shape[0], C = in_shape[1];
+    return gather(reshape(c.tangents[0], {N, C, -1}), 2, idx.reshape({N, C, -1})).reshape(c.output.shape());
+  }));  // the indices are the op's own (not returned)
 }
 
 Tensor avg_pool2d(const Tensor& x, const Pool2dParams& params) {

@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "kernel_utils.hpp"
+#include "jvp_util.hpp"
 
 namespace kern {
 
@@ -149,7 +150,11 @@ ValuesIndices extreme_dim(const Tensor& x, int64_t dim, bool keepdim, const char
     if (in.dim() == 0) return G{c.grad, Tensor()};
     Tensor g = kd ? c.grad : unsqueeze(c.grad, d);
     return G{scatter_add(zeros_like(in), d, c.inputs[1], g), Tensor()};
-  }, SavedValues::none().input(1));
+  }, SavedValues::none().input(1), JvpRule([d, kd](const JvpContext& c) {  // the tangent at the selected element
+    if (c.inputs[0].dim() == 0) return c.tangents[0];
+    Tensor g = gather(c.tangents[0], d, c.inputs[1]);
+    return kd ? g : squeeze(g, d);
+  }));
   return {values, indices};
 }
 
@@ -169,7 +174,7 @@ Tensor sum(const Tensor& x, const Dims& dims, bool keepdim) {
       g = reshape(g, s);
     }
     return G{expand(g, in_shape)};
-  }, SavedValues::none());
+  }, SavedValues::none(), detail::linear_rule([rd, keepdim](const Tensor& t) { return sum(t, Dims(rd.begin(), rd.end()), keepdim); }));
 }
 
 Tensor mean(const Tensor& x, const Dims& dims, bool keepdim) {

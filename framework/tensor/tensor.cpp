@@ -12,6 +12,7 @@
 
 #include "../ops/kernel_utils.hpp"
 #include "allocator.hpp"
+#include "../ops/jvp_util.hpp"
 
 namespace kern {
 
@@ -159,7 +160,7 @@ Tensor Tensor::clone() const {
   out.copy_(*this);
   return record_op("clone", out, {*this}, [](const BackwardContext& c) {
     return std::vector<Tensor>{c.grad};
-  }, SavedValues::none());
+  }, SavedValues::none(), JvpRule([](const JvpContext& c) { return c.tangents[0]; }));
 }
 
 Tensor Tensor::to(DType target) const {
@@ -171,7 +172,7 @@ Tensor Tensor::to(DType target) const {
   const DType source = dtype();
   return record_op("to", out, {*this}, [source](const BackwardContext& c) {
     return std::vector<Tensor>{c.grad.to(source)};
-  }, SavedValues::none());
+  }, SavedValues::none(), JvpRule([target](const JvpContext& c) { return c.tangents[0].to(target); }));
 }
 
 uint64_t Tensor::version() const {

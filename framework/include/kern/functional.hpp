@@ -25,7 +25,10 @@ struct JvpResult {
   Tensor output;
   Tensor tangent_out;  // J t, shaped like the output
 };
-/// Forward mode by the double-vjp identity: J t = d/du <u, J^T u>... exact, two reverse passes.
+/// Forward mode (dual tensors, kern/forward_ad.hpp): one pass computing f and J t together,
+/// each op's tangent by its forward rule; about one extra forward pass. A tangent must match
+/// its primal's shape and dtype. Called inside another forward level (a jvp of a function
+/// that calls jvp) it takes the double-vjp path (jvp_double_vjp, the test oracle) with graph.
 JvpResult jvp(const TensorFn& f, const std::vector<Tensor>& primals, const std::vector<Tensor>& tangents,
               bool create_graph = false);
 
