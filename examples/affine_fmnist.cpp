@@ -12,7 +12,7 @@
 // 14 channels instead of 10 and a 2x2 max pool after layer 1: P4CNNOptions, not the zoo
 // default) and cnn (a plain CNN of width 16); any other zoo name is built with its defaults.
 // --out FILE appends one JSON line per epoch (model, parameters, seconds, accuracies) for
-// examples/plot_affine_fmnist.py.
+// tools/plot_affine_fmnist.py.
 #include <CLI/CLI.hpp>
 #include <kern/kern.hpp>
 #include <kern/models/affine_conv.hpp>
@@ -164,11 +164,20 @@ int main(int argc, char** argv) {
                epochs, batch_size);
     for (int epoch = 0; epoch < epochs; ++epoch) {
       const auto t0 = std::chrono::steady_clock::now();
+      int64_t step = 0;
+      double loss_sum = 0;
       for (auto& batch : loader) {
         Tensor loss = kern::cross_entropy((*model)(norm(canvas(batch.x))), batch.y);
         opt.zero_grad();
         loss.backward();
         opt.step();
+        loss_sum += loss.item();
+        if (++step % 25 == 0) {  // progress: long runs on a shared machine
+          fmt::print("  step {}: {:.1f} s, mean loss {:.4f}\n", step,
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), loss_sum / 25);
+          std::fflush(stdout);
+          loss_sum = 0;
+        }
       }
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const double clean = accuracy(*model, test, norm, false, test_seed);

@@ -391,3 +391,26 @@ TEST_CASE("affine group conv is approximately equivariant for a general affine g
     }
   }
 }
+
+TEST_CASE("AffConvNet lift_pool: quarter-turn invariant with and without it; bad values are rejected",
+          "[lie][affine_conv][models]") {
+  Generator gen(27);
+  const Tensor x = randn({2, 1, 12, 12}, F64, &gen);
+  const auto q = quarter_turns(lie::Group::GL2);
+  std::map<int64_t, Tensor> out;
+  for (int64_t p : {1, 2, 3}) {  // 3 divides 12: the pooled grid stays p4-symmetric
+    INFO("lift_pool " << p);
+    lie::AffConvNet m(lie::AffConvNetOptions{.channels = 4, .num_blocks = 1, .kernel_size = 3, .num_samples = 4,
+                                             .siren_hidden = 8, .lift_pool = p, .pool_after = {}});
+    m.to(F64);
+    Generator init(28);
+    randomize(m, init);
+    const Tensor a = m.forward(x, q), b = m.forward(rot90(x, 1, {-2, -1}), q);
+    CHECK(a.shape() == Shape{2, 10});
+    CHECK(max_abs(a - b) < 1e-10);
+    out[p] = a;
+  }
+  CHECK(max_abs(out[1] - out[2]) > 1e-6);  // the pool is applied
+  CHECK_THROWS_WITH(lie::AffConvNet(lie::AffConvNetOptions{.lift_pool = 0}),
+                    Catch::Contains("lift_pool") && Catch::Contains("got 0"));
+}
