@@ -57,7 +57,8 @@ def main():
     ax.set_xticklabels([f"{m}\n{last[m]['params'] / 1000:.1f}k params" for m in models], fontsize=8)
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.axhline(0.1, color="0.5", lw=0.8, ls="--")  # chance
+    ax.legend(loc="upper right", fontsize=8)
     r0 = last[models[0]]
     ax.set_title(f"Fashion-MNIST on a 40x40 canvas: {r0['train_images']} training images, "
                  f"{r0['epoch']} epochs; {r0['test_images']} test images", fontsize=9)
@@ -66,7 +67,7 @@ def main():
     axt.set_yticks(range(len(models)))
     axt.set_yticklabels(models, fontsize=8)
     axt.set_xscale("log")
-    axt.set_xlabel("seconds per epoch (shared 2-core machine)")
+    axt.set_xlabel("s / epoch (shared 2 cores)")
     fig.tight_layout()
     out = args.out or os.path.splitext(args.jsonl)[0] + ".png"
     tmp = out + ".tmp.png"
