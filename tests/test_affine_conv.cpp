@@ -319,7 +319,7 @@ Tensor group_at(lie::AffineGroupConv& conv, const lie::Samples& in, const lie::S
 
 }  // namespace
 
-TEST_CASE("affine group conv is approximately equivariant for a general affine g; the error is the grid's",
+TEST_CASE("affine group conv is approximately equivariant for a general affine g, within the grid's error",
           "[lie][affine_conv]") {
   // G -> G. Transforming the input maps and both sample sets by g leaves the relative elements
   // h_s^-1 g_j, hence the kernel's group argument, unchanged; the spatial part is the lifting
@@ -392,7 +392,7 @@ TEST_CASE("affine group conv is approximately equivariant for a general affine g
   }
 }
 
-TEST_CASE("AffConvNet lift_pool: quarter-turn invariant with and without it; bad values are rejected",
+TEST_CASE("AffConvNet lift_pool: quarter-turn invariant with and without it, bad values rejected",
           "[lie][affine_conv][models]") {
   Generator gen(27);
   const Tensor x = randn({2, 1, 12, 12}, F64, &gen);
