@@ -61,6 +61,7 @@ WORKLOADS = [
     ("cntk_gap_16", "cntk_gap_16", None),
     ("cntk_gap", "cntk_gap", None),
     ("ddp_mlp_train", "ddp_mlp_train", None),
+    ("affconv_train", "affconv_train", None),
 ]
 # Multi-process workloads: id -> ranks. Each rank runs 1 thread whatever --threads says (the
 # issue's "2 ranks x 1 thread"); kern's side is build/bench/kern_bench_dist (next to
@@ -72,7 +73,9 @@ DIST_WORKLOADS = {"ddp_mlp_train": 2}
 # for the Hessian: a few minutes in all.
 ZOO_REPS = {"zoo_ntk_convnext": (1, 3), "zoo_sharpness_convnext": (1, 1),
             # the analytic CNTK (kern::limits): ~10 s (16 images) and minutes (64) per iteration
-            "cntk_gap_16": (1, 3), "cntk_gap": (0, 1)}
+            "cntk_gap_16": (1, 3), "cntk_gap": (0, 1),
+            # forward + backward of affconv_gl2 at batch 32: ~1-2 s per iteration
+            "affconv_train": (1, 5)}
 # Keys of a run's JSON line that are timing/bookkeeping; everything else is an "extra".
 BASE_KEYS = {"id", "median_s", "min_s", "max_s", "peak_rss_mb", "threads", "iters",
              "length", "check", "max_abs_err"}

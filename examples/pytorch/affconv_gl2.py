@@ -6,7 +6,9 @@ forward + backward at batch 32 with 10 samples on 40x40 inputs:
     /usr/bin/python3 examples/pytorch/affconv_gl2.py [--threads 2] [--batch 32] [--samples 10]
 
 Same shapes as kern's defaults: channels 16, 2 residual blocks, kernel 5, Siren 32 x 2 hidden
-layers (omega0 10), a 2x2 max pool after block 0, global max, MLP head. Samples: log-normal P
+layers (omega0 10), a 2x2 max pool after the lifting conv (lift_pool) and after block 0, global
+max, MLP head. bench/pytorch_peer.py's affconv_train is the same network under kern's
+parameter names (checked against kern there). Samples: log-normal P
 (log std 0.2) times Haar rotations, weights 1.
 """
 import argparse
@@ -123,6 +125,8 @@ class AffConvNet(nn.Module):
 
     def forward(self, x, g, gi):
         y = self.lift(x, g, gi)
+        N, C, S, H, W = y.shape
+        y = F.max_pool2d(y.reshape(N, C * S, H, W), 2).reshape(N, C, S, H // 2, W // 2)
         for i, b in enumerate(self.blocks):
             y = b(y, g, gi)
             if i == 0:

@@ -38,6 +38,7 @@ Tensor AffResBlock::forward(const Tensor& x, const Samples& s) {
 
 AffConvNet::AffConvNet(const AffConvNetOptions& o)
     : options_(o), group_(parse_group(o.group, "AffConvNetOptions.group")), gen_(o.seed) {
+  KERN_CHECK(o.lift_pool >= 1, "AffConvNetOptions.lift_pool must be >= 1, got ", o.lift_pool);
   KERN_CHECK(o.in_chans >= 1 && o.channels >= 1 && o.num_blocks >= 0 && o.num_samples >= 1 &&
                  o.num_classes >= 0,
              "AffConvNetOptions: in_chans, channels, num_samples must be >= 1 and num_blocks, "
@@ -86,6 +87,7 @@ Tensor AffConvNet::forward(const Tensor& x, const Samples& s) {
   KERN_CHECK(x.dim() == 4 && x.size(1) == o.in_chans, "AffConvNet: input must be [N, in_chans = ", o.in_chans,
              ", H, W], got ", x.shape());
   Tensor y = lift->forward(x, s);
+  if (o.lift_pool > 1) y = spatial_max_pool(y, o.lift_pool);
   for (int64_t b = 0; b < static_cast<int64_t>(block_list.size()); ++b) {
     y = block_list[b]->forward(y, s);
     if (std::find(o.pool_after.begin(), o.pool_after.end(), b) != o.pool_after.end())
