@@ -7,6 +7,7 @@
 #include <kern/optim/optim.hpp>
 #include <kern/tools/limits/limits.hpp>
 #include <kern/tools/linearize.hpp>
+#include <kern/tools/ntk.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -301,4 +302,25 @@ TEST_CASE("linearize: bad params0 and inputs are errors naming the parameter", "
   Tensor x = zeros({2, 3}, DType::Float64).requires_grad_(true);
   CHECK_THROWS_WITH((*lin)(x), Catch::Contains("Linearized") && Catch::Contains("input"));
   CHECK_THROWS_AS((*lin)(zeros({2, 4}, DType::Float64)), Error);
+}
+
+TEST_CASE("linearize: tools::ntk of the linearized model is the model's NTK at theta0, at any theta",
+          "[linearize]") {
+  // f_lin is affine in theta, so its tangent kernel J(theta0) J(theta0)^T never moves; the
+  // reference is the explicit Jacobian's J J^T, contracted here.
+  auto model = mlp(12);
+  Generator g(29);
+  Tensor x = randn({3, 3}, DType::Float64, &g);
+  Flat f0 = flat(*model);
+  Jac J = jacobian_of(model, f0, x);
+  std::vector<double> jjt(J.rows * J.rows, 0.0);
+  for (int64_t a = 0; a < J.rows; ++a)
+    for (int64_t b = 0; b < J.rows; ++b)
+      for (int64_t c = 0; c < J.cols; ++c) jjt[a * J.rows + b] += J.j[a * J.cols + c] * J.j[b * J.cols + c];
+  auto lin = tools::linearize(model);
+  set_theta(*lin, f0, random_like(f0, 31), 1.5);
+  for (auto method : {tools::NtkMethod::Auto, tools::NtkMethod::Contraction, tools::NtkMethod::Vector}) {
+    auto k = vec(tools::ntk(*lin, x, tools::NtkOptions().method(method)));
+    CHECK(max_abs_diff(k, jjt) <= 1e-12);
+  }
 }
