@@ -10,21 +10,32 @@
 // one-hot minus 0.1 (zero mean over classes); the training sets are the first n images of
 // the training set (prefixes, so one kernel serves every n), the test set the first
 // --test images of the test set; kernel regression with diag_reg 1e-4 (relative to the mean
-// diagonal), prediction = argmax. float64 throughout.
+// diagonal), solved by Cholesky (PredictOptions::cholesky; the eigendecomposition's cost
+// made n = 10,000 impractical), prediction = argmax. float64 throughout. Each kernel's time
+// and its cost per pair of images are printed, and each solve's time.
 //
 //   limits_regression [--mlp-sizes 100,300,1000,3000] [--cnn-sizes 100,200,400] [--test 1000]
-//                     [--cnn-test 500] [--threads 2]
+//                     [--cnn-test 500] [--threads 2] [--only mlp|cnn]
+//                     [--json run/limits_regression.json]
+//   plot: python3 tools/plot_limits_regression.py run/limits_regression.json
+//             -o docs/figures/limits_regression.png
 #include <CLI/CLI.hpp>
 #include <kern/kern.hpp>
 #include <kern/tools/limits/limits.hpp>
 #include <kern/tools/limits/predict.hpp>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 
 namespace L = kern::limits;
 using kern::Tensor;
 
 namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
 
 Tensor standardize(const Tensor& x) {  // per image over its pixels
   Tensor x64 = x.to(kern::DType::Float64);
@@ -46,26 +57,39 @@ double accuracy(const Tensor& pred, const Tensor& labels) {
   return static_cast<double>(ok) / labels.size(0);
 }
 
+struct Row {
+  std::string kernel;
+  int64_t n;
+  double nngp, ntk, seconds;
+};
+
 void run(const std::string& name, const L::Layer& net, const Tensor& xtr, const Tensor& ytr,
-         const Tensor& xte, const Tensor& yte, const std::vector<int64_t>& sizes) {
-  const int64_t n = sizes.back();
+         const Tensor& xte, const Tensor& yte, const std::vector<int64_t>& sizes, std::vector<Row>& rows) {
+  const int64_t n = sizes.back(), m_test = xte.size(0);
   auto t0 = std::chrono::steady_clock::now();
   Tensor xn = xtr.narrow(0, 0, n);
   L::Kernels ktt = net.kernel(xn, {}, {.batch_size = 128});
+  const double t_tt = seconds_since(t0);
   L::Kernels kst = net.kernel(xte, xn, {.batch_size = 128});
-  fmt::print("{}: kernels [{}x{}] and [{}x{}] in {:.1f} s\n", name, n, n, xte.size(0), n,
-             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  const double t_st = seconds_since(t0) - t_tt;
+  // K(x, x) computes the pairs on and below the diagonal only
+  const double pairs = static_cast<double>(n) * (n + 1) / 2 + static_cast<double>(m_test) * n;
+  fmt::print("{}: kernels [{}x{}] in {:.1f} s and [{}x{}] in {:.1f} s ({:.3g} ms per pair of images)\n", name, n, n,
+             t_tt, m_test, n, t_st, 1e3 * (t_tt + t_st) / pairs);
   for (int64_t m : sizes) {
     Tensor y = targets(ytr.narrow(0, 0, m));
     double acc[2];
+    auto ts = std::chrono::steady_clock::now();
     for (int k = 0; k < 2; ++k) {
       const Tensor& tt = k == 0 ? ktt.nngp : ktt.ntk;
       const Tensor& st = k == 0 ? kst.nngp : kst.ntk;
       Tensor pred = L::kernel_regression(tt.narrow(0, 0, m).narrow(1, 0, m).contiguous(), y,
-                                         st.narrow(1, 0, m).contiguous(), {.diag_reg = 1e-4});
+                                         st.narrow(1, 0, m).contiguous(), {.diag_reg = 1e-4, .cholesky = true});
       acc[k] = accuracy(pred, yte);
     }
-    fmt::print("| {} | {} | {:.4f} | {:.4f} |\n", name, m, acc[0], acc[1]);
+    const double solve = seconds_since(ts);
+    rows.push_back({name, m, acc[0], acc[1], solve});
+    fmt::print("| {} | {} | {:.4f} | {:.4f} |  (two solves {:.1f} s)\n", name, m, acc[0], acc[1], solve);
   }
 }
 
@@ -76,19 +100,24 @@ int main(int argc, char** argv) {
   std::vector<int64_t> mlp_sizes{100, 300, 1000, 3000}, cnn_sizes{100, 200, 400};
   int64_t n_test = 1000, n_cnn_test = 500;
   int threads = 2;
+  std::string json = "run/limits_regression.json", only;
   app.add_option("--mlp-sizes", mlp_sizes)->delimiter(',');
   app.add_option("--cnn-sizes", cnn_sizes)->delimiter(',');
   app.add_option("--test", n_test)->check(CLI::Range(10, 10000));
   app.add_option("--cnn-test", n_cnn_test)->check(CLI::Range(10, 10000));
   app.add_option("--threads", threads)->check(CLI::Range(1, 256));
+  app.add_option("--json", json, "results (for tools/plot_limits_regression.py)");
+  app.add_option("--only", only, "run one kernel: mlp or cnn")->check(CLI::IsMember({"mlp", "cnn"}));
   CLI11_PARSE(app, argc, argv);
   kern::set_num_threads(threads);
+  if (only == "cnn") mlp_sizes.clear();
+  if (only == "mlp") cnn_sizes.clear();
   std::sort(mlp_sizes.begin(), mlp_sizes.end());
   std::sort(cnn_sizes.begin(), cnn_sizes.end());
 
   auto train = kern::data::FashionMNIST::train();
   auto test = kern::data::FashionMNIST::test();
-  const int64_t n_max = std::max(mlp_sizes.back(), cnn_sizes.back());
+  const int64_t n_max = std::max(mlp_sizes.empty() ? 0 : mlp_sizes.back(), cnn_sizes.empty() ? 0 : cnn_sizes.back());
   auto tr = train.batch(0, n_max);
   auto te = test.batch(0, std::max(n_test, n_cnn_test));
   Tensor xtr = standardize(tr.x), xte = standardize(te.x);
@@ -102,11 +131,25 @@ int main(int argc, char** argv) {
                         L::Dense(d)});
   fmt::print("| kernel | train size | NNGP accuracy | NTK accuracy |\n|---|---|---|---|\n");
   auto flat = [](const Tensor& x) { return x.reshape({x.size(0), -1}).contiguous(); };
-  run("MLP", mlp, flat(xtr), tr.y, flat(xte.narrow(0, 0, n_test)), te.y.narrow(0, 0, n_test), mlp_sizes);
+  std::vector<Row> rows;
+  if (!mlp_sizes.empty())
+    run("MLP", mlp, flat(xtr), tr.y, flat(xte.narrow(0, 0, n_test)), te.y.narrow(0, 0, n_test), mlp_sizes, rows);
   auto pool = [](const Tensor& x) {
     return kern::avg_pool2d(x, kern::Pool2dParams{.kernel = {4, 4}, .stride = {4, 4}});
   };
-  run("CNN-GAP (7x7)", cnn, pool(xtr), tr.y, pool(xte.narrow(0, 0, n_cnn_test)),
-      te.y.narrow(0, 0, n_cnn_test), cnn_sizes);
+  if (!cnn_sizes.empty())
+    run("CNN-GAP (7x7)", cnn, pool(xtr), tr.y, pool(xte.narrow(0, 0, n_cnn_test)), te.y.narrow(0, 0, n_cnn_test),
+        cnn_sizes, rows);
+  if (!json.empty()) {
+    const auto dir = std::filesystem::path(json).parent_path();
+    if (!dir.empty()) std::filesystem::create_directories(dir);
+    std::ofstream f(json);
+    f << "{\"test\": " << n_test << ", \"cnn_test\": " << n_cnn_test << ", \"rows\": [";
+    for (size_t i = 0; i < rows.size(); ++i)
+      f << (i ? ", " : "") << fmt::format("{{\"kernel\": \"{}\", \"n\": {}, \"nngp\": {}, \"ntk\": {}, \"seconds\": {}}}",
+                                          rows[i].kernel, rows[i].n, rows[i].nngp, rows[i].ntk, rows[i].seconds);
+    f << "]}\n";
+    fmt::print("wrote {}\n", json);
+  }
   return 0;
 }

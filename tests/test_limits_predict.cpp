@@ -134,3 +134,42 @@ TEST_CASE("limits::predict: covariance is the prior at t = 0 and the GP posterio
   CHECK_THROWS_WITH(L::kernel_regression(mat(p.ktt, 5, 5), y, mat(p.kss, 3, 3)),
                     Catch::Contains("k_test_train has shape [3, 3], expected [*, 5]"));
 }
+
+TEST_CASE("limits::kernel_regression: the Cholesky path solves K alpha = y (Gaussian elimination)", "[limits]") {
+  Problem p = random_problem(9, 4, 33);
+  std::vector<double> y = {1, -1, 2, 0, 1, 0.5, -2, 3, 1};
+  // alpha = K^{-1} y by Gaussian elimination with partial pivoting, written here
+  const int n = 9;
+  std::vector<double> a = p.ktt, b = y;
+  for (int c = 0; c < n; ++c) {
+    int piv = c;
+    for (int r = c + 1; r < n; ++r)
+      if (std::abs(a[r * n + c]) > std::abs(a[piv * n + c])) piv = r;
+    for (int k = 0; k < n; ++k) std::swap(a[c * n + k], a[piv * n + k]);
+    std::swap(b[c], b[piv]);
+    for (int r = c + 1; r < n; ++r) {
+      const double f = a[r * n + c] / a[c * n + c];
+      for (int k = c; k < n; ++k) a[r * n + k] -= f * a[c * n + k];
+      b[r] -= f * b[c];
+    }
+  }
+  std::vector<double> alpha(n);
+  for (int r = n - 1; r >= 0; --r) {
+    double s = b[r];
+    for (int k = r + 1; k < n; ++k) s -= a[r * n + k] * alpha[k];
+    alpha[r] = s / a[r * n + r];
+  }
+  auto chol = vec(L::kernel_regression(mat(p.ktt, 9, 9), mat(y, 9, 1), mat(p.kst, 4, 9), {.cholesky = true}));
+  auto eig = vec(L::kernel_regression(mat(p.ktt, 9, 9), mat(y, 9, 1), mat(p.kst, 4, 9)));
+  for (int m = 0; m < 4; ++m) {
+    double ref = 0;
+    for (int k = 0; k < n; ++k) ref += p.kst[m * n + k] * alpha[k];
+    CHECK(std::abs(chol[m] - ref) < 1e-10 * (1 + std::abs(ref)));
+    CHECK(std::abs(eig[m] - ref) < 1e-10 * (1 + std::abs(ref)));
+  }
+  // an indefinite kernel is an error on the Cholesky path
+  std::vector<double> bad = p.ktt;
+  bad[0] = -1.0;
+  CHECK_THROWS_WITH(L::kernel_regression(mat(bad, 9, 9), mat(y, 9, 1), mat(p.kst, 4, 9), {.cholesky = true}),
+                    Catch::Contains("not positive definite"));
+}

@@ -128,6 +128,15 @@ Tensor kernel_regression(const Tensor& k_train_train, const Tensor& y_train,
   regularize(k, options);
   Mat y = to_mat(y_train.reshape({n, o}), "y_train", n, o);
   Mat ks = to_mat(k_test_train, "k_test_train", -1, n);
+  if (options.cholesky) {
+    KERN_CHECK(k.rows() == n, "limits::kernel_regression: k_train_train must be square");
+    Eigen::LLT<Eigen::MatrixXd> llt{Eigen::MatrixXd(k)};
+    KERN_CHECK(llt.info() == Eigen::Success, "limits::kernel_regression: k_train_train [", n, ", ", n,
+               "] (+ diag_reg ", options.diag_reg, ") is not positive definite: Cholesky failed; raise diag_reg "
+               "or use the eigendecomposition (cholesky = false)");
+    Mat alpha = llt.solve(Eigen::MatrixXd(y));
+    return to_tensor(ks * alpha);
+  }
   auto es = eigh(k, "k_train_train");
   const Eigen::VectorXd& l = es.eigenvalues();
   const double lmax = std::abs(l(n - 1));

@@ -1,0 +1,85 @@
+#!/usr/bin/python3
+"""Plots examples/linearized_training's result (Lee et al. 2019): three panels,
+(a) train loss of the width-w network and of its linearization, (b) the relative test-output
+difference |f - f_lin| / |f| (max over checkpoints) against width, log-log, with its slope and a
+width^-1/2 guide, (c) the infinite-width predicted mean of three test outputs against training
+time (lines) and the trained ensemble's mean (dots; bars: the ensemble mean's standard error
+predicted by the NTK-GP covariance).
+
+    plot_linearized_training.py run/linearized_training/linearized_training.json
+        [-o docs/figures/linearized_training.png]
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+plt.style.use(os.path.join(os.path.dirname(os.path.abspath(__file__)), "kern.mplstyle"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("json")
+    ap.add_argument("-o", "--out", default=None)
+    args = ap.parse_args()
+    try:
+        with open(args.json) as f:
+            d = json.load(f)
+        loss_net, loss_lin = d["loss_net"], d["loss_lin"]
+        widths, sup_rel = d["widths"], d["sup_rel"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"plot_linearized_training: cannot read {args.json}: {e}")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+
+    ax = axes[0]
+    steps = list(range(len(loss_net)))
+    ax.plot(steps, loss_net, color="C0", label=f"network (width {d['width']})")
+    ax.plot(steps, loss_lin, "--", color="C1", label="linearization")
+    ax.set_yscale("log")
+    ax.set_xlabel("SGD step")
+    ax.set_ylabel("train MSE")
+    ax.set_title(f"(a) same SGD, {d['train']} Fashion-MNIST images")
+    ax.legend()
+
+    ax = axes[1]
+    ax.plot(widths, sup_rel, "o-", color="C0", label=f"max$_t$ |f - f$_{{lin}}$| / |f|: slope {d['slope']:.2f}")
+    lx = sum(math.log(x) for x in widths) / len(widths)
+    ly = sum(math.log(y) for y in sup_rel) / len(sup_rel)
+    ax.plot(widths, [math.exp(ly - 0.5 * (math.log(x) - lx)) for x in widths], "--", color="C0", alpha=0.5,
+            linewidth=1, label="width$^{-1/2}$")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("width")
+    ax.set_ylabel("relative test output difference")
+    ax.set_title("(b) network vs linearization")
+    ax.legend()
+
+    ax = axes[2]
+    grid = d["grid"]
+    cps = d["checkpoints"]
+    sds = d.get("ens_sd", [[0.0] * len(cps)] * 3)
+    for k, (curve, pts, sd) in enumerate(zip(d["curves"], d["ens_points"], sds)):
+        c = d["coords"][k]
+        ax.plot(grid, curve, color=f"C{k}", label=f"test image {c // 10}, class {c % 10}")
+        keep = [i for i, t in enumerate(cps) if t > 0]  # t = 0 has no place on a log axis
+        ax.errorbar([cps[i] for i in keep], [pts[i] for i in keep], yerr=[sd[i] for i in keep], fmt="o",
+                    color=f"C{k}", markersize=4, capsize=2, linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("SGD step (= time t)")
+    ax.set_ylabel("output")
+    ax.set_title(f"(c) analytic prediction vs mean of {d['seeds']} nets (width {d['ens_width']})")
+    ax.legend()
+    fig.tight_layout()
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.json)), "linearized_training.png")
+    fig.savefig(out, dpi=150)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
