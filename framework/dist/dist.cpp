@@ -7,7 +7,12 @@
 #include <mpi.h>
 
 #include <cstdio>
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
 #include <exception>
 
 namespace kern::dist {
@@ -82,6 +87,114 @@ void on_contiguous(Tensor& t, F&& body) {
 }
 }  // namespace
 
+// ---- node shared memory: all_reduce_async's reduction when every rank runs on one node.
+// One window, a segment of `cap` bytes per rank. A sum: each rank copies its tensor into its
+// segment; barrier; rank r sums part r of every segment (in rank order, so every rank gets
+// the same bits) into its own segment; barrier; every rank copies the n parts out; barrier.
+namespace {
+struct Shm {
+  bool usable = false;
+  MPI_Comm node = MPI_COMM_NULL;
+  MPI_Win win = MPI_WIN_NULL;
+  std::vector<char*> seg;  // every rank's segment, in this process's address space
+  size_t cap = 0;          // bytes per segment
+};
+Shm g_shm;
+
+void shm_free_window() {
+  if (g_shm.win == MPI_WIN_NULL) return;
+  MPI_Win_unlock_all(g_shm.win);
+  MPI_Win_free(&g_shm.win);
+  g_shm.seg.clear();
+  g_shm.cap = 0;
+}
+
+// Collective over kern's communicator (at environment start): is every rank on this node,
+// and does no rank set KERN_DIST_SHM=0?
+void shm_probe() {
+  const char* env = std::getenv("KERN_DIST_SHM");
+  const bool wanted = !(env && std::string(env) == "0");
+  check_mpi(MPI_Comm_split_type(g_comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &g_shm.node),
+            "MPI_Comm_split_type");
+  int node_size = 0, world = 0;
+  MPI_Comm_size(g_shm.node, &node_size);
+  MPI_Comm_size(g_comm, &world);
+  int ok = wanted && node_size == world ? 1 : 0, all = 0;
+  check_mpi(MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, g_comm), "MPI_Allreduce");
+  g_shm.usable = all == 1;
+}
+
+void shm_teardown() {
+  shm_free_window();
+  if (g_shm.node != MPI_COMM_NULL) MPI_Comm_free(&g_shm.node);
+  g_shm = Shm{};
+}
+
+// Collective over the node: grows the window to hold `bytes` per rank (every rank asks for the
+// same size, since every rank waits the same Works in the same order).
+void shm_reserve(size_t bytes) {
+  if (bytes <= g_shm.cap) return;
+  shm_free_window();
+  const size_t cap = std::max(bytes, size_t(1) << 20);
+  void* mine = nullptr;
+  check_mpi(MPI_Win_allocate_shared(static_cast<MPI_Aint>(cap), 64, MPI_INFO_NULL, g_shm.node, &mine, &g_shm.win),
+            "MPI_Win_allocate_shared");
+  int n = 0;
+  MPI_Comm_size(g_shm.node, &n);
+  g_shm.seg.resize(static_cast<size_t>(n));
+  for (int k = 0; k < n; ++k) {
+    MPI_Aint size = 0;
+    int disp = 0;
+    check_mpi(MPI_Win_shared_query(g_shm.win, k, &size, &disp, &g_shm.seg[static_cast<size_t>(k)]),
+              "MPI_Win_shared_query");
+  }
+  check_mpi(MPI_Win_lock_all(MPI_MODE_NOCHECK, g_shm.win), "MPI_Win_lock_all");
+  g_shm.cap = cap;
+}
+
+void shm_sync() {
+  MPI_Win_sync(g_shm.win);
+  check_mpi(MPI_Barrier(g_shm.node), "MPI_Barrier");
+  MPI_Win_sync(g_shm.win);
+}
+
+// t (contiguous float32/float64) = the sum of t over the ranks.
+void shm_sum(Tensor& t) {
+  const int64_t numel = t.numel();
+  if (numel == 0) return;
+  const size_t elem = t.dtype() == DType::Float64 ? sizeof(double) : sizeof(float);
+  shm_reserve(static_cast<size_t>(numel) * elem);
+  int n = 0, r = 0;
+  MPI_Comm_size(g_shm.node, &n);
+  MPI_Comm_rank(g_shm.node, &r);
+  std::memcpy(g_shm.seg[static_cast<size_t>(r)], t.raw_data(), static_cast<size_t>(numel) * elem);
+  shm_sync();
+  auto part = [&](int k) { return std::pair<int64_t, int64_t>{numel * k / n, numel * (k + 1) / n}; };
+  auto reduce = [&]<typename T>() {
+    const auto [lo, hi] = part(r);
+    T* out = reinterpret_cast<T*>(g_shm.seg[static_cast<size_t>(r)]);
+    // in rank order: out = seg 0 + seg 1 + ...; out is this rank's own segment, each element
+    // read before it is written
+    std::vector<const T*> ins(static_cast<size_t>(n));
+    for (int k = 0; k < n; ++k) ins[static_cast<size_t>(k)] = reinterpret_cast<const T*>(g_shm.seg[static_cast<size_t>(k)]);
+    for (int64_t i = lo; i < hi; ++i) {
+      T acc = ins[0][i];
+      for (int k = 1; k < n; ++k) acc += ins[static_cast<size_t>(k)][i];
+      out[i] = acc;
+    }
+  };
+  if (t.dtype() == DType::Float64) reduce.template operator()<double>();
+  else reduce.template operator()<float>();
+  shm_sync();
+  char* dst = static_cast<char*>(t.raw_data());
+  for (int k = 0; k < n; ++k) {
+    const auto [lo, hi] = part(k);
+    std::memcpy(dst + lo * elem, g_shm.seg[static_cast<size_t>(k)] + lo * elem, static_cast<size_t>(hi - lo) * elem);
+  }
+  shm_sync();  // nobody rewrites its segment while another still copies from it
+}
+}  // namespace
+
 namespace {
 // MPI_Init_thread unless MPI is already up (true when this call initialized it); the first
 // live Environment also makes kern's communicator.
@@ -96,6 +209,7 @@ bool start_environment(int* argc, char*** argv) {
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &g_comm), "MPI_Comm_dup");
     MPI_Comm_set_errhandler(g_comm, MPI_ERRORS_RETURN);
+    shm_probe();
   }
   return !inited;
 }
@@ -109,7 +223,10 @@ Environment::Environment(int& argc, char**& argv)
 Environment::~Environment() {
   if (std::uncaught_exceptions() > uncaught_)
     abort("an exception left the scope of kern::dist::Environment (use dist::run_or_abort to see its message)");
-  if (--g_depth == 0 && g_comm != MPI_COMM_NULL) MPI_Comm_free(&g_comm);
+  if (--g_depth == 0 && g_comm != MPI_COMM_NULL) {
+    shm_teardown();
+    MPI_Comm_free(&g_comm);
+  }
   if (owns_) {
     int finalized = 0;
     MPI_Finalized(&finalized);
@@ -193,13 +310,18 @@ void check_same_on_all_ranks(const std::string& context, const std::string& what
 
 // ---- async
 
-Work::Work(Work&& o) noexcept : request_(o.request_), tensor_(std::move(o.tensor_)) { o.request_ = nullptr; }
+Work::Work(Work&& o) noexcept : request_(o.request_), deferred_(o.deferred_), tensor_(std::move(o.tensor_)) {
+  o.request_ = nullptr;
+  o.deferred_ = false;
+}
 Work& Work::operator=(Work&& o) noexcept {
   if (this != &o) {
     if (request_) delete static_cast<MPI_Request*>(request_);  // an un-waited request is abandoned
     request_ = o.request_;
+    deferred_ = o.deferred_;
     tensor_ = std::move(o.tensor_);
     o.request_ = nullptr;
+    o.deferred_ = false;
   }
   return *this;
 }
@@ -208,6 +330,13 @@ Work::~Work() {
   if (request_) delete static_cast<MPI_Request*>(request_);
 }
 void Work::wait() {
+  if (deferred_) {
+    deferred_ = false;
+    shm_sum(tensor_);
+    tensor_.bump_version();
+    tensor_ = Tensor();
+    return;
+  }
   if (!request_) return;
   auto* req = static_cast<MPI_Request*>(request_);
   int rc = MPI_Wait(req, MPI_STATUS_IGNORE);
@@ -218,6 +347,7 @@ void Work::wait() {
   check_mpi(rc, "MPI_Wait");
 }
 bool Work::test() {
+  if (deferred_) return false;  // runs at wait()
   if (!request_) return true;
   int done = 0;
   check_mpi(MPI_Test(static_cast<MPI_Request*>(request_), &done, MPI_STATUS_IGNORE), "MPI_Test");
@@ -235,6 +365,12 @@ Work all_reduce_async(Tensor& t) {
              "dist::all_reduce_async: expected a contiguous float tensor, got ",
              t.defined() ? describe(t.dtype(), t.shape()) : std::string("undefined"));
   Work w;
+  if (g_shm.usable && (t.dtype() == DType::Float32 || t.dtype() == DType::Float64)) {
+    (void)comm();
+    w.deferred_ = true;
+    w.tensor_ = t;
+    return w;
+  }
   auto* req = new MPI_Request;
   int rc = MPI_Iallreduce(MPI_IN_PLACE, t.raw_data(), static_cast<int>(t.numel()),
                           mpi_type(t.dtype(), "all_reduce_async"), MPI_SUM, comm(), req);
