@@ -88,6 +88,7 @@ void on_contiguous(Tensor& t, F&& body) {
 }  // namespace
 
 // ---- node shared memory: all_reduce_async's reduction when every rank runs on one node.
+// (Synchronous: with one thread per rank nothing could run beside it anyway.)
 // One window, a segment of `cap` bytes per rank. A sum: each rank copies its tensor into its
 // segment; barrier; rank r sums part r of every segment (in rank order, so every rank gets
 // the same bits) into its own segment; barrier; every rank copies the n parts out; barrier.
@@ -310,18 +311,13 @@ void check_same_on_all_ranks(const std::string& context, const std::string& what
 
 // ---- async
 
-Work::Work(Work&& o) noexcept : request_(o.request_), deferred_(o.deferred_), tensor_(std::move(o.tensor_)) {
-  o.request_ = nullptr;
-  o.deferred_ = false;
-}
+Work::Work(Work&& o) noexcept : request_(o.request_), tensor_(std::move(o.tensor_)) { o.request_ = nullptr; }
 Work& Work::operator=(Work&& o) noexcept {
   if (this != &o) {
     if (request_) delete static_cast<MPI_Request*>(request_);  // an un-waited request is abandoned
     request_ = o.request_;
-    deferred_ = o.deferred_;
     tensor_ = std::move(o.tensor_);
     o.request_ = nullptr;
-    o.deferred_ = false;
   }
   return *this;
 }
@@ -330,13 +326,6 @@ Work::~Work() {
   if (request_) delete static_cast<MPI_Request*>(request_);
 }
 void Work::wait() {
-  if (deferred_) {
-    deferred_ = false;
-    shm_sum(tensor_);
-    tensor_.bump_version();
-    tensor_ = Tensor();
-    return;
-  }
   if (!request_) return;
   auto* req = static_cast<MPI_Request*>(request_);
   int rc = MPI_Wait(req, MPI_STATUS_IGNORE);
@@ -347,7 +336,6 @@ void Work::wait() {
   check_mpi(rc, "MPI_Wait");
 }
 bool Work::test() {
-  if (deferred_) return false;  // runs at wait()
   if (!request_) return true;
   int done = 0;
   check_mpi(MPI_Test(static_cast<MPI_Request*>(request_), &done, MPI_STATUS_IGNORE), "MPI_Test");
@@ -367,8 +355,8 @@ Work all_reduce_async(Tensor& t) {
   Work w;
   if (g_shm.usable && (t.dtype() == DType::Float32 || t.dtype() == DType::Float64)) {
     (void)comm();
-    w.deferred_ = true;
-    w.tensor_ = t;
+    shm_sum(t);  // now, on every rank in the same order: a finished Work
+    t.bump_version();
     return w;
   }
   auto* req = new MPI_Request;

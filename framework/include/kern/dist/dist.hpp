@@ -63,11 +63,12 @@ std::vector<Tensor> all_gather(const Tensor& t);
 /// Blocks until every rank arrives.
 void barrier();
 
-/// A non-blocking sum all-reduce started by all_reduce_async: the tensor must not be read or
-/// written until wait() returns. When every rank runs on one node, the reduction runs at
-/// wait() through a shared-memory window (OpenMPI's MPI_Iallreduce progresses only inside MPI
-/// calls, so it overlapped nothing, and its copies were slower); otherwise MPI_Iallreduce.
-/// KERN_DIST_SHM=0 forces MPI_Iallreduce. Every rank must wait() its Works in the same order. Unchecked (no header exchange): the
+/// A sum all-reduce started by all_reduce_async: the tensor must not be read or written until
+/// wait() returns. When every rank runs on one node, all_reduce_async itself reduces through a
+/// shared-memory window (while the gradients are still in cache; OpenMPI's MPI_Iallreduce
+/// progresses only inside MPI calls, so it overlapped little, and its copies were slower) and
+/// returns a finished Work; otherwise it starts an MPI_Iallreduce. KERN_DIST_SHM=0 forces
+/// MPI_Iallreduce. Every rank must start its reductions in the same order. Unchecked (no header exchange): the
 /// caller guarantees identical shapes and dtypes on every rank (DistributedDataParallel's
 /// buckets, which are checked once at construction).
 class Work {
@@ -82,12 +83,11 @@ class Work {
   void wait();
   /// Lets MPI progress the reduction; true when it is done.
   bool test();
-  bool pending() const { return request_ != nullptr || deferred_; }
+  bool pending() const { return request_ != nullptr; }
 
  private:
   friend Work all_reduce_async(Tensor& t);
   void* request_ = nullptr;  // MPI_Request, heap-allocated (mpi.h stays out of this header)
-  bool deferred_ = false;    // reduced at wait() through node shared memory (see dist.cpp)
   Tensor tensor_;            // keeps the buffer alive while MPI writes into it
 };
 /// Starts an in-place sum all-reduce of a contiguous float32/float64 tensor.
