@@ -410,9 +410,7 @@ void Engine::run_node_impl(Node& n) {
       throw Error(fmt::format("backward: the output of op '{}' was freed before backward", n.name()));
     auto stand_in = std::make_shared<TensorImpl>();
     stand_in->shape = g.shape();
-    stand_in->strides.assign(g.shape().size(), 1);
-    for (int64_t d = static_cast<int64_t>(g.shape().size()) - 2; d >= 0; --d)
-      stand_in->strides[d] = stand_in->strides[d + 1] * std::max<int64_t>(1, g.shape()[d + 1]);
+    stand_in->strides = contiguous_strides(g.shape());
     stand_in->dtype = g.dtype();
     out = Tensor(std::move(stand_in));
   }

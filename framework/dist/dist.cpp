@@ -6,14 +6,14 @@
 
 #include <mpi.h>
 
-#include <cstdio>
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <utility>
 #include <vector>
-#include <exception>
 
 namespace kern::dist {
 
@@ -132,7 +132,7 @@ void shm_teardown() {
 }
 
 // Collective over the node: grows the window to hold `bytes` per rank (every rank asks for the
-// same size, since every rank waits the same Works in the same order).
+// same size, since every rank starts the same reductions in the same order).
 void shm_reserve(size_t bytes) {
   if (bytes <= g_shm.cap) return;
   shm_free_window();
@@ -163,7 +163,7 @@ void shm_sync() {
 void shm_sum(Tensor& t) {
   const int64_t numel = t.numel();
   if (numel == 0) return;
-  const size_t elem = t.dtype() == DType::Float64 ? sizeof(double) : sizeof(float);
+  const size_t elem = dtype_size(t.dtype());
   shm_reserve(static_cast<size_t>(numel) * elem);
   int n = 0, r = 0;
   MPI_Comm_size(g_shm.node, &n);
@@ -354,7 +354,6 @@ Work all_reduce_async(Tensor& t) {
              t.defined() ? describe(t.dtype(), t.shape()) : std::string("undefined"));
   Work w;
   if (g_shm.usable && (t.dtype() == DType::Float32 || t.dtype() == DType::Float64)) {
-    (void)comm();
     shm_sum(t);  // now, on every rank in the same order: a finished Work
     t.bump_version();
     return w;
