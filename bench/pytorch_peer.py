@@ -28,6 +28,7 @@ matters numerically in the check; timing does not depend on parameter values.
 
 import argparse
 import copy
+import ctypes
 import gzip
 import json
 import math
@@ -998,7 +999,21 @@ def _self_relu(cov, v, relu):
     return out
 
 
+def _keep_freed_memory():
+    """glibc returns every freed block above its mmap threshold (at most 32 MB by default) to
+    the kernel, so each of the recursion's ~80 MB temporaries [4, 4, 28, 28, 28, 28] is a fresh
+    mmap whose pages fault in again (20k faults per tensor): 26 s per 4x4 block, 75% of it in
+    page faults. A PyTorch user would preload jemalloc/tcmalloc or raise the thresholds, as
+    here (mallopt M_MMAP_THRESHOLD -3, M_TRIM_THRESHOLD -1): 3 s per block."""
+    libc = ctypes.CDLL("libc.so.6")
+    ok = libc.mallopt(-3, 1 << 30) == 1 and libc.mallopt(-1, (1 << 31) - 1) == 1
+    if not ok:
+        print("pytorch_peer: mallopt failed; cntk_gap runs with glibc's default thresholds",
+              file=sys.stderr)
+
+
 def build_cntk_gap(n):
+    _keep_freed_memory()
     x = torch.randn(n, 1, 28, 28)                 # [n, 1, 28, 28]
 
     def step():

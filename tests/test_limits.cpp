@@ -211,6 +211,46 @@ void run_mc(const McCase& c, int64_t width, int seeds) {
 
 }  // namespace
 
+TEST_CASE("limits: the vectorized ReLU / LeakyReLU maps equal the std::atan2 formula at every angle",
+          "[limits]") {
+  // Inputs on circles of different radii at 2000 angles over [0, 2 pi), plus near-duplicates and
+  // near-opposites (theta ~ 1e-9 and pi - 1e-9), so that the map's arc-cosine angle atan2(s, k)
+  // sweeps (0, pi] through every branch of detail::atan2_vec (|k| < s, |k| > s, k < 0, s = 0).
+  // Reference: the same closed form with std::atan2 on the same rounded k, v1, v2 (Dense with
+  // W_std 1, b_std 0 makes them x.x'/2 exactly). A wrong polynomial coefficient or a branch
+  // mix-up misses by >1e-8.
+  std::vector<double> angles;
+  for (int i = 0; i < 2000; ++i) angles.push_back(2 * kPi * i / 2000.0);
+  for (double eps : {1e-9, 1e-6, 1e-3}) angles.insert(angles.end(), {eps, kPi - eps, kPi + eps});
+  const int64_t N = static_cast<int64_t>(angles.size());
+  std::vector<double> xs;
+  for (int64_t i = 0; i < N; ++i) {
+    const double radius = 0.5 + (i % 7) * 0.75;
+    xs.push_back(radius * std::cos(angles[i]));
+    xs.push_back(radius * std::sin(angles[i]));
+  }
+  Tensor x1 = kern::from_vector(std::vector<double>(xs.begin(), xs.begin() + 2), {1, 2});
+  Tensor x2 = kern::from_vector(xs, {N, 2});
+  for (double a : {0.0, 0.1}) {  // ReLU, LeakyReLU(0.1)
+    auto net = L::serial({L::Dense({.W_std = 1.0, .b_std = 0.0}), L::ABRelu(a, 1.0)});
+    L::Kernels k = net.kernel(x1, x2);
+    auto nngp = vec(k.nngp), ntk = vec(k.ntk);
+    const double factor = (a - 1) * (a - 1) / (2 * kPi), mean_sq = (a * a + 1) / 2;
+    double worst = 0;
+    for (int64_t j = 0; j < N; ++j) {
+      const double k12 = (xs[0] * xs[2 * j] + xs[1] * xs[2 * j + 1]) / 2;
+      const double v1 = (xs[0] * xs[0] + xs[1] * xs[1]) / 2, v2 = (xs[2 * j] * xs[2 * j] + xs[2 * j + 1] * xs[2 * j + 1]) / 2;
+      const double r = std::sqrt(v1 * v2), s = std::sqrt(std::max((r - k12) * (r + k12), 0.0));
+      const double theta = (s == 0.0 && k12 == 0.0) ? kPi / 2 : std::atan2(s, k12);
+      const double kdot = mean_sq - factor * theta;
+      const double want_nngp = factor * s + kdot * k12, want_ntk = kdot * k12;  // ntk: K1 * kdot
+      worst = std::max({worst, std::abs(nngp[j] - want_nngp) / r, std::abs(ntk[j] - want_ntk) / r});
+    }
+    INFO("a = " << a << ": max |kern - reference| / sqrt(v1 v2) = " << worst);
+    CHECK(worst < 1e-14);
+  }
+}
+
 TEST_CASE("limits: every layer's kernel map agrees with Monte Carlo over finite twins", "[limits]") {
   const L::DenseOptions d1{.W_std = 1.3, .b_std = 0.2};
   const L::ConvOptions c1{.W_std = 1.2, .b_std = 0.1};

@@ -37,7 +37,8 @@ class ABReluImpl : public LayerImpl {
       // an FMA-contracted v1 v2 - k^2 leaves the rounding error of k^2 (theta ~ 1e-8)
       const double r = std::sqrt(v1 * v2);
       const double s = std::sqrt(std::max((r - k12) * (r + k12), 0.0));
-      const double theta = (s == 0.0 && k12 == 0.0) ? kPi / 2 : std::atan2(s, k12);
+      const double angle = detail::atan2_vec(s, k12);  // unconditional: the loop vectorizes
+      const double theta = ((s == 0.0) & (k12 == 0.0)) ? kPi / 2 : angle;
       *kdot = mean_sq - factor * theta;
       return factor * s + *kdot * k12;
     });
@@ -67,7 +68,7 @@ class ErfImpl : public LayerImpl {
       const double r = std::sqrt(prod);
       const double root = std::sqrt(std::max((r - 2 * kk) * (r + 2 * kk), 0.0));
       *kdot = a2 * b2 * 4 / (kPi * root);
-      return a2 * 2 / kPi * std::atan2(2 * kk, root) + c2;
+      return a2 * 2 / kPi * detail::atan2_vec(2 * kk, root) + c2;
     });
     k.is_gaussian = false;
   }
@@ -91,7 +92,7 @@ class GeluImpl : public LayerImpl {
       const double prod = v1 * v2, prod1 = (v1 + 1) * (v2 + 1);
       const double r = std::sqrt(prod1);
       const double delta_sq = (r - k12) * (r + k12), delta = std::sqrt(std::max(delta_sq, 0.0));
-      const double angle = std::atan2(k12, delta);
+      const double angle = detail::atan2_vec(k12, delta);
       const double nngp =
           ((k12 * k12 + prod * delta_sq) / (prod1 * delta) + k12 * angle) / (2 * kPi) + 0.25 * k12;
       const double first =

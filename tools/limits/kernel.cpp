@@ -46,12 +46,15 @@ Axis make_axis(int64_t in, int64_t window, int64_t stride, Padding padding, cons
 }
 
 // Full blocks are [H][W][H][W] (pixel p = (ph, pw) of input 1, then q = (qh, qw) of input 2).
-// The window maps are separable: first along H (both ph and qh), then along W.
+// The window maps are separable: first along H (both ph and qh), into tmp [H'][W][H'][W] with
+// the whole 1/(window count) scale, then along W into out. Inner loops run over qw / the output
+// column: contiguous (shifted) rows that vectorize.
 void window_full(const double* in, double* out, const Axis& ah, const Axis& aw,
                  bool diagonal_offsets, std::vector<double>& tmp) {
   const int64_t H = ah.in, W = aw.in, Ho = ah.out, Wo = aw.out;
   tmp.assign(Ho * W * Ho * W, 0.0);
-  const double sh = 1.0 / (diagonal_offsets ? ah.window : ah.window * ah.window);
+  const double s = 1.0 / static_cast<double>(diagonal_offsets ? ah.window * aw.window
+                                                                : ah.window * ah.window * aw.window * aw.window);
   for (int64_t a = 0; a < Ho; ++a)
     for (int64_t b = 0; b < Ho; ++b)
       for (int64_t d = 0; d < ah.window; ++d) {
@@ -63,11 +66,12 @@ void window_full(const double* in, double* out, const Axis& ah, const Axis& aw,
           for (int64_t pw = 0; pw < W; ++pw) {
             const double* src = in + ((ih * W + pw) * H + jh) * W;
             double* dst = tmp.data() + ((a * W + pw) * Ho + b) * W;
-            for (int64_t qw = 0; qw < W; ++qw) dst[qw] += src[qw];
+#pragma omp simd
+            for (int64_t qw = 0; qw < W; ++qw) dst[qw] += s * src[qw];
           }
         }
       }
-  const double sw = 1.0 / (diagonal_offsets ? aw.window : aw.window * aw.window);
+  // tmp is complete: `in` is no longer read, so out may alias it
   std::fill(out, out + Ho * Wo * Ho * Wo, 0.0);
   for (int64_t a = 0; a < Ho; ++a)
     for (int64_t c = 0; c < Wo; ++c)
@@ -77,19 +81,16 @@ void window_full(const double* in, double* out, const Axis& ah, const Axis& aw,
         for (int64_t b = 0; b < Ho; ++b) {
           const double* src = tmp.data() + ((a * W + iw) * Ho + b) * W;
           double* dst = out + ((a * Wo + c) * Ho + b) * Wo;
-          for (int64_t e2 = 0; e2 < Wo; ++e2) {
-            double acc = 0.0;
-            const int64_t e_lo = diagonal_offsets ? d : 0, e_hi = diagonal_offsets ? d + 1 : aw.window;
-            for (int64_t e = e_lo; e < e_hi; ++e) {
-              const int64_t jw = e2 * aw.stride + e - aw.pad;
-              if (jw >= 0 && jw < W) acc += src[jw];
-            }
-            dst[e2] += acc;
+          for (int64_t e = diagonal_offsets ? d : 0; e < (diagonal_offsets ? d + 1 : aw.window); ++e) {
+            // output columns e2 whose input column jw = e2 * stride + e - pad lies in [0, W)
+            const int64_t shift = e - aw.pad;
+            const int64_t lo = shift >= 0 ? 0 : (-shift + aw.stride - 1) / aw.stride;
+            const int64_t hi = W - 1 - shift < 0 ? 0 : std::min<int64_t>(Wo, (W - 1 - shift) / aw.stride + 1);
+#pragma omp simd
+            for (int64_t e2 = lo; e2 < hi; ++e2) dst[e2] += src[e2 * aw.stride + shift];
           }
         }
       }
-  const double s = sh * sw;
-  for (int64_t i = 0; i < Ho * Wo * Ho * Wo; ++i) out[i] *= s;
 }
 
 void window_diag(const double* in, double* out, const Axis& ah, const Axis& aw) {
@@ -138,6 +139,13 @@ void transpose_into(double* out, const double* in, int64_t S, int64_t full_p) {
 
 Kernel input_kernel(const Tensor& x1, const Tensor& x2, bool full) {
   Kernel k;
+  input_kernel(x1, x2, full, k);
+  return k;
+}
+
+void input_kernel(const Tensor& x1, const Tensor& x2, bool full, Kernel& k) {
+  k = Kernel{.nngp = std::move(k.nngp), .ntk = std::move(k.ntk), .cov1 = std::move(k.cov1),
+             .cov2 = std::move(k.cov2)};  // fresh fields, the buffers' capacity kept
   k.n1 = x1.size(0);
   k.n2 = x2.size(0);
   k.spatial = x1.dim() == 4;
@@ -184,7 +192,6 @@ Kernel input_kernel(const Tensor& x1, const Tensor& x2, bool full) {
       block(b + j * F, b + j * F, k.cov2.data() + j * S);
     }
   }
-  return k;
 }
 
 Kernels Layer::kernel(const Tensor& x1_in, const Tensor& x2_in, const KernelOptions& options) const {
@@ -207,12 +214,12 @@ Kernels Layer::kernel(const Tensor& x1_in, const Tensor& x2_in, const KernelOpti
   int64_t S = -1, full_out = 0;  // full_out: P of a full [P, P] output block, else 0
   // K(x, x) is symmetric: blocks below the diagonal are mirrored, not computed
   const bool same = !x2_in.defined();
+  Kernel k;  // one set of buffers for every block
   for (int64_t r1 = 0; r1 < N1; r1 += bs) {
     const int64_t b1 = std::min(bs, N1 - r1);
     for (int64_t r2 = same ? r1 : 0; r2 < N2; r2 += bs) {
       const int64_t b2 = std::min(bs, N2 - r2);
-      Kernel k = input_kernel(x1.narrow(0, r1, b1).contiguous(), x2.narrow(0, r2, b2).contiguous(),
-                              full);
+      input_kernel(x1.narrow(0, r1, b1).contiguous(), x2.narrow(0, r2, b2).contiguous(), full, k);
       k.width = options.width;
       net.apply(k);
       if (S < 0) {

@@ -62,10 +62,22 @@ void affine(Kernel& k, const AffineSpec& s, int64_t fan_in, const char* op) {
   const double w2 = s.W_std * s.W_std, b2 = s.b_std * s.b_std;
   const bool ntk = s.par == Parameterization::NTK;
   const double fan = static_cast<double>(fan_in), one = s.bias ? 1.0 : 0.0;
-  for (size_t e = 0; e < k.nngp.size(); ++e) {
-    const double a = k.nngp[e];
-    k.nngp[e] = w2 * a + b2;
-    k.ntk[e] = ntk ? k.nngp[e] + w2 * k.ntk[e] : fan * a + w2 * k.ntk[e] + one;
+  const int64_t n = static_cast<int64_t>(k.nngp.size());
+  double* nngp = k.nngp.data();
+  double* ntk_k = k.ntk.data();
+  if (ntk) {
+#pragma omp parallel for simd if (n > 65536)
+    for (int64_t e = 0; e < n; ++e) {
+      nngp[e] = w2 * nngp[e] + b2;
+      ntk_k[e] = nngp[e] + w2 * ntk_k[e];
+    }
+  } else {
+#pragma omp parallel for simd if (n > 65536)
+    for (int64_t e = 0; e < n; ++e) {
+      const double a = nngp[e];
+      nngp[e] = w2 * a + b2;
+      ntk_k[e] = fan * a + w2 * ntk_k[e] + one;
+    }
   }
   for (double& v : k.cov1) v = w2 * v + b2;
   for (double& v : k.cov2) v = w2 * v + b2;
@@ -140,10 +152,13 @@ class ConvImpl : public LayerImpl {
     const int64_t fan_in = k.channels * ks_[0] * ks_[1];
     if (k.full) {
       const int64_t out = ah.out * aw.out * ah.out * aw.out;
-      detail::map_blocks(k, out, [&](const double* in, double* o) {
-        thread_local std::vector<double> tmp;
-        detail::window_full(in, o, ah, aw, true, tmp);
-      });
+      detail::map_blocks(
+          k, out,
+          [&](const double* in, double* o) {
+            thread_local std::vector<double> tmp;
+            detail::window_full(in, o, ah, aw, true, tmp);
+          },
+          /*f_allows_aliasing=*/true);
     } else {
       detail::map_blocks(k, ah.out * aw.out,
                          [&](const double* in, double* o) { detail::window_diag(in, o, ah, aw); });

@@ -182,6 +182,9 @@ class Layer {
 /// The input kernel of two batches (float64 contiguous [N, F] or [N, C, H, W]), with full or
 /// diagonal pixel covariances.
 Kernel input_kernel(const Tensor& x1, const Tensor& x2, bool full);
+/// The same into `k`, reusing its buffers' capacity (Layer::kernel's blocks: one allocation,
+/// not one ~100 MB page-faulting allocation per block).
+void input_kernel(const Tensor& x1, const Tensor& x2, bool full, Kernel& k);
 
 // ---- layers (see the conventions above)
 Layer Dense(const DenseOptions& options = {});
