@@ -16,16 +16,35 @@ struct DistributedDataParallel::Entry {
   bool ready = false;  // its gradient was copied into the bucket in this backward
 };
 
-// Parameters of one dtype packed into one flat buffer, reduced by one MPI_Iallreduce.
+// Parameters of one dtype packed into one flat buffer (buffer `index` of reduce_), summed
+// over the ranks by one ReduceBuffers::start.
 struct DistributedDataParallel::Bucket {
   Tensor flat;                  // [sum of numel], the parameters' dtype
+  size_t index = 0;             // in reduce_
   std::vector<size_t> entries;  // indices into entries_
   size_t pending = 0;           // entries not ready yet in this backward
-  dist::Work work;
-  bool launched = false;
 };
 
 namespace {
+// slot = g / world (1-D slot, g of the same numel): the bits of Tensor::operator/, which
+// multiplies by the reciprocal (g * T(1 / world)), in one pass when g is contiguous.
+void scaled_copy(Tensor& slot, const Tensor& g, int world) {
+  if (g.is_contiguous() && g.dtype() == slot.dtype() && g.numel() == slot.numel() &&
+      (g.dtype() == DType::Float32 || g.dtype() == DType::Float64)) {
+    auto run = [&]<typename T>() {
+      const T* __restrict in = static_cast<const T*>(g.raw_data());
+      T* __restrict out = static_cast<T*>(slot.raw_data());
+      const T s = static_cast<T>(1.0 / world);
+      for (int64_t i = 0, n = g.numel(); i < n; ++i) out[i] = in[i] * s;
+    };
+    if (g.dtype() == DType::Float64) run.template operator()<double>();
+    else run.template operator()<float>();
+    slot.bump_version();
+    return;
+  }
+  slot.copy_(reshape(g, {-1}) / static_cast<double>(world));
+}
+
 std::string describe_params(const std::vector<std::pair<std::string, Tensor>>& named) {
   std::string s;
   for (auto& [n, t] : named) s += fmt::format("{} {} {}; ", n, t.dtype(), t.shape());
@@ -94,8 +113,14 @@ void DistributedDataParallel::build_buckets() {
     buckets_[it->second]->entries.push_back(entries_.size());
     entries_.push_back(std::move(e));
   }
-  for (size_t b = 0; b < buckets_.size(); ++b)
-    buckets_[b]->flat = zeros({sizes[b]}, entries_[buckets_[b]->entries[0]]->param.dtype());
+  // the flat buffers: in node shared memory when every rank runs on one node (dist.hpp)
+  std::vector<std::pair<int64_t, DType>> layout;
+  for (size_t b = 0; b < buckets_.size(); ++b) layout.emplace_back(sizes[b], entries_[buckets_[b]->entries[0]]->param.dtype());
+  reduce_ = std::make_unique<dist::ReduceBuffers>(layout);
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    buckets_[b]->index = b;
+    buckets_[b]->flat = reduce_->buffer(b);
+  }
 }
 
 std::vector<std::vector<std::string>> DistributedDataParallel::bucket_layout() const {
@@ -116,20 +141,25 @@ Tensor DistributedDataParallel::forward(const Tensor& x) {
   if (armed_) {
     ready_count_ = 0;
     launched_early_ = 0;
+    next_bucket_ = 0;
   }
-  if (armed_)
+  if (armed_) {
+    reduce_->finish();  // nothing should be pending (a no-op then); never leave a sum behind
     for (auto& b : buckets_) {
-      b->work.wait();  // nothing should be pending; never leave a request behind
       b->pending = b->entries.size();
-      b->launched = false;
       for (size_t i : b->entries) entries_[i]->ready = false;
     }
+  }
   return (*module_)(x);
 }
 
-void DistributedDataParallel::launch(Bucket& b) {
-  b.launched = true;
-  b.work = dist::all_reduce_async(b.flat);
+// Buckets are started in index order only (PyTorch's rule), whatever order the hooks run in
+// on each rank: every rank starts the same sums in the same order.
+void DistributedDataParallel::launch_ready() {
+  while (next_bucket_ < buckets_.size() && buckets_[next_bucket_]->pending == 0) {
+    if (ready_count_ < entries_.size()) ++launched_early_;
+    reduce_->start(buckets_[next_bucket_++]->index);
+  }
 }
 
 void DistributedDataParallel::on_grad_ready(size_t i) {
@@ -147,16 +177,16 @@ void DistributedDataParallel::on_grad_ready(size_t i) {
   {
     NoGradGuard ng;
     // PyTorch divides by the world size before the sum: the result is the mean.
-    Tensor g = reshape(e.param.grad(), {-1}) / static_cast<double>(dist::world_size());
     Tensor slot = narrow(b.flat, 0, e.offset, e.param.numel());
-    slot.copy_(g);
+    scaled_copy(slot, e.param.grad(), dist::world_size());
   }
-  if (--b.pending == 0) {
-    if (ready_count_ < entries_.size()) ++launched_early_;
-    launch(b);
-  }
-  for (auto& other : buckets_)  // let MPI progress what is in flight
-    if (other->launched) other->work.test();
+  --b.pending;
+  // With find_unused_parameters, which buckets fill during backward differs across ranks, and
+  // every rank first all-reduces the used map (finish_backward): the sums start there, in
+  // order. (A sum started here could wait in its barrier for a rank that is in that
+  // all-reduce; over MPI the collectives would run in different orders on the ranks.)
+  if (!options_.find_unused_parameters()) launch_ready();
+  reduce_->progress();  // let MPI progress what is in flight
 }
 
 void DistributedDataParallel::finish_backward() {
@@ -166,20 +196,21 @@ void DistributedDataParallel::finish_backward() {
   std::vector<size_t> unused;
   for (size_t i = 0; i < entries_.size(); ++i)
     if (!entries_[i]->ready) unused.push_back(i);
+  if (!unused.empty() && !options_.find_unused_parameters()) {
+    // No wait on the launched buckets: another rank may not have launched the same ones.
+    // The job ends through dist::run_or_abort (or the user catches this and stops).
+    std::string names;
+    for (size_t i : unused) names += (names.empty() ? "" : ", ") + entries_[i]->name;
+    throw Error(fmt::format(
+        "DistributedDataParallel: rank {}: parameters that received no gradient in this backward: {}. Every "
+        "parameter must take part in the loss, or pass DistributedDataParallelOptions().find_unused_parameters("
+        "true)",
+        dist::rank(), names));
+  }
   Tensor used_anywhere;
-  if (!unused.empty()) {
-    if (!options_.find_unused_parameters()) {
-      // No wait on the launched buckets: another rank may not have launched the same ones.
-      // The job ends through dist::run_or_abort (or the user catches this and stops).
-      std::string names;
-      for (size_t i : unused) names += (names.empty() ? "" : ", ") + entries_[i]->name;
-      throw Error(fmt::format(
-          "DistributedDataParallel: rank {}: parameters that received no gradient in this backward: {}. Every "
-          "parameter must take part in the loss, or pass DistributedDataParallelOptions().find_unused_parameters("
-          "true)",
-          dist::rank(), names));
-    }
-    // Which parameters some rank used (PyTorch's local_used_map): the others keep .grad undefined.
+  if (options_.find_unused_parameters()) {
+    // Which parameters some rank used (PyTorch's local_used_map), on every rank (including
+    // those that used all of them): the others keep .grad undefined.
     NoGradGuard ng;
     used_anywhere = ones({static_cast<int64_t>(entries_.size())}, DType::Int64);
     for (size_t i : unused) used_anywhere.narrow(0, static_cast<int64_t>(i), 1).fill_(0);
@@ -188,19 +219,21 @@ void DistributedDataParallel::finish_backward() {
       Entry& e = *entries_[i];
       Bucket& b = *buckets_[e.bucket];
       narrow(b.flat, 0, e.offset, e.param.numel()).fill_(0.0);
-      if (--b.pending == 0) launch(b);
+      --b.pending;
     }
   }
+  launch_ready();  // the buckets not started yet (all of them with find_unused_parameters)
   NoGradGuard ng;
   std::vector<int64_t> used = used_anywhere.defined() ? used_anywhere.to_vector<int64_t>() : std::vector<int64_t>{};
+  reduce_->finish();
   for (auto& b : buckets_) {
-    b->work.wait();
     for (size_t i : b->entries) {
       Entry& e = *entries_[i];
       if (!used.empty() && used[i] == 0) continue;
       Tensor avg = reshape(narrow(b->flat, 0, e.offset, e.param.numel()), e.param.shape());
       Tensor g = e.param.grad();
-      if (g.defined()) g.copy_(avg);
+      if (options_.gradient_as_bucket_view()) e.param.set_grad(avg);
+      else if (g.defined()) g.copy_(avg);
       else e.param.set_grad(avg.clone());
     }
   }

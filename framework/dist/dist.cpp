@@ -11,6 +11,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <limits>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -196,6 +198,224 @@ void shm_sum(Tensor& t) {
 }
 }  // namespace
 
+// ---- ReduceBuffers (see dist.hpp): one node-shared window per ReduceBuffers, kept in a
+// registry that is identical on every rank (windows are made and freed collectively). A
+// window is retired on a rank when the last tensor viewing it is gone there; the next
+// ReduceBuffers construction frees the windows every rank has retired, the end of the
+// Environment frees them all. (A destructor cannot free it: MPI_Win_free is collective, and a
+// rank unwinding an exception must not block in it while the others wait elsewhere.)
+namespace {
+struct BufferWindow {
+  uint64_t id = 0;
+  MPI_Win win = MPI_WIN_NULL;
+};
+// never destroyed: a tensor viewing a buffer may outlive static destruction's order
+std::vector<BufferWindow>& g_buffer_windows = *new std::vector<BufferWindow>;  // live, in creation order
+std::vector<uint64_t>& g_retired = *new std::vector<uint64_t>;  // ids no tensor of this rank views any more
+uint64_t g_next_window = 0;
+
+// Owned by ReduceBuffers and by every buffer's storage.
+struct WindowRef {
+  uint64_t id = 0;
+  ~WindowRef() {
+    for (auto& w : g_buffer_windows)
+      if (w.id == id) g_retired.push_back(id);  // not found: already freed with the Environment
+  }
+};
+
+void free_window(MPI_Win& win) {
+  MPI_Win_unlock_all(win);
+  MPI_Win_free(&win);
+}
+
+// Collective over kern's communicator.
+void free_retired_windows() {
+  if (g_buffer_windows.empty()) return;
+  std::vector<int> retired(g_buffer_windows.size());
+  for (size_t k = 0; k < retired.size(); ++k)
+    retired[k] = std::find(g_retired.begin(), g_retired.end(), g_buffer_windows[k].id) != g_retired.end();
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, retired.data(), static_cast<int>(retired.size()), MPI_INT, MPI_MIN, g_comm),
+            "MPI_Allreduce");
+  std::vector<BufferWindow> live;
+  for (size_t k = 0; k < retired.size(); ++k) {
+    BufferWindow& w = g_buffer_windows[k];
+    if (!retired[k]) {
+      live.push_back(w);
+      continue;
+    }
+    free_window(w.win);
+    g_retired.erase(std::find(g_retired.begin(), g_retired.end(), w.id));
+  }
+  g_buffer_windows = std::move(live);
+}
+
+void free_all_buffer_windows() {
+  for (auto& w : g_buffer_windows) free_window(w.win);
+  g_buffer_windows.clear();
+  g_retired.clear();
+}
+}  // namespace
+
+struct ReduceBuffers::State {
+  std::vector<Tensor> buffers;
+  bool shm = false;
+  // shared memory
+  MPI_Win win = MPI_WIN_NULL;
+  std::vector<std::vector<char*>> bases;  // [buffer][node rank]: that rank's buffer in this address space
+  std::shared_ptr<WindowRef> ref;
+  bool unsynced = false;  // a sum was written since the last barrier
+  // MPI
+  std::vector<MPI_Request> requests;  // per buffer, MPI_REQUEST_NULL when idle
+  std::vector<char> started;          // per buffer, since the last finish()
+};
+
+size_t reduce_buffer_windows() { return g_buffer_windows.size(); }
+
+ReduceBuffers::ReduceBuffers(const std::vector<std::pair<int64_t, DType>>& layout, bool allow_shared_memory)
+    : s_(std::make_unique<State>()) {
+  std::string desc;
+  for (auto& [numel, dt] : layout) {
+    KERN_CHECK(numel >= 0 && numel <= std::numeric_limits<int>::max(),
+               "dist::ReduceBuffers: a buffer of ", numel, " elements (0 to 2^31 - 1)");
+    KERN_CHECK(dt == DType::Float32 || dt == DType::Float64, "dist::ReduceBuffers: dtype ", dt,
+               " is not supported (float32, float64)");
+    desc += fmt::format("{} {}; ", dt, numel);
+  }
+  check_same_on_all_ranks("dist::ReduceBuffers: the buffers (numel and dtype) differ across ranks", desc);
+  free_retired_windows();
+  const char* env = std::getenv("KERN_DIST_SHM");
+  int ok = g_shm.usable && allow_shared_memory && !(env && std::string(env) == "0") ? 1 : 0;
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, comm()), "MPI_Allreduce");
+  s_->shm = ok == 1;
+  s_->started.assign(layout.size(), 0);
+  if (!s_->shm) {
+    for (auto& [numel, dt] : layout) s_->buffers.push_back(zeros({numel}, dt));
+    s_->requests.assign(layout.size(), MPI_REQUEST_NULL);
+    return;
+  }
+  // one window, the buffers at 64-byte-aligned offsets of every rank's segment
+  std::vector<size_t> offset;
+  size_t total = 0;
+  for (auto& [numel, dt] : layout) {
+    offset.push_back(total);
+    total += (static_cast<size_t>(numel) * dtype_size(dt) + 63) / 64 * 64;
+  }
+  void* mine = nullptr;
+  check_mpi(MPI_Win_allocate_shared(static_cast<MPI_Aint>(std::max<size_t>(total, 64)), 64, MPI_INFO_NULL, g_shm.node,
+                                    &mine, &s_->win),
+            "MPI_Win_allocate_shared");
+  int n = 0;
+  MPI_Comm_size(g_shm.node, &n);
+  std::vector<char*> seg(static_cast<size_t>(n));
+  for (int k = 0; k < n; ++k) {
+    MPI_Aint size = 0;
+    int disp = 0;
+    check_mpi(MPI_Win_shared_query(s_->win, k, &size, &disp, &seg[static_cast<size_t>(k)]), "MPI_Win_shared_query");
+  }
+  check_mpi(MPI_Win_lock_all(MPI_MODE_NOCHECK, s_->win), "MPI_Win_lock_all");
+  s_->ref = std::make_shared<WindowRef>();
+  s_->ref->id = g_next_window++;
+  g_buffer_windows.push_back({s_->ref->id, s_->win});
+  for (size_t b = 0; b < layout.size(); ++b) {
+    const auto [numel, dt] = layout[b];
+    auto storage = std::make_shared<Storage>();
+    storage->data = static_cast<char*>(mine) + offset[b];
+    storage->nbytes = static_cast<size_t>(numel) * dtype_size(dt);
+    storage->keepalive = s_->ref;
+    std::memset(storage->data, 0, storage->nbytes);
+    auto impl = std::make_shared<TensorImpl>();
+    impl->storage = std::move(storage);
+    impl->shape = Shape{numel};
+    impl->strides = {1};
+    impl->dtype = dt;
+    s_->buffers.emplace_back(std::move(impl));
+    s_->bases.emplace_back();
+    for (int k = 0; k < n; ++k) s_->bases.back().push_back(seg[static_cast<size_t>(k)] + offset[b]);
+  }
+  // every rank's zeros are in place before anyone starts a sum
+  MPI_Win_sync(s_->win);
+  check_mpi(MPI_Barrier(g_shm.node), "MPI_Barrier");
+  MPI_Win_sync(s_->win);
+}
+
+ReduceBuffers::~ReduceBuffers() = default;
+
+size_t ReduceBuffers::size() const { return s_->buffers.size(); }
+
+const Tensor& ReduceBuffers::buffer(size_t i) const {
+  KERN_CHECK(i < s_->buffers.size(), "dist::ReduceBuffers::buffer: index ", i, " out of range (", s_->buffers.size(),
+             " buffers)");
+  return s_->buffers[i];
+}
+
+bool ReduceBuffers::shared_memory() const { return s_->shm; }
+
+void ReduceBuffers::start(size_t i) {
+  KERN_CHECK(i < s_->buffers.size(), "dist::ReduceBuffers::start: index ", i, " out of range (", s_->buffers.size(),
+             " buffers)");
+  KERN_CHECK(!s_->started[i], "dist::ReduceBuffers::start: buffer ", i, " was started twice before finish()");
+  s_->started[i] = 1;
+  Tensor& t = s_->buffers[i];
+  if (!s_->shm) {
+    check_mpi(MPI_Iallreduce(MPI_IN_PLACE, t.raw_data(), static_cast<int>(t.numel()),
+                             mpi_type(t.dtype(), "ReduceBuffers::start"), MPI_SUM, comm(), &s_->requests[i]),
+              "MPI_Iallreduce");
+    return;
+  }
+  // every rank's buffer i is written (and the previous sums' readers are done: finish())
+  MPI_Win_sync(s_->win);
+  check_mpi(MPI_Barrier(g_shm.node), "MPI_Barrier");
+  MPI_Win_sync(s_->win);
+  s_->unsynced = true;
+  const int n = static_cast<int>(s_->bases[i].size());
+  int r = 0;
+  MPI_Comm_rank(g_shm.node, &r);
+  const int64_t numel = t.numel(), lo = numel * r / n, hi = numel * (r + 1) / n;
+  auto sum = [&]<typename T>() {
+    std::vector<T*> p(static_cast<size_t>(n));
+    for (int k = 0; k < n; ++k) p[static_cast<size_t>(k)] = reinterpret_cast<T*>(s_->bases[i][static_cast<size_t>(k)]);
+    if (n == 2) {  // the common case, vectorized: two distinct buffers
+      T* __restrict a = p[0];
+      T* __restrict b = p[1];
+      for (int64_t j = lo; j < hi; ++j) b[j] = a[j] = a[j] + b[j];
+      return;
+    }
+    for (int64_t j = lo; j < hi; ++j) {
+      T acc = p[0][j];
+      for (int k = 1; k < n; ++k) acc += p[static_cast<size_t>(k)][j];
+      for (int k = 0; k < n; ++k) p[static_cast<size_t>(k)][j] = acc;
+    }
+  };
+  if (t.dtype() == DType::Float64) sum.template operator()<double>();
+  else sum.template operator()<float>();
+}
+
+void ReduceBuffers::progress() {
+  if (s_->shm) return;
+  for (auto& req : s_->requests) {
+    if (req == MPI_REQUEST_NULL) continue;
+    int done = 0;
+    check_mpi(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test");
+  }
+}
+
+void ReduceBuffers::finish() {
+  if (s_->shm) {
+    if (s_->unsynced) {  // every rank's part of every started sum is written
+      MPI_Win_sync(s_->win);
+      check_mpi(MPI_Barrier(g_shm.node), "MPI_Barrier");
+      MPI_Win_sync(s_->win);
+      s_->unsynced = false;
+    }
+  } else {
+    check_mpi(MPI_Waitall(static_cast<int>(s_->requests.size()), s_->requests.data(), MPI_STATUSES_IGNORE),
+              "MPI_Waitall");
+  }
+  for (size_t i = 0; i < s_->started.size(); ++i)
+    if (s_->started[i]) s_->buffers[i].bump_version();
+  std::fill(s_->started.begin(), s_->started.end(), 0);
+}
+
 namespace {
 // MPI_Init_thread unless MPI is already up (true when this call initialized it); the first
 // live Environment also makes kern's communicator.
@@ -225,6 +445,7 @@ Environment::~Environment() {
   if (std::uncaught_exceptions() > uncaught_)
     abort("an exception left the scope of kern::dist::Environment (use dist::run_or_abort to see its message)");
   if (--g_depth == 0 && g_comm != MPI_COMM_NULL) {
+    free_all_buffer_windows();
     shm_teardown();
     MPI_Comm_free(&g_comm);
   }

@@ -2,6 +2,8 @@
 // and the agreement check's error on every rank.
 #include "check.hpp"
 
+#include <cstdlib>
+
 using namespace kern;
 
 namespace {
@@ -116,8 +118,104 @@ void async_all_reduce() {
   }
 }
 
+// ReduceBuffers (DDP's buckets), in node shared memory (summed in place in every rank's
+// buffer) and over MPI_Iallreduce (allow_shared_memory = false): several buffers of both
+// dtypes, sizes around the part boundaries and an empty one, three rounds of new values
+// through the same buffers, started in another order than made and one left out: equal bit
+// for bit to MPI_Allreduce's sums (dist::all_reduce) on every rank; the one left out keeps
+// this rank's values. Then the errors, KERN_DIST_SHM=0 on one rank, and the windows' lifetime.
+void reduce_buffers() {
+  const int r = dist::rank(), n = dist::world_size();
+  std::vector<std::pair<int64_t, DType>> layout;
+  for (int64_t numel : {int64_t(7), int64_t(0), int64_t(300001), int64_t(1), int64_t(2000000)})
+    for (DType dt : {DType::Float32, DType::Float64}) layout.emplace_back(numel, dt);
+  const size_t windows0 = dist::reduce_buffer_windows();
+  dist::ReduceBuffers shm(layout), mpi(layout, false);
+  DCHECK(shm.shared_memory(), "one node: the buffers should be in shared memory");
+  DCHECK(!mpi.shared_memory(), "allow_shared_memory = false");
+  DCHECK(dist::reduce_buffer_windows() == windows0 + 1, "one window per shared-memory ReduceBuffers");
+  for (int round = 0; round < 3; ++round) {
+    std::vector<Tensor> mine, want;
+    for (size_t i = 0; i < layout.size(); ++i) {
+      Generator gen(1000 * static_cast<uint64_t>(round) + 100 * static_cast<uint64_t>(r) + i);
+      Tensor v = randn({layout[i].first}, layout[i].second, &gen);
+      Tensor a = shm.buffer(i), b = mpi.buffer(i);
+      a.copy_(v);
+      b.copy_(v);
+      Tensor ref = v.clone();
+      dist::all_reduce(ref);
+      mine.push_back(v);
+      want.push_back(ref);
+    }
+    const size_t skipped = round == 1 ? 2 : layout.size();
+    for (size_t i = layout.size(); i-- > 0;)
+      if (i != skipped) {
+        shm.start(i);
+        mpi.start(i);
+        mpi.progress();
+      }
+    shm.finish();
+    mpi.finish();
+    for (size_t i = 0; i < layout.size(); ++i) {
+      const Tensor& expect = i == skipped ? mine[i] : want[i];
+      DCHECK(maxdiff(shm.buffer(i), expect) == 0.0, "round ", round, ": shared-memory sum ", i,
+             " differs from MPI_Allreduce's");
+      DCHECK(maxdiff(mpi.buffer(i), expect) == 0.0, "round ", round, ": MPI_Iallreduce sum ", i, " differs");
+    }
+  }
+  // a zero-filled start
+  {
+    dist::ReduceBuffers z({{5, DType::Float64}});
+    DCHECK(maxdiff(z.buffer(0), zeros({5}, DType::Float64)) == 0.0, "buffers start as zeros");
+  }
+  // errors, on every rank
+  shm.start(0);
+  DCHECK_THROWS(shm.start(0), "dist::ReduceBuffers::start", "started twice");
+  shm.finish();
+  DCHECK_THROWS(shm.start(layout.size()), "dist::ReduceBuffers::start", "out of range");
+  DCHECK_THROWS(dist::ReduceBuffers({{r == 0 ? 3 : 4, DType::Float32}}), "dist::ReduceBuffers",
+                "differ across ranks", "float32 3", "float32 4");
+  DCHECK_THROWS(dist::ReduceBuffers({{3, DType::Int64}}), "dist::ReduceBuffers", "int64", "not supported");
+  // KERN_DIST_SHM=0 on the last rank only: every rank takes MPI_Iallreduce
+  if (r == n - 1) setenv("KERN_DIST_SHM", "0", 1);
+  {
+    dist::ReduceBuffers m({{3, DType::Float64}});
+    unsetenv("KERN_DIST_SHM");
+    DCHECK(!m.shared_memory(), "KERN_DIST_SHM=0 on rank ", n - 1, " must turn shared memory off everywhere");
+    Tensor b = m.buffer(0);
+    b.fill_(r + 1.0);
+    m.start(0);
+    m.finish();
+    DCHECK(maxdiff(m.buffer(0), full({3}, n * (n + 1) / 2.0, DType::Float64)) == 0.0);
+  }
+  // lifetime: a window outlives its ReduceBuffers while a tensor views it (here a buffer kept
+  // past the scope), and is freed at the next construction once nothing does
+  const size_t windows1 = dist::reduce_buffer_windows();
+  Tensor kept;
+  {
+    dist::ReduceBuffers a({{4, DType::Float32}});
+    kept = a.buffer(0);
+    kept.fill_(r + 1.0);
+    a.start(0);
+    a.finish();
+  }
+  { dist::ReduceBuffers b({{4, DType::Float32}}); }
+  DCHECK(dist::reduce_buffer_windows() == windows1 + 2, "a viewed window was freed, or a retired one was not: ",
+         dist::reduce_buffer_windows(), " windows, expected ", windows1 + 2);
+  DCHECK(maxdiff(kept, full({4}, n * (n + 1) / 2.0, DType::Float32)) == 0.0, "the kept buffer lost its sum");
+  kept = Tensor();
+  { dist::ReduceBuffers c({{4, DType::Float32}}); }  // frees a's and b's windows
+  DCHECK(dist::reduce_buffer_windows() == windows1 + 1, dist::reduce_buffer_windows(), " windows, expected ",
+         windows1 + 1);
+}
+
 Register r1("collectives", collectives);
-Register r5("async_all_reduce", async_all_reduce);
+// ctest runs the tests listed in tests/CMakeLists.txt: ReduceBuffers runs within
+// async_all_reduce's test (its shared-memory sibling).
+Register r5("async_all_reduce", [] {
+  async_all_reduce();
+  reduce_buffers();
+});
 Register r2("mismatch", mismatch);
 Register r3("functional_all_reduce", functional_all_reduce);
 Register r4("sampler", sampler);

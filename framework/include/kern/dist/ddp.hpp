@@ -20,14 +20,20 @@
 //   - backward: parameters are packed into buckets of about bucket_cap_mb (in reverse
 //     registration order, roughly the order their gradients become final); when a
 //     parameter's .grad is final (a post-accumulate-grad hook, kern/autograd.hpp) it is
-//     copied into its bucket, and a full bucket starts a non-blocking all-reduce
-//     (MPI_Iallreduce) while backward continues. When backward ends (a queued backward
-//     callback) every bucket is waited for and each .grad becomes the mean over ranks;
+//     divided by the world size into its bucket, and a full bucket starts its sum over the
+//     ranks while backward continues (buckets start in index order on every rank). The
+//     buckets are dist::ReduceBuffers: in node shared memory when every rank runs on one
+//     node (summed in place in every rank's bucket), else MPI_Iallreduce. When backward ends
+//     (a queued backward callback) every sum is waited for and each .grad becomes the mean
+//     over ranks (the bucket's values copied in, or the bucket itself with
+//     gradient_as_bucket_view);
 //   - no_sync(): forwards inside the guard skip the reduction; .grad accumulates locally
 //     and the next synchronized backward averages the accumulated sum;
 //   - parameters that get no gradient: an error naming them, unless
 //     find_unused_parameters(true), which reduces zeros for them (and leaves .grad
-//     undefined where no rank used the parameter, as PyTorch does).
+//     undefined where no rank used the parameter, as PyTorch does). With it, every rank
+//     all-reduces the used map when backward ends and only then starts the buckets' sums
+//     (which parameters fill a bucket may differ across ranks): no overlap with backward.
 // Every rank must run the same number of forward/backward passes (DistributedSampler pads
 // or drops so that they do).
 #include <kern/dist/dist.hpp>
@@ -46,14 +52,22 @@ struct DistributedDataParallelOptions {
   DistributedDataParallelOptions& find_unused_parameters(bool v) { find_unused_parameters_ = v; return *this; }
   /// Broadcast rank 0's buffers at every training forward.
   DistributedDataParallelOptions& broadcast_buffers(bool v) { broadcast_buffers_ = v; return *this; }
+  /// After a synchronized backward, each .grad is a view of its bucket (PyTorch's
+  /// gradient_as_bucket_view) instead of a tensor the averaged values are copied into: one
+  /// pass over the gradients less per step. The view is overwritten by the next synchronized
+  /// backward (the optimizer.zero_grad() of a normal loop drops it before): keep a .grad
+  /// across steps with .clone().
+  DistributedDataParallelOptions& gradient_as_bucket_view(bool v) { gradient_as_bucket_view_ = v; return *this; }
   double bucket_cap_mb() const { return bucket_cap_mb_; }
   bool find_unused_parameters() const { return find_unused_parameters_; }
   bool broadcast_buffers() const { return broadcast_buffers_; }
+  bool gradient_as_bucket_view() const { return gradient_as_bucket_view_; }
 
  private:
   double bucket_cap_mb_ = 25.0;
   bool find_unused_parameters_ = false;
   bool broadcast_buffers_ = true;
+  bool gradient_as_bucket_view_ = false;
 };
 
 class DistributedDataParallel : public Module {
@@ -95,18 +109,20 @@ class DistributedDataParallel : public Module {
   struct Entry;
   void build_buckets();
   void on_grad_ready(size_t entry);
-  void launch(Bucket& b);
+  void launch_ready();
   void finish_backward();
 
   std::shared_ptr<Module> module_;
   DistributedDataParallelOptions options_;
   std::vector<std::unique_ptr<Entry>> entries_;   // one per parameter
   std::vector<std::unique_ptr<Bucket>> buckets_;
+  std::unique_ptr<dist::ReduceBuffers> reduce_;  // the buckets' flat buffers
   std::vector<uint64_t> hook_ids_;
   bool sync_ = true;    // not inside no_sync()
   bool armed_ = false;  // a synchronized forward ran; its backward reduces
   bool callback_queued_ = false;
   size_t ready_count_ = 0;     // parameters whose gradient arrived in this backward
+  size_t next_bucket_ = 0;     // buckets start in index order: the next one to start
   int64_t launched_early_ = 0;  // see buckets_launched_early()
 };
 

@@ -21,6 +21,7 @@
 #include <kern/tensor.hpp>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -92,6 +93,50 @@ class Work {
 };
 /// Starts an in-place sum all-reduce of a contiguous float32/float64 tensor.
 Work all_reduce_async(Tensor& t);
+
+/// Buffers summed over the ranks again and again (DistributedDataParallel's gradient buckets).
+/// When every rank runs on one node (and no rank sets KERN_DIST_SHM=0, read here as well as at
+/// Environment start) they live in node shared memory, one MPI window per ReduceBuffers: a sum
+/// reads every rank's buffer in place and writes the result into every rank's buffer, with no
+/// copy in or out and two barriers (one per start(), one in finish()). Rank r sums part r of
+/// the buffer over the ranks in rank order (((b_0 + b_1) + b_2) + ...), the same order as
+/// all_reduce_async's shared-memory sum; with 2 ranks that is MPI_Allreduce's result bit for
+/// bit (tested). Otherwise the buffers are ordinary tensors summed by MPI_Iallreduce.
+/// Every call but buffer() is collective: every rank calls them in the same order.
+/// The window is freed (collectively) at the next ReduceBuffers construction or at the end of
+/// the Environment after the last tensor viewing it is gone; tensors that view a buffer must
+/// not be used after the Environment ends.
+class ReduceBuffers {
+ public:
+  /// One 1-D float32/float64 buffer per (numel, dtype), zero-filled; every rank must pass the
+  /// same list (checked: an error naming each rank's list otherwise). allow_shared_memory =
+  /// false forces MPI_Iallreduce (tests compare the two).
+  explicit ReduceBuffers(const std::vector<std::pair<int64_t, DType>>& layout, bool allow_shared_memory = true);
+  ~ReduceBuffers();  // local: no MPI call (see above for when the window is freed)
+  ReduceBuffers(const ReduceBuffers&) = delete;
+  ReduceBuffers& operator=(const ReduceBuffers&) = delete;
+
+  size_t size() const;
+  /// This rank's buffer i (contiguous, 1-D). Write it before start(i); read it after finish().
+  const Tensor& buffer(size_t i) const;
+  /// True when the buffers live in node shared memory.
+  bool shared_memory() const;
+  /// Starts the in-place sum of buffer i over the ranks; buffer i must not be touched (on any
+  /// rank) until finish() returns. A buffer is started at most once between finishes.
+  void start(size_t i);
+  /// Lets MPI progress the started sums (MPI_Iallreduce path; a no-op on shared memory).
+  void progress();
+  /// Waits until every started sum is complete in every rank's buffer.
+  void finish();
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
+/// The node-shared windows of ReduceBuffers this rank holds, live or retired but not yet freed
+/// (for tests).
+size_t reduce_buffer_windows();
 
 /// Checks that `what` (a description such as a parameter list) is identical on every rank;
 /// throws the same kern::Error on every rank naming the first rank that differs from rank 0.
