@@ -7,6 +7,8 @@
 #include <kern/kern.hpp>
 
 #include <cmath>
+#include <cstdlib>
+#include <optional>
 #include <functional>
 #include <map>
 #include <string>
@@ -43,6 +45,33 @@ inline double maxdiff(const kern::Tensor& a, const kern::Tensor& b) {
   double m = 0;
   for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::abs(x[i] - y[i]));
   return m;
+}
+
+// KERN_DIST_SHM=0 while it lives (when `off`), then the previous value back: the ReduceBuffers
+// (DDP buckets) made meanwhile take MPI_Iallreduce.
+class ShmOff {
+ public:
+  explicit ShmOff(bool off = true) : off_(off) {
+    if (!off_) return;
+    if (const char* v = std::getenv("KERN_DIST_SHM")) prev_ = v;
+    setenv("KERN_DIST_SHM", "0", 1);
+  }
+  ~ShmOff() {
+    if (!off_) return;
+    if (prev_) setenv("KERN_DIST_SHM", prev_->c_str(), 1);
+    else unsetenv("KERN_DIST_SHM");
+  }
+  ShmOff(const ShmOff&) = delete;
+  ShmOff& operator=(const ShmOff&) = delete;
+
+ private:
+  bool off_;
+  std::optional<std::string> prev_;
+};
+// Shared memory expected by default: one node, and KERN_DIST_SHM is not 0 for the whole run.
+inline bool shm_expected() {
+  const char* v = std::getenv("KERN_DIST_SHM");
+  return !(v && std::string(v) == "0");
 }
 
 // name -> test; main() runs the ones named on the command line.

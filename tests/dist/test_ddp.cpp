@@ -85,11 +85,10 @@ Replica make_replica(const Case& c, bool shared_memory, bool grad_views) {
   // Different initial weights per rank: DDP must start every rank from rank 0's.
   rep.local = make_cnn(c.sync_bn, c.dt, 100 + r);
   if (c.sync_bn) rep.local = nn::convert_sync_batchnorm(rep.local);
-  if (!shared_memory) setenv("KERN_DIST_SHM", "0", 1);
+  ShmOff off(!shared_memory);
   // A tiny bucket cap: several buckets, several all-reduces in flight during backward.
   rep.ddp = std::make_shared<nn::DistributedDataParallel>(
       rep.local, nn::DistributedDataParallelOptions().bucket_cap_mb(1e-3).gradient_as_bucket_view(grad_views));
-  if (!shared_memory) unsetenv("KERN_DIST_SHM");
   DCHECK(rep.ddp->bucket_layout().size() > 1, "expected several buckets");
   rep.opt = make_opt(rep.ddp->parameters(), c.opt);
   return rep;
@@ -191,7 +190,7 @@ struct UsedOnLastRank : WithUnused {
 // (shared_memory, grad_views) as in run_case
 void unused_parameters_with(bool shared_memory, bool grad_views) {
   const int r = dist::rank(), n = dist::world_size();
-  if (!shared_memory) setenv("KERN_DIST_SHM", "0", 1);
+  ShmOff off(!shared_memory);  // for every DDP made here
   const auto options = nn::DistributedDataParallelOptions().gradient_as_bucket_view(grad_views);
   Generator gen(5);
   Tensor x = randn({2 * n, 6}, DType::Float64, &gen);
@@ -206,7 +205,6 @@ void unused_parameters_with(bool shared_memory, bool grad_views) {
   auto model = std::make_shared<WithUnused>();
   auto ddp = std::make_shared<nn::DistributedDataParallel>(model,
       nn::DistributedDataParallelOptions(options).find_unused_parameters(true));
-  unsetenv("KERN_DIST_SHM");
   cross_entropy((*ddp)(xr), yr).backward();
   DCHECK(!model->unused->weight.tensor().grad().defined(), "a parameter no rank used keeps .grad undefined");
   // reference: the gradient of the global mean, in this process
@@ -217,12 +215,10 @@ void unused_parameters_with(bool shared_memory, bool grad_views) {
   DCHECK(maxdiff(model->fc->bias.tensor().grad(), ref->fc->bias.tensor().grad()) <= 1e-14);
   // `unused` used by the last rank only: every rank gets its averaged gradient (the others
   // reduce zeros for it)
-  if (!shared_memory) setenv("KERN_DIST_SHM", "0", 1);
   manual_seed(9);
   auto some = std::make_shared<UsedOnLastRank>();
   auto some_ddp = std::make_shared<nn::DistributedDataParallel>(some,
       nn::DistributedDataParallelOptions(options).find_unused_parameters(true));
-  unsetenv("KERN_DIST_SHM");
   some->use_unused = r == n - 1;
   cross_entropy((*some_ddp)(xr), yr).backward();
   manual_seed(9);

@@ -64,6 +64,7 @@ std::vector<Tensor> all_gather(const Tensor& t);
 /// Blocks until every rank arrives.
 void barrier();
 
+/// (For the same buffers summed again and again, see ReduceBuffers below: DDP's buckets.)
 /// A sum all-reduce started by all_reduce_async: the tensor must not be read or written until
 /// wait() returns. When every rank runs on one node, all_reduce_async itself reduces through a
 /// shared-memory window (while the gradients are still in cache; OpenMPI's MPI_Iallreduce
