@@ -251,6 +251,57 @@ TEST_CASE("limits: the vectorized ReLU / LeakyReLU maps equal the std::atan2 for
   }
 }
 
+TEST_CASE("limits: the conv map on full covariances equals the brute-force patch sum", "[limits]") {
+  // out[p, q] = 1/(kh kw) sum_{dh, dw} in[ph*s + dh - pad_h, pw*s + dw - pad_w, qh*s + dh - pad_h,
+  // qw*s + dw - pad_w] (zero outside), written here as a plain 4-D loop, against Conv's map on
+  // the input kernel of random images: SAME stride 1 (the fast path), non-square, 5x5 windows,
+  // a window larger than the image, stride 2 and VALID (the general path).
+  struct Case {
+    int64_t h, w, kh, kw, stride;
+    L::Padding padding;
+  };
+  for (Case c : {Case{7, 7, 3, 3, 1, L::Padding::Same}, Case{5, 9, 3, 3, 1, L::Padding::Same},
+                 Case{6, 4, 5, 3, 1, L::Padding::Same}, Case{3, 2, 5, 5, 1, L::Padding::Same},
+                 Case{7, 6, 3, 3, 2, L::Padding::Same}, Case{7, 6, 3, 2, 1, L::Padding::Valid}}) {
+    Tensor x1 = inputs({2, 3, c.h, c.w}, 11), x2 = inputs({3, 3, c.h, c.w}, 12);
+    L::Kernel k = L::input_kernel(x1, x2, /*full=*/true);
+    const std::vector<double> before = k.nngp;
+    L::Conv({c.kh, c.kw}, {.stride = {c.stride, c.stride}, .padding = c.padding, .W_std = 1.0, .b_std = 0.0})
+        .apply(k);
+    auto axis = [&](int64_t in, int64_t win) {  // output size, low padding (XLA's SAME)
+      if (c.padding == L::Padding::Valid) return std::pair<int64_t, int64_t>{(in - win) / c.stride + 1, 0};
+      const int64_t out = (in + c.stride - 1) / c.stride;
+      return std::pair<int64_t, int64_t>{out, std::max<int64_t>((out - 1) * c.stride + win - in, 0) / 2};
+    };
+    const auto [ho, ph] = axis(c.h, c.kh);
+    const auto [wo, pw] = axis(c.w, c.kw);
+    REQUIRE(k.h == ho);
+    REQUIRE(k.w == wo);
+    const int64_t P = c.h * c.w, Po = ho * wo;
+    double worst = 0;
+    for (int64_t u = 0; u < 6; ++u)
+      for (int64_t a = 0; a < ho; ++a)
+        for (int64_t b = 0; b < wo; ++b)
+          for (int64_t e = 0; e < ho; ++e)
+            for (int64_t f = 0; f < wo; ++f) {
+              double sum = 0;
+              for (int64_t dh = 0; dh < c.kh; ++dh)
+                for (int64_t dw = 0; dw < c.kw; ++dw) {
+                  const int64_t i1 = a * c.stride + dh - ph, j1 = b * c.stride + dw - pw;
+                  const int64_t i2 = e * c.stride + dh - ph, j2 = f * c.stride + dw - pw;
+                  if (i1 < 0 || i1 >= c.h || j1 < 0 || j1 >= c.w || i2 < 0 || i2 >= c.h || j2 < 0 || j2 >= c.w)
+                    continue;
+                  sum += before[u * P * P + (i1 * c.w + j1) * P + i2 * c.w + j2];
+                }
+              const double want = sum / static_cast<double>(c.kh * c.kw);
+              const double got = k.nngp[u * Po * Po + (a * wo + b) * Po + e * wo + f];
+              worst = std::max(worst, std::abs(got - want));
+            }
+    INFO(c.h << "x" << c.w << " window " << c.kh << "x" << c.kw << " stride " << c.stride);
+    CHECK(worst < 1e-13);
+  }
+}
+
 TEST_CASE("limits: every layer's kernel map agrees with Monte Carlo over finite twins", "[limits]") {
   const L::DenseOptions d1{.W_std = 1.3, .b_std = 0.2};
   const L::ConvOptions c1{.W_std = 1.2, .b_std = 0.1};

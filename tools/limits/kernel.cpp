@@ -45,6 +45,55 @@ Axis make_axis(int64_t in, int64_t window, int64_t stride, Padding padding, cons
   return a;
 }
 
+namespace {
+
+// window_full for the conv map with stride 1 and output size = input size (SAME): the same
+// offset d at p and q moves both by d, so along H an input slab [ph + d][pw][.][.] shifted by d
+// rows is one contiguous run of [qh][qw]; along W the shift by d crosses rows, and a column
+// mask drops the entries that wrapped around. Loops run over [H][W] planes (784 for 28x28,
+// 49 for 7x7) instead of single rows of W.
+void conv_same_full(const double* in, double* out, const Axis& ah, const Axis& aw, std::vector<double>& tmp) {
+  const int64_t H = ah.in, W = aw.in, plane = H * W;
+  const double s = 1.0 / static_cast<double>(ah.window * aw.window);
+  tmp.assign(plane * plane, 0.0);
+  // along H: tmp[a][pw][b][qw] = s sum_d in[a + sh][pw][b + sh][qw], sh = d - pad
+  for (int64_t a = 0; a < H; ++a)
+    for (int64_t d = 0; d < ah.window; ++d) {
+      const int64_t sh = d - ah.pad, ih = a + sh;
+      if (ih < 0 || ih >= H) continue;
+      const int64_t lo = std::max<int64_t>(0, -sh) * W, hi = std::min<int64_t>(H, H - sh) * W;
+      for (int64_t pw = 0; pw < W; ++pw) {
+        double* dst = tmp.data() + (a * W + pw) * plane;
+        const double* src = in + (ih * W + pw) * plane + sh * W;
+#pragma omp simd
+        for (int64_t i = lo; i < hi; ++i) dst[i] += s * src[i];
+      }
+    }
+  // along W: out[a][c][b][e] = sum_d tmp[a][c + sh][b][e + sh]; `in` is no longer read
+  std::vector<double> mask(static_cast<size_t>(plane));
+  std::fill(out, out + plane * plane, 0.0);
+  for (int64_t d = 0; d < aw.window; ++d) {
+    const int64_t sh = d - aw.pad;
+    for (int64_t i = 0; i < plane; ++i) {
+      const int64_t e = i % W;
+      mask[static_cast<size_t>(i)] = (e + sh >= 0 && e + sh < W) ? 1.0 : 0.0;
+    }
+    const int64_t lo = std::max<int64_t>(0, -sh), hi = std::min<int64_t>(plane, plane - sh);
+    for (int64_t a = 0; a < H; ++a)
+      for (int64_t c = 0; c < W; ++c) {
+        const int64_t iw = c + sh;
+        if (iw < 0 || iw >= W) continue;
+        double* dst = out + (a * W + c) * plane;
+        const double* src = tmp.data() + (a * W + iw) * plane + sh;
+        const double* m = mask.data();
+#pragma omp simd
+        for (int64_t i = lo; i < hi; ++i) dst[i] += m[i] != 0.0 ? src[i] : 0.0;  // select: no 0 * inf
+      }
+  }
+}
+
+}  // namespace
+
 // Full blocks are [H][W][H][W] (pixel p = (ph, pw) of input 1, then q = (qh, qw) of input 2).
 // The window maps are separable: first along H (both ph and qh), into tmp [H'][W][H'][W] with
 // the whole 1/(window count) scale, then along W into out. Inner loops run over qw / the output
@@ -52,6 +101,8 @@ Axis make_axis(int64_t in, int64_t window, int64_t stride, Padding padding, cons
 void window_full(const double* in, double* out, const Axis& ah, const Axis& aw,
                  bool diagonal_offsets, std::vector<double>& tmp) {
   const int64_t H = ah.in, W = aw.in, Ho = ah.out, Wo = aw.out;
+  if (diagonal_offsets && ah.stride == 1 && aw.stride == 1 && Ho == H && Wo == W)
+    return conv_same_full(in, out, ah, aw, tmp);
   tmp.assign(Ho * W * Ho * W, 0.0);
   const double s = 1.0 / static_cast<double>(diagonal_offsets ? ah.window * aw.window
                                                                 : ah.window * ah.window * aw.window * aw.window);
