@@ -5,6 +5,7 @@
 #include <kern/ops/shape_ops.hpp>
 
 #include <mpi.h>
+#include <sys/statvfs.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -283,8 +284,24 @@ ReduceBuffers::ReduceBuffers(const std::vector<std::pair<int64_t, DType>>& layou
   }
   check_same_on_all_ranks("dist::ReduceBuffers: the buffers (numel and dtype) differ across ranks", desc);
   free_retired_windows();
+  // one window, the buffers at 64-byte-aligned offsets of every rank's segment
+  std::vector<size_t> offset;
+  size_t total = 0;
+  for (auto& [numel, dt] : layout) {
+    offset.push_back(total);
+    total += (static_cast<size_t>(numel) * dtype_size(dt) + 63) / 64 * 64;
+  }
   const char* env = std::getenv("KERN_DIST_SHM");
   int ok = g_shm.usable && allow_shared_memory && !(env && std::string(env) == "0") ? 1 : 0;
+  int n = 0;
+  if (ok) MPI_Comm_size(g_shm.node, &n);
+  // OpenMPI backs the window with a file in /dev/shm: without room there for every rank's
+  // segment (a container's 64 MB default), MPI_Win_allocate_shared fails (MPI_ERR_INTERN, seen
+  // with a 12 MB /dev/shm and mlp_train's 7.4 MB bucket); take MPI_Iallreduce then.
+  struct statvfs fs {};
+  if (ok && statvfs("/dev/shm", &fs) == 0 &&
+      static_cast<double>(fs.f_bavail) * static_cast<double>(fs.f_frsize) < 1.25 * static_cast<double>(total) * n)
+    ok = 0;
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, comm()), "MPI_Allreduce");
   s_->shm = ok == 1;
   s_->started.assign(layout.size(), 0);
@@ -293,19 +310,10 @@ ReduceBuffers::ReduceBuffers(const std::vector<std::pair<int64_t, DType>>& layou
     s_->requests.assign(layout.size(), MPI_REQUEST_NULL);
     return;
   }
-  // one window, the buffers at 64-byte-aligned offsets of every rank's segment
-  std::vector<size_t> offset;
-  size_t total = 0;
-  for (auto& [numel, dt] : layout) {
-    offset.push_back(total);
-    total += (static_cast<size_t>(numel) * dtype_size(dt) + 63) / 64 * 64;
-  }
   void* mine = nullptr;
   check_mpi(MPI_Win_allocate_shared(static_cast<MPI_Aint>(std::max<size_t>(total, 64)), 64, MPI_INFO_NULL, g_shm.node,
                                     &mine, &s_->win),
             "MPI_Win_allocate_shared");
-  int n = 0;
-  MPI_Comm_size(g_shm.node, &n);
   std::vector<char*> seg(static_cast<size_t>(n));
   for (int k = 0; k < n; ++k) {
     MPI_Aint size = 0;
