@@ -104,7 +104,7 @@ Work all_reduce_async(Tensor& t);
 /// all_reduce_async's shared-memory sum; with 2 ranks that is MPI_Allreduce's result bit for
 /// bit (tested). Otherwise (or when /dev/shm, where OpenMPI puts the window, has less than
 /// 1.25x the ranks' segments free) the buffers are ordinary tensors summed by MPI_Iallreduce.
-/// Every call but buffer() is collective: every rank calls them in the same order.
+/// The constructor, start() and finish() are collective: every rank calls them in the same order.
 /// The window is freed (collectively) at the next ReduceBuffers construction or at the end of
 /// the Environment after the last tensor viewing it is gone; tensors that view a buffer must
 /// not be used after the Environment ends.
