@@ -134,33 +134,42 @@ void shm_teardown() {
   g_shm = Shm{};
 }
 
+// Collective over the node: a shared window of `bytes` per rank, locked for the loads and stores
+// of every rank; returns every rank's segment (this rank's among them).
+std::vector<char*> allocate_node_window(size_t bytes, MPI_Win* win) {
+  void* mine = nullptr;
+  check_mpi(MPI_Win_allocate_shared(static_cast<MPI_Aint>(bytes), 64, MPI_INFO_NULL, g_shm.node, &mine, win),
+            "MPI_Win_allocate_shared");
+  int n = 0;
+  MPI_Comm_size(g_shm.node, &n);
+  std::vector<char*> seg(static_cast<size_t>(n));
+  for (int k = 0; k < n; ++k) {
+    MPI_Aint size = 0;
+    int disp = 0;
+    check_mpi(MPI_Win_shared_query(*win, k, &size, &disp, &seg[static_cast<size_t>(k)]), "MPI_Win_shared_query");
+  }
+  check_mpi(MPI_Win_lock_all(MPI_MODE_NOCHECK, *win), "MPI_Win_lock_all");
+  return seg;
+}
+
+// Collective over the node: every rank's stores to `win` so far are visible to every rank.
+void window_barrier(MPI_Win win) {
+  MPI_Win_sync(win);
+  check_mpi(MPI_Barrier(g_shm.node), "MPI_Barrier");
+  MPI_Win_sync(win);
+}
+
 // Collective over the node: grows the window to hold `bytes` per rank (every rank asks for the
 // same size, since every rank starts the same reductions in the same order).
 void shm_reserve(size_t bytes) {
   if (bytes <= g_shm.cap) return;
   shm_free_window();
   const size_t cap = std::max(bytes, size_t(1) << 20);
-  void* mine = nullptr;
-  check_mpi(MPI_Win_allocate_shared(static_cast<MPI_Aint>(cap), 64, MPI_INFO_NULL, g_shm.node, &mine, &g_shm.win),
-            "MPI_Win_allocate_shared");
-  int n = 0;
-  MPI_Comm_size(g_shm.node, &n);
-  g_shm.seg.resize(static_cast<size_t>(n));
-  for (int k = 0; k < n; ++k) {
-    MPI_Aint size = 0;
-    int disp = 0;
-    check_mpi(MPI_Win_shared_query(g_shm.win, k, &size, &disp, &g_shm.seg[static_cast<size_t>(k)]),
-              "MPI_Win_shared_query");
-  }
-  check_mpi(MPI_Win_lock_all(MPI_MODE_NOCHECK, g_shm.win), "MPI_Win_lock_all");
+  g_shm.seg = allocate_node_window(cap, &g_shm.win);
   g_shm.cap = cap;
 }
 
-void shm_sync() {
-  MPI_Win_sync(g_shm.win);
-  check_mpi(MPI_Barrier(g_shm.node), "MPI_Barrier");
-  MPI_Win_sync(g_shm.win);
-}
+void shm_sync() { window_barrier(g_shm.win); }
 
 // t (contiguous float32/float64) = the sum of t over the ranks.
 void shm_sum(Tensor& t) {
@@ -310,24 +319,17 @@ ReduceBuffers::ReduceBuffers(const std::vector<std::pair<int64_t, DType>>& layou
     s_->requests.assign(layout.size(), MPI_REQUEST_NULL);
     return;
   }
-  void* mine = nullptr;
-  check_mpi(MPI_Win_allocate_shared(static_cast<MPI_Aint>(std::max<size_t>(total, 64)), 64, MPI_INFO_NULL, g_shm.node,
-                                    &mine, &s_->win),
-            "MPI_Win_allocate_shared");
-  std::vector<char*> seg(static_cast<size_t>(n));
-  for (int k = 0; k < n; ++k) {
-    MPI_Aint size = 0;
-    int disp = 0;
-    check_mpi(MPI_Win_shared_query(s_->win, k, &size, &disp, &seg[static_cast<size_t>(k)]), "MPI_Win_shared_query");
-  }
-  check_mpi(MPI_Win_lock_all(MPI_MODE_NOCHECK, s_->win), "MPI_Win_lock_all");
+  const std::vector<char*> seg = allocate_node_window(std::max<size_t>(total, 64), &s_->win);
+  int me = 0;
+  MPI_Comm_rank(g_shm.node, &me);
+  char* mine = seg[static_cast<size_t>(me)];
   s_->ref = std::make_shared<WindowRef>();
   s_->ref->id = g_next_window++;
   g_buffer_windows.push_back({s_->ref->id, s_->win});
   for (size_t b = 0; b < layout.size(); ++b) {
     const auto [numel, dt] = layout[b];
     auto storage = std::make_shared<Storage>();
-    storage->data = static_cast<char*>(mine) + offset[b];
+    storage->data = mine + offset[b];
     storage->nbytes = static_cast<size_t>(numel) * dtype_size(dt);
     storage->keepalive = s_->ref;
     std::memset(storage->data, 0, storage->nbytes);
@@ -340,10 +342,7 @@ ReduceBuffers::ReduceBuffers(const std::vector<std::pair<int64_t, DType>>& layou
     s_->bases.emplace_back();
     for (int k = 0; k < n; ++k) s_->bases.back().push_back(seg[static_cast<size_t>(k)] + offset[b]);
   }
-  // every rank's zeros are in place before anyone starts a sum
-  MPI_Win_sync(s_->win);
-  check_mpi(MPI_Barrier(g_shm.node), "MPI_Barrier");
-  MPI_Win_sync(s_->win);
+  window_barrier(s_->win);  // every rank's zeros are in place before anyone starts a sum
 }
 
 ReduceBuffers::~ReduceBuffers() = default;
@@ -371,9 +370,7 @@ void ReduceBuffers::start(size_t i) {
     return;
   }
   // every rank's buffer i is written (and the previous sums' readers are done: finish())
-  MPI_Win_sync(s_->win);
-  check_mpi(MPI_Barrier(g_shm.node), "MPI_Barrier");
-  MPI_Win_sync(s_->win);
+  window_barrier(s_->win);
   s_->unsynced = true;
   const int n = static_cast<int>(s_->bases[i].size());
   int r = 0;
@@ -410,9 +407,7 @@ void ReduceBuffers::progress() {
 void ReduceBuffers::finish() {
   if (s_->shm) {
     if (s_->unsynced) {  // every rank's part of every started sum is written
-      MPI_Win_sync(s_->win);
-      check_mpi(MPI_Barrier(g_shm.node), "MPI_Barrier");
-      MPI_Win_sync(s_->win);
+      window_barrier(s_->win);
       s_->unsynced = false;
     }
   } else {

@@ -42,12 +42,13 @@ inline Unit unit(Kernel& k, int64_t u) {
 }
 
 /// atan2(y, x) for finite y, x, written so that loops over it vectorize (std::atan2 is an
-/// opaque libm call: one element at a time, ~75% of a CNTK ReLU map). Same quadrants as
-/// std::atan2, but zeros count as positive: atan2(-0, x) = +0 and atan2(y, -0) = atan2(y, +0)
-/// (the maps never pass two zeros: ABRelu handles (0, 0) itself). Relative error within a few
-/// ulp (tested against std::atan2 through the kernel maps, tests/test_limits.cpp). Selects, not
-/// std::min/max (references) or signbit/copysign: with those GCC 12 does not vectorize. Reduction: t = min(|x|, |y|) / max(...) in
-/// [0, 1]; above tan(pi/8), atan t = pi/4 + atan((t - 1) / (t + 1)); on |u| <= tan(pi/8),
+/// opaque libm call, one element at a time). Same quadrants as std::atan2, but zeros count as
+/// positive: atan2(-0, x) = +0 and atan2(y, -0) = atan2(y, +0) (the maps never pass two zeros:
+/// ABRelu handles (0, 0) itself). Relative error within a few ulp (tested against std::atan2
+/// through the kernel maps, tests/test_limits.cpp). Selects, not std::min/max (references) or
+/// signbit/copysign: with those GCC 12 does not vectorize.
+/// Reduction: t = min(|x|, |y|) / max(...) in [0, 1]; above tan(pi/8),
+/// atan t = pi/4 + atan((t - 1) / (t + 1)); on |u| <= tan(pi/8),
 /// atan u = u + u z R(z), z = u^2, R a degree-10 least-squares fit of (atan(sqrt z)/sqrt z - 1)/z
 /// on Chebyshev nodes of [0, tan(pi/8)^2] (computed in 50-digit arithmetic; max relative error
 /// of the fit 7e-18, far below rounding).
