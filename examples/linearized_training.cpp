@@ -10,6 +10,7 @@
 // to 784), one-hot targets, MSE (kern::mse_loss, the mean over N*10), full-batch SGD with
 // learning rate lr for --steps steps on the raw parameters. The network is the finite twin of
 //   limits: Dense(W_std 1.5, b_std 0.05) Relu Dense(1.5, 0.05) Relu Dense(1.5, 0.05)
+// (--activation erf: Erf in place of Relu, neural-tangents' cookbook network)
 // (784 -> w -> w -> 10, NTK parameterization, float32). Outputs are compared on the first
 // --test test images. lr is --lr-fraction * (N O) / (2 lambda_max) with lambda_max the top
 // eigenvalue of the analytic train NTK, so the stiffest mode shrinks by 1 - lr-fraction per
@@ -37,7 +38,7 @@
 //
 //   linearized_training [--train 256] [--test 128] [--steps 300] [--width 2048]
 //       [--widths 128,256,512,1024,2048] [--seeds 8] [--ens-width 1024] [--lr-fraction 1.0]
-//       [--threads 2] [--out run/linearized_training]
+//       [--activation relu|erf] [--threads 2] [--out run/linearized_training]
 //   -> run/linearized_training/linearized_training.json; plot:
 //      python3 tools/plot_linearized_training.py run/linearized_training/linearized_training.json
 //          -o docs/figures/linearized_training.png
@@ -181,7 +182,9 @@ int main(int argc, char** argv) {
   int steps = 300, seeds = 8, threads = 2;
   double lr_fraction = 1.0;
   std::vector<int64_t> widths{128, 256, 512, 1024, 2048};
-  std::string out = "run/linearized_training";
+  std::string out = "run/linearized_training", activation = "relu";
+  app.add_option("--activation", activation, "relu, or erf (neural-tangents' cookbook network)")
+      ->check(CLI::IsMember({"relu", "erf"}));
   app.add_option("--train", n_train)->check(CLI::Range(10, 60000));
   app.add_option("--test", n_test)->check(CLI::Range(10, 10000));
   app.add_option("--steps", steps)->check(CLI::Range(10, 1000000));
@@ -201,7 +204,8 @@ int main(int argc, char** argv) {
   Data d{standardize_flat(trs.x), kern::one_hot(trs.y, 10).to(kern::DType::Float32), standardize_flat(tes.x)};
 
   const L::DenseOptions dense{.W_std = 1.5, .b_std = 0.05};
-  auto arch = L::serial({L::Dense(dense), L::Relu(), L::Dense(dense), L::Relu(), L::Dense(dense)});
+  auto act = [&] { return activation == "erf" ? L::Erf() : L::Relu(); };
+  auto arch = L::serial({L::Dense(dense), act(), L::Dense(dense), act(), L::Dense(dense)});
 
   // analytic kernels (float64)
   Tensor xtr64 = d.xtr.to(kern::DType::Float64), xte64 = d.xte.to(kern::DType::Float64);
