@@ -196,6 +196,15 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads)->check(CLI::Range(1, 256));
   app.add_option("--out", out);
   CLI11_PARSE(app, argc, argv);
+  // the main width is one of the widths of (2)
+  if (std::find(widths.begin(), widths.end(), width) == widths.end()) widths.push_back(width);
+  std::sort(widths.begin(), widths.end());
+  widths.erase(std::unique(widths.begin(), widths.end()), widths.end());
+  if (widths.size() < 2 || widths.front() < 8) {
+    fmt::print(stderr, "linearized_training: --widths needs two or more widths >= 8 for the slope of (2), got {}\n",
+               fmt::join(widths, ","));
+    return 2;
+  }
   kern::set_num_threads(threads);
   auto t_start = Clock::now();
 
@@ -221,8 +230,6 @@ int main(int argc, char** argv) {
   cps.push_back(steps);
 
   // (1) + (2): net vs linearized net, per width (the main width included)
-  if (std::find(widths.begin(), widths.end(), width) == widths.end()) widths.push_back(width);
-  std::sort(widths.begin(), widths.end());
   std::vector<WidthResult> per_width;
   for (int64_t w : widths) per_width.push_back(net_vs_lin(arch, d, w, lr, steps, cps));
   std::vector<double> wx, final_rel, sup_rel;
@@ -324,7 +331,7 @@ int main(int argc, char** argv) {
   std::filesystem::create_directories(out);
   const std::string path = out + "/linearized_training.json";
   std::ofstream f(path);
-  f << "{\"train\": " << n_train << ", \"test\": " << n_test << ", \"lr\": " << lr << ", \"width\": " << width
+  f << "{\"activation\": \"" << activation << "\", \"train\": " << n_train << ", \"test\": " << n_test << ", \"lr\": " << lr << ", \"width\": " << width
     << ", \"ens_width\": " << ens_width << ", \"seeds\": " << seeds << ", \"slope\": " << slope
     << ", \"checkpoints\": " << fmt::format("[{}]", fmt::join(cps, ", "))
     << ", \"loss_net\": " << json_array(main_run->net.loss) << ", \"loss_lin\": " << json_array(main_run->lin.loss)

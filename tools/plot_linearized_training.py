@@ -4,9 +4,11 @@
 difference |f - f_lin| / |f| (max over checkpoints) against width, log-log, with its slope and a
 width^-1/2 guide, (c) the infinite-width predicted mean of three test outputs against training
 time (lines) and the trained ensemble's mean (dots; bars: the ensemble mean's standard error
-predicted by the NTK-GP covariance).
+predicted by the NTK-GP covariance). With --also, a second run (e.g. the Erf network) is drawn
+in panels (a) and (b) next to the first.
 
     plot_linearized_training.py run/linearized_training/linearized_training.json
+        [--also run/linearized_training_erf/linearized_training.json]
         [-o docs/figures/linearized_training.png]
 """
 import argparse
@@ -23,24 +25,33 @@ import matplotlib.pyplot as plt  # noqa: E402
 plt.style.use(os.path.join(os.path.dirname(os.path.abspath(__file__)), "kern.mplstyle"))
 
 
+def load(path):
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        for key in ("loss_net", "loss_lin", "widths", "sup_rel", "slope", "width", "train"):
+            d[key]
+        return d
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"plot_linearized_training: cannot read {path}: {e}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json")
+    ap.add_argument("--also", default=None, help="a second run drawn in panels (a) and (b)")
     ap.add_argument("-o", "--out", default=None)
     args = ap.parse_args()
-    try:
-        with open(args.json) as f:
-            d = json.load(f)
-        loss_net, loss_lin = d["loss_net"], d["loss_lin"]
-        widths, sup_rel = d["widths"], d["sup_rel"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        sys.exit(f"plot_linearized_training: cannot read {args.json}: {e}")
+    d = load(args.json)
+    runs = [d] + ([load(args.also)] if args.also else [])
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
 
     ax = axes[0]
-    steps = list(range(len(loss_net)))
-    ax.plot(steps, loss_net, color="C0", label=f"network (width {d['width']})")
-    ax.plot(steps, loss_lin, "--", color="C1", label="linearization")
+    for k, r in enumerate(runs):
+        name = {"relu": "ReLU", "erf": "Erf"}.get(r.get("activation", "relu"), r.get("activation"))
+        steps = list(range(len(r["loss_net"])))
+        ax.plot(steps, r["loss_net"], color=f"C{2 * k}", label=f"{name} network (width {r['width']})")
+        ax.plot(steps, r["loss_lin"], "--", color=f"C{2 * k + 1}", label=f"{name} linearization")
     ax.set_yscale("log")
     ax.set_xlabel("SGD step")
     ax.set_ylabel("train MSE")
@@ -48,15 +59,18 @@ def main():
     ax.legend()
 
     ax = axes[1]
-    ax.plot(widths, sup_rel, "o-", color="C0", label=f"max$_t$ |f - f$_{{lin}}$| / |f|: slope {d['slope']:.2f}")
-    lx = sum(math.log(x) for x in widths) / len(widths)
-    ly = sum(math.log(y) for y in sup_rel) / len(sup_rel)
-    ax.plot(widths, [math.exp(ly - 0.5 * (math.log(x) - lx)) for x in widths], "--", color="C0", alpha=0.5,
-            linewidth=1, label="width$^{-1/2}$")
+    for k, r in enumerate(runs):
+        name = {"relu": "ReLU", "erf": "Erf"}.get(r.get("activation", "relu"), r.get("activation"))
+        widths, sup_rel = r["widths"], r["sup_rel"]
+        ax.plot(widths, sup_rel, "o-", color=f"C{2 * k}", label=f"{name}: slope {r['slope']:.2f}")
+        lx = sum(math.log(x) for x in widths) / len(widths)
+        ly = sum(math.log(y) for y in sup_rel) / len(sup_rel)
+        ax.plot(widths, [math.exp(ly - 0.5 * (math.log(x) - lx)) for x in widths], "--", color=f"C{2 * k}",
+                alpha=0.5, linewidth=1, label="width$^{-1/2}$" if k == 0 else None)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("width")
-    ax.set_ylabel("relative test output difference")
+    ax.set_ylabel("max$_t$ |f - f$_{lin}$| / |f| on test")
     ax.set_title("(b) network vs linearization")
     ax.legend()
 
