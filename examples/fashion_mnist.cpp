@@ -20,9 +20,8 @@
 #include <kern/autocast.hpp>
 #include <kern/kern.hpp>
 #include <kern/optim/optim.hpp>
-#ifdef KERN_EXAMPLE_DIST
-#include <kern/dist/ddp.hpp>
-#endif
+
+#include "ddp_setup.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -111,18 +110,9 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
 
-#ifdef KERN_EXAMPLE_DIST
-  std::optional<kern::dist::Environment> env;
-  if (ddp) env.emplace(argc, argv);
-  const int rank = ddp ? kern::dist::rank() : 0, ranks = ddp ? kern::dist::world_size() : 1;
-  if (ddp && app.count("--threads") == 0) threads = 1;
-#else
-  if (ddp) {
-    fmt::print(stderr, "fashion_mnist: error: --ddp: this kern was built without MPI (KERN_WITH_MPI=OFF)\n");
-    return 1;
-  }
-  const int rank = 0, ranks = 1;
-#endif
+  examples::Ranks job;
+  if (!examples::start_ranks("fashion_mnist", ddp, app.count("--threads") > 0, argc, argv, threads, job)) return 1;
+  const int rank = job.rank, ranks = job.world;
   try {
     check_writable_dir(out_dir);
     KERN_CHECK(batch_size % ranks == 0, "--batch-size ", batch_size, " is not divisible by the ", ranks, " ranks");
@@ -141,9 +131,7 @@ int main(int argc, char** argv) {
     kern::optim::SGD opt(model->parameters(), {.lr = lr, .momentum = momentum, .weight_decay = weight_decay});
     // --ddp: this rank's shard of each epoch, in batches of batch_size / ranks
     kern::data::DistributedSampler sampler(train.size(), {.num_replicas = ranks, .rank = rank, .seed = seed});
-#ifdef KERN_EXAMPLE_DIST
-    if (ddp) net = std::make_shared<nn::DistributedDataParallel>(model);
-#endif
+    net = examples::wrap_ddp(job, model);
     const int64_t steps_per_epoch =
         ddp ? static_cast<int64_t>(sampler.batches(batch_size / ranks).size()) : loader.size();
     kern::optim::CosineAnnealingLR schedule(opt, epochs * steps_per_epoch);
@@ -200,10 +188,6 @@ int main(int argc, char** argv) {
     fmt::print("test accuracy: {:.4f}\n", accuracy);
     return 0;
   } catch (const std::exception& e) {
-#ifdef KERN_EXAMPLE_DIST
-    if (ddp) kern::dist::abort(fmt::format("fashion_mnist: error: {}", e.what()));  // ends every rank
-#endif
-    fmt::print(stderr, "fashion_mnist: error: {}\n", e.what());
-    return 1;
+    return examples::fail("fashion_mnist", job, e);
   }
 }

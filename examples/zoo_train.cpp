@@ -29,6 +29,7 @@
 #include <kern/tools/preconditioned.hpp>
 #include <kern/tools/tracker.hpp>
 
+#include "ddp_setup.hpp"
 #include "zoo_data.hpp"
 
 #include <chrono>
@@ -37,9 +38,6 @@
 #include <memory>
 #include <optional>
 
-#ifdef KERN_EXAMPLE_DIST
-#include <kern/dist/ddp.hpp>
-#endif
 
 namespace nn = kern::nn;
 namespace tools = kern::tools;
@@ -90,18 +88,9 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-#ifdef KERN_EXAMPLE_DIST
-  std::optional<kern::dist::Environment> env;
-  if (ddp) env.emplace(argc, argv);
-  const int rank = ddp ? kern::dist::rank() : 0, ranks = ddp ? kern::dist::world_size() : 1;
-  if (ddp && app.count("--threads") == 0) threads = 1;
-#else
-  if (ddp) {
-    fmt::print(stderr, "zoo_train: error: --ddp: this kern was built without MPI (KERN_WITH_MPI=OFF)\n");
-    return 1;
-  }
-  const int rank = 0, ranks = 1;
-#endif
+  examples::Ranks job;
+  if (!examples::start_ranks("zoo_train", ddp, app.count("--threads") > 0, argc, argv, threads, job)) return 1;
+  const int rank = job.rank, ranks = job.world;
   try {
     if (list) {
       for (const auto& name : kern::models::list_models()) fmt::print("{}\n", name);
@@ -127,12 +116,8 @@ int main(int argc, char** argv) {
     std::shared_ptr<nn::Module> net = model;  // what training forwards run: the model, or DDP around it
     // --ddp: this rank's shard of each epoch, in batches of batch_size / ranks
     kern::data::DistributedSampler sampler(train.size(), {.num_replicas = ranks, .rank = rank, .seed = seed});
-#ifdef KERN_EXAMPLE_DIST
-    if (ddp) {
-      net = std::make_shared<nn::DistributedDataParallel>(model);  // rank 0's initial weights
-      kern::manual_seed(seed + 7919 * static_cast<uint64_t>(rank));  // per-rank drop-path masks
-    }
-#endif
+    net = examples::wrap_ddp(job, model);                                   // rank 0's initial weights
+    if (ddp) kern::manual_seed(seed + 7919 * static_cast<uint64_t>(rank));  // per-rank drop-path masks
     const int64_t steps_per_epoch =
         ddp ? static_cast<int64_t>(sampler.batches(batch_size / ranks).size()) : loader.size();
     const int64_t total_steps = epochs * steps_per_epoch;
@@ -173,13 +158,7 @@ int main(int argc, char** argv) {
         Tensor loss = kern::cross_entropy((*net)(prepare(x, norm)), y);
         opt.zero_grad();
         loss.backward();
-        Tensor recorded = loss.detach();
-#ifdef KERN_EXAMPLE_DIST
-        if (ddp) {  // the global batch's mean loss (equal shards), on every rank
-          recorded = recorded.reshape({1}).contiguous().clone();
-          kern::dist::all_reduce(recorded, kern::dist::ReduceOp::Mean);
-        }
-#endif
+        Tensor recorded = examples::mean_over_ranks(job, loss.detach());  // the global batch's mean loss
         if (tracker_storage) {
           tracker_storage->set_lr(opt.lr());
           tracker_storage->step(recorded);  // after backward: grad norms refer to this step's gradient
@@ -216,10 +195,6 @@ int main(int argc, char** argv) {
     fmt::print("test accuracy: {:.4f}\n", accuracy);
     return 0;
   } catch (const std::exception& e) {
-#ifdef KERN_EXAMPLE_DIST
-    if (ddp) kern::dist::abort(fmt::format("zoo_train: error: {}", e.what()));  // ends every rank
-#endif
-    fmt::print(stderr, "zoo_train: error: {}\n", e.what());
-    return 1;
+    return examples::fail("zoo_train", job, e);
   }
 }
