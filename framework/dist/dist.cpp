@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -254,11 +255,17 @@ Work all_reduce_async(Tensor& t) {
              "dist::all_reduce_async: expected a contiguous float tensor, got ",
              t.defined() ? describe(t.dtype(), t.shape()) : std::string("undefined"));
   Work w;
-  if (detail::shm_usable() && (t.dtype() == DType::Float32 || t.dtype() == DType::Float64)) {
-    detail::shm_sum(t);  // now, on every rank in the same order: a finished Work
+  // now, on every rank in the same order: a finished Work; false on every rank when the
+  // window cannot grow to t (too little room in /dev/shm): MPI_Iallreduce below
+  if (detail::shm_usable() && (t.dtype() == DType::Float32 || t.dtype() == DType::Float64) &&
+      detail::shm_sum(t)) {
     t.bump_version();
     return w;
   }
+  KERN_CHECK(t.numel() <= std::numeric_limits<int>::max(), "dist::all_reduce_async: ", describe(t.dtype(), t.shape()),
+             " has more elements than MPI_Iallreduce takes (2^31 - 1)",
+             detail::shm_usable() ? " and /dev/shm has no room for its shared-memory window" : "",
+             "; reduce it in parts");
   auto* req = new MPI_Request;
   int rc = MPI_Iallreduce(MPI_IN_PLACE, t.raw_data(), static_cast<int>(t.numel()),
                           mpi_type(t.dtype(), "all_reduce_async"), MPI_SUM, comm(), req);

@@ -30,7 +30,9 @@ bool shm_usable();
 /// the node communicator (collective).
 void shm_teardown();
 /// Collective over the node: t (contiguous float32/float64) = the sum of t over the ranks,
-/// through all_reduce_async's window.
-void shm_sum(Tensor& t);
+/// through all_reduce_async's window. Returns false on every rank, t untouched, when the
+/// window cannot grow to t's size (too little room in /dev/shm on some rank): the caller
+/// reduces otherwise (MPI_Iallreduce).
+bool shm_sum(Tensor& t);
 
 }  // namespace kern::dist::detail

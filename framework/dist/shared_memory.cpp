@@ -52,12 +52,43 @@ void shm_teardown_window() {
   g_shm = Shm{};
 }
 
+// Free bytes in /dev/shm, where OpenMPI backs a shared window with a file (-1: unknown).
+double dev_shm_free() {
+  struct statvfs fs {};
+  if (statvfs("/dev/shm", &fs) != 0) return -1;
+  return static_cast<double>(fs.f_bavail) * static_cast<double>(fs.f_frsize);
+}
+
+// What the room check believes: KERN_DIST_SHM_FREE=<bytes> replaces dev_shm_free() (tests:
+// "too small" on some ranks).
+double shm_free_bytes() {
+  if (const char* v = std::getenv("KERN_DIST_SHM_FREE")) return std::strtod(v, nullptr);
+  return dev_shm_free();
+}
+
+// This rank's view: is there room in /dev/shm for a window of `bytes` per rank over n ranks,
+// after `reclaimed` bytes (a window freed first) come back? Without room for every rank's
+// segment (a container's 64 MB default), MPI_Win_allocate_shared fails (MPI_ERR_INTERN, seen
+// with a 12 MB /dev/shm and mlp_train's 7.4 MB bucket); 1.25x leaves room for OpenMPI's own
+// segments. Unknown free space counts as room. Not collective: the callers take the minimum
+// over the ranks, so that every rank takes the same branch.
+bool shm_room(size_t bytes, int n, size_t reclaimed = 0) {
+  const double avail = shm_free_bytes();
+  return avail < 0 || avail + static_cast<double>(reclaimed) >= 1.25 * static_cast<double>(bytes) * n;
+}
+
 // Collective over the node: a shared window of `bytes` per rank, locked for the loads and stores
 // of every rank; returns every rank's segment (this rank's among them).
 std::vector<char*> allocate_node_window(size_t bytes, MPI_Win* win) {
   void* mine = nullptr;
-  check_mpi(MPI_Win_allocate_shared(static_cast<MPI_Aint>(bytes), 64, MPI_INFO_NULL, g_shm.node, &mine, win),
-            "MPI_Win_allocate_shared");
+  const int rc = MPI_Win_allocate_shared(static_cast<MPI_Aint>(bytes), 64, MPI_INFO_NULL, g_shm.node, &mine, win);
+  if (rc != MPI_SUCCESS) {  // the room check passed, yet it failed (/dev/shm filled meanwhile?)
+    const double avail = dev_shm_free();
+    check_mpi(rc, fmt::format("MPI_Win_allocate_shared ({} bytes per rank; /dev/shm, where OpenMPI puts the "
+                              "window, has {} bytes free; KERN_DIST_SHM=0 avoids shared memory)",
+                              bytes, avail < 0 ? std::string("?") : fmt::format("{:.0f}", avail))
+                      .c_str());
+  }
   int n = 0;
   MPI_Comm_size(g_shm.node, &n);
   std::vector<char*> seg(static_cast<size_t>(n));
@@ -78,25 +109,37 @@ void window_barrier(MPI_Win win) {
 }
 
 // Collective over the node: grows the window to hold `bytes` per rank (every rank asks for the
-// same size, since every rank starts the same reductions in the same order).
-void shm_reserve(size_t bytes) {
-  if (bytes <= g_shm.cap) return;
-  shm_free_window();
+// same size, since every rank starts the same reductions in the same order), or returns false
+// on every rank when some rank sees too little room in /dev/shm (the window is then kept as it
+// is, for smaller sums). The decision is an all-reduce over the node, so every rank takes the
+// same branch (a rank deciding alone would sum through the window while another waits in
+// MPI_Iallreduce: a hang). Reached on every rank or none (all_reduce_async's shared-memory path
+// depends only on shm_usable() and the dtype, the same everywhere), never after teardown.
+bool shm_reserve(size_t bytes) {
+  if (bytes <= g_shm.cap) return true;
   const size_t cap = std::max(bytes, size_t(1) << 20);
+  int n = 0;
+  MPI_Comm_size(g_shm.node, &n);
+  int ok = shm_room(cap, n, g_shm.cap * static_cast<size_t>(n)) ? 1 : 0;
+  check_mpi(MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, g_shm.node), "MPI_Allreduce");
+  if (!ok) return false;
+  shm_free_window();
   g_shm.seg = allocate_node_window(cap, &g_shm.win);
   g_shm.cap = cap;
+  return true;
 }
 
 void shm_sync() { window_barrier(g_shm.win); }
 
 }  // namespace
 
-// t (contiguous float32/float64) = the sum of t over the ranks.
-void detail::shm_sum(Tensor& t) {
+// t (contiguous float32/float64) = the sum of t over the ranks; false (on every rank, t
+// untouched) when the window cannot grow to t.
+bool detail::shm_sum(Tensor& t) {
   const int64_t numel = t.numel();
-  if (numel == 0) return;
+  if (numel == 0) return true;
   const size_t elem = dtype_size(t.dtype());
-  shm_reserve(static_cast<size_t>(numel) * elem);
+  if (!shm_reserve(static_cast<size_t>(numel) * elem)) return false;
   int n = 0, r = 0;
   MPI_Comm_size(g_shm.node, &n);
   MPI_Comm_rank(g_shm.node, &r);
@@ -125,6 +168,7 @@ void detail::shm_sum(Tensor& t) {
     std::memcpy(dst + lo * elem, g_shm.seg[static_cast<size_t>(k)] + lo * elem, static_cast<size_t>(hi - lo) * elem);
   }
   shm_sync();  // nobody rewrites its segment while another still copies from it
+  return true;
 }
 
 // ---- ReduceBuffers (see dist.hpp): one node-shared window per ReduceBuffers, kept in a
@@ -247,13 +291,7 @@ ReduceBuffers::ReduceBuffers(const std::vector<std::pair<int64_t, DType>>& layou
   int ok = g_shm.usable && allow_shared_memory && !(env && std::string(env) == "0") ? 1 : 0;
   int n = 0;
   if (ok) MPI_Comm_size(g_shm.node, &n);
-  // OpenMPI backs the window with a file in /dev/shm: without room there for every rank's
-  // segment (a container's 64 MB default), MPI_Win_allocate_shared fails (MPI_ERR_INTERN, seen
-  // with a 12 MB /dev/shm and mlp_train's 7.4 MB bucket); take MPI_Iallreduce then.
-  struct statvfs fs {};
-  if (ok && statvfs("/dev/shm", &fs) == 0 &&
-      static_cast<double>(fs.f_bavail) * static_cast<double>(fs.f_frsize) < 1.25 * static_cast<double>(total) * n)
-    ok = 0;
+  if (ok && !shm_room(total, n)) ok = 0;  // too little room in /dev/shm: MPI_Iallreduce
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, comm()), "MPI_Allreduce");
   s_->shm = ok == 1;
   s_->started.assign(layout.size(), 0);

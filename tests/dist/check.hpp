@@ -68,6 +68,28 @@ class ShmOff {
   bool off_;
   std::optional<std::string> prev_;
 };
+// KERN_DIST_SHM_FREE=<bytes> while it lives (when `on`), then the previous value back: the room
+// check of the shared-memory windows (all_reduce_async's, ReduceBuffers') believes /dev/shm has
+// that much free.
+class ShmFree {
+ public:
+  ShmFree(const std::string& bytes, bool on = true) : on_(on) {
+    if (!on_) return;
+    if (const char* v = std::getenv("KERN_DIST_SHM_FREE")) prev_ = v;
+    setenv("KERN_DIST_SHM_FREE", bytes.c_str(), 1);
+  }
+  ~ShmFree() {
+    if (!on_) return;
+    if (prev_) setenv("KERN_DIST_SHM_FREE", prev_->c_str(), 1);
+    else unsetenv("KERN_DIST_SHM_FREE");
+  }
+  ShmFree(const ShmFree&) = delete;
+  ShmFree& operator=(const ShmFree&) = delete;
+
+ private:
+  bool on_;
+  std::optional<std::string> prev_;
+};
 // Shared memory expected by default: one node, and KERN_DIST_SHM is not 0 for the whole run.
 inline bool shm_expected() {
   const char* v = std::getenv("KERN_DIST_SHM");

@@ -118,6 +118,61 @@ void async_all_reduce() {
   }
 }
 
+// all_reduce_async when its window cannot grow: KERN_DIST_SHM_FREE=0 makes the room check see
+// a full /dev/shm, on every rank and then on the last rank only (the decision must be the
+// same on every rank: a rank summing through the window while another waits in MPI_Iallreduce
+// hangs, which ctest's timeout turns into a failure). Sums larger than the window must take
+// MPI_Iallreduce (a pending Work) and sums that fit the window still go through it (a finished
+// Work); in flight together, every result equals MPI_Allreduce's (dist::all_reduce) bit for
+// bit on every rank. With room again, the window grows. ReduceBuffers takes MPI_Iallreduce under
+// the same check. (Without the check, a 12 MB /dev/shm made the 24 MB window fail with
+// MPI_ERR_INTERN: small_shm.sh runs async_all_reduce in one.)
+void async_all_reduce_no_room() {
+  const int r = dist::rank(), n = dist::world_size();
+  const bool shm = shm_expected();
+  uint64_t seed = 0;
+  // sums of these sizes started together; pending: MPI_Iallreduce expected
+  auto sums = [&](const std::vector<std::pair<int64_t, DType>>& sizes, const std::vector<bool>& pending,
+                  const std::string& when) {
+    std::vector<Tensor> mine, want;
+    std::vector<dist::Work> works;
+    for (auto [numel, dt] : sizes) {
+      Generator gen(7000 + 10 * seed++ + static_cast<uint64_t>(r));
+      Tensor t = randn({numel}, dt, &gen);
+      Tensor ref = t.clone();
+      dist::all_reduce(ref);
+      want.push_back(ref);
+      mine.push_back(t);
+    }
+    for (size_t i = 0; i < mine.size(); ++i) {
+      works.push_back(dist::all_reduce_async(mine[i]));
+      DCHECK(works.back().pending() == (pending[i] || !shm), when, ": sum ", i, " of ", sizes[i].first,
+             " elements: expected ", pending[i] || !shm ? "MPI_Iallreduce (a pending Work)" : "the window (a finished Work)");
+    }
+    for (auto& w : works) w.wait();
+    for (size_t i = 0; i < mine.size(); ++i) {
+      DCHECK(maxdiff(mine[i], want[i]) == 0.0, when, ": sum ", i, " differs from MPI_Allreduce's");
+      auto parts = dist::all_gather(mine[i]);
+      for (int q = 1; q < n; ++q) DCHECK(maxdiff(parts[0], parts[q]) == 0.0, when, ": sum ", i, " differs between ranks");
+    }
+  };
+  // large: 36 MB in float64, 32 MB in float32, larger than any window so far (async_all_reduce
+  // leaves 24 MB per rank when kern_dist_tests runs every test)
+  const int64_t small = 1000, large = 4500000, large32 = 8000000;
+  sums({{small, DType::Float32}}, {false}, "with room");  // the window exists (>= 1 MiB per rank)
+  for (bool all_ranks : {true, false}) {
+    ShmFree full("0", all_ranks || r == n - 1);
+    const std::string when = all_ranks ? "no room on any rank" : "no room on the last rank";
+    sums({{small, DType::Float64}, {large, DType::Float64}, {small, DType::Float32}, {large32, DType::Float32},
+          {0, DType::Float64}},
+         {false, true, false, true, false}, when);
+    dist::ReduceBuffers b({{small, DType::Float32}});
+    DCHECK(!b.shared_memory(), when, ": ReduceBuffers must take MPI_Iallreduce");
+  }
+  // room again: a sum past the window grows it (8 MB per rank: fits a container's /dev/shm)
+  sums({{2000000, DType::Float32}, {small, DType::Float64}}, {false, false}, "room again");
+}
+
 // ReduceBuffers (DDP's buckets), in node shared memory (summed in place in every rank's
 // buffer) and over MPI_Iallreduce (allow_shared_memory = false): several buffers of both
 // dtypes, sizes around the part boundaries and an empty one, three rounds of new values
@@ -219,6 +274,10 @@ Register r5("async_all_reduce", [] {
   async_all_reduce();
   reduce_buffers();
 });
+Register r6("async_all_reduce_no_room", async_all_reduce_no_room);
+// async_all_reduce's sums alone, for small_shm.sh (a 12 MB /dev/shm, where ReduceBuffers' test
+// would expect shared memory in vain)
+Register r7("async_sums", async_all_reduce);
 Register r2("mismatch", mismatch);
 Register r3("functional_all_reduce", functional_all_reduce);
 Register r4("sampler", sampler);

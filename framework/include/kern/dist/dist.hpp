@@ -70,7 +70,13 @@ void barrier();
 /// shared-memory window (while the gradients are still in cache; OpenMPI's MPI_Iallreduce
 /// progresses only inside MPI calls, so it overlapped little, and its copies were slower) and
 /// returns a finished Work; otherwise it starts an MPI_Iallreduce. KERN_DIST_SHM=0 forces
-/// MPI_Iallreduce. Every rank must start its reductions in the same order. Unchecked (no header exchange): the
+/// MPI_Iallreduce. The window (kept for the Environment's lifetime) grows to the largest tensor
+/// summed so far; when some rank finds less than 1.25x the ranks' new segments free in /dev/shm
+/// (where OpenMPI puts the window; a container's default is 64 MB), every rank starts an
+/// MPI_Iallreduce for that tensor instead (a pending Work) and keeps the window for smaller
+/// ones. KERN_DIST_SHM_FREE=<bytes> makes the room check believe /dev/shm has that much free
+/// (for tests). A tensor of more than 2^31 - 1 elements that does not go through the window is
+/// an error (MPI's int count). Every rank must start its reductions in the same order. Unchecked (no header exchange): the
 /// caller guarantees identical shapes and dtypes on every rank (DistributedDataParallel's
 /// buckets, which are checked once at construction).
 class Work {
@@ -103,7 +109,8 @@ Work all_reduce_async(Tensor& t);
 /// the buffer over the ranks in rank order (((b_0 + b_1) + b_2) + ...), the same order as
 /// all_reduce_async's shared-memory sum; with 2 ranks that is MPI_Allreduce's result bit for
 /// bit (tested). Otherwise (or when /dev/shm, where OpenMPI puts the window, has less than
-/// 1.25x the ranks' segments free) the buffers are ordinary tensors summed by MPI_Iallreduce.
+/// 1.25x the ranks' segments free on some rank; KERN_DIST_SHM_FREE as for all_reduce_async)
+/// the buffers are ordinary tensors summed by MPI_Iallreduce.
 /// The constructor, start() and finish() are collective: every rank calls them in the same order.
 /// The window is freed (collectively) at the next ReduceBuffers construction or at the end of
 /// the Environment after the last tensor viewing it is gone; tensors that view a buffer must
