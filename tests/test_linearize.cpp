@@ -302,6 +302,12 @@ TEST_CASE("linearize: bad params0 and inputs are errors naming the parameter", "
   Tensor x = zeros({2, 3}, DType::Float64).requires_grad_(true);
   CHECK_THROWS_WITH((*lin)(x), Catch::Contains("Linearized") && Catch::Contains("input"));
   CHECK_THROWS_AS((*lin)(zeros({2, 4}, DType::Float64)), Error);
+
+  // to(dtype) converts theta only: forward names the parameter instead of mixing dtypes
+  lin->to(DType::Float32);
+  CHECK_THROWS_WITH((*lin)(zeros({2, 3}, DType::Float32)),
+                    Catch::Contains("Linearized: parameter '0.weight' is float32") &&
+                        Catch::Contains("theta0 and the model are float64"));
 }
 
 TEST_CASE("linearize: tools::ntk of the linearized model is the model's NTK at theta0, at any theta",

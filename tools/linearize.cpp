@@ -142,6 +142,10 @@ Tensor Linearized::forward(const Tensor& x) {
   {
     NoGradGuard ng;
     for (auto& [n, t0] : params0_) {
+      // Module::to converts theta (this module's parameters) but not theta0 or the model
+      KERN_CHECK(current.at(n).dtype() == t0.dtype(), "Linearized: parameter '", n, "' is ",
+                 current.at(n).dtype(), " but theta0 and the model are ", t0.dtype(),
+                 ": to(dtype) does not reach them; convert the model before linearize(model)");
       names.push_back(n);
       p0.push_back(t0);
       theta.push_back(current.at(n));

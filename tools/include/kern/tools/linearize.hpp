@@ -21,12 +21,13 @@
 // Its backward is exact: the gradient with respect to theta is J^T g, one kern::vjp at theta0
 // with the incoming gradient g (recorded with create_graph, so f_lin differentiates to any
 // order: e.g. its Hessian is the Gauss-Newton matrix of f at theta0). Cost per training step:
-// a jvp and a vjp of f (today jvp = two reverse passes; kern::jvp gets forward mode without an
-// API change).
+// a forward-mode jvp and a vjp of f (2.15x a step of the network itself for the width-2048
+// MLP of examples/linearized_training).
 //
 // Limits: x gets no gradient (an input that requires grad is an error rather than a silent
 // zero); buffers (BatchNorm statistics) are the model's own at call time; call
-// lin->train()/eval() to set the model's mode too.
+// lin->train()/eval() to set the model's mode too; lin->to(dtype) reaches theta only, so
+// forward then throws naming the parameter: convert the model before linearizing it.
 //
 // Errors (kern::Error, before anything is copied): params0 names that the model does not
 // have, model parameters missing from params0, duplicates, and shape/dtype mismatches are
