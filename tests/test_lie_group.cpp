@@ -4,6 +4,7 @@
 #include "gradcheck.hpp"
 
 #include <catch2/catch.hpp>
+#include <kern/forward_ad.hpp>
 #include <kern/kern.hpp>
 #include <kern/models/lie_group.hpp>
 
@@ -189,6 +190,30 @@ TEST_CASE("polar, xi and xi^-1 are differentiable (float64 gradcheck, gradgradch
   KERN_GRADCHECK(fxi, {v0});
   Fn fh = [](const std::vector<Tensor>& x) { return lie::haar_density(x[0], lie::Group::SL2); };
   KERN_GRADCHECK(fh, {randn({4, 3}, F64, &gen)});
+}
+
+TEST_CASE("xi^-1 runs in forward mode with native rules only, equal to the double-vjp jvp", "[lie][jvp]") {
+  Generator gen(17);
+  const Tensor g = random_glp(3, gen) + 2.0 * eye(2, F64);  // the points of the gradcheck above
+  const Tensor t = randn({3, 2, 2}, F64, &gen);
+  TensorFn f = [](const std::vector<Tensor>& x) { return lie::xi_inv(x[0], lie::Group::GL2); };
+  const auto ref = jvp_double_vjp(f, {g}, {t});
+  forward_ad::Stats st;
+  Tensor tangent;
+  {
+    EnableGradGuard eg;
+    forward_ad::DualLevel level;
+    tangent = forward_ad::tangent(f({forward_ad::make_dual(g, t)}));
+    st = forward_ad::stats();
+  }
+  REQUIRE(st.native.count("lie_atan2") == 1);
+  for (auto& [name, n] : st.fallback) INFO("op on the double-vjp fallback: " << name);
+  REQUIRE(st.fallback.empty());
+  REQUIRE(tangent.defined());
+  REQUIRE(std::isfinite(sum(abs(ref.tangent_out)).item()));
+  const double err = max(abs(tangent - ref.tangent_out)).item();
+  INFO("max |forward - double-vjp| = " << err);
+  REQUIRE(err < 1e-12 * (1.0 + max(abs(ref.tangent_out)).item()));
 }
 
 TEST_CASE("lie machinery rejects bad input", "[lie]") {

@@ -4,6 +4,7 @@
 
 #include <kern/autograd.hpp>
 #include <kern/error.hpp>
+#include <kern/forward_ad.hpp>
 #include <kern/ops.hpp>
 
 #include <algorithm>
@@ -89,7 +90,8 @@ Tensor atan2(const Tensor& y, const Tensor& x) {
   if (x.dtype() == DType::Float64) run.template operator()<double>();
   else if (x.dtype() == DType::Float32) run.template operator()<float>();
   else KERN_CHECK(false, "lie::atan2: dtype ", x.dtype(), " is not supported (float32/float64)");
-  // d atan2(y, x) = (x dy - y dx) / (x^2 + y^2), written with differentiable ops.
+  // d atan2(y, x) = (x dy - y dx) / (x^2 + y^2), written with differentiable ops: the
+  // backward gives (g x, -g y) / r^2, the forward rule (x t_y - y t_x) / r^2.
   return record_op(
       "lie_atan2", out, {y, x},
       [](const BackwardContext& c) {
@@ -98,7 +100,12 @@ Tensor atan2(const Tensor& y, const Tensor& x) {
         const Tensor gr = c.grad / (xx * xx + yy * yy);
         return std::vector<Tensor>{gr * xx, -(gr * yy)};
       },
-      SavedValues::none().input(0).input(1));
+      SavedValues::none().input(0).input(1), [](const JvpContext& c) -> Tensor {
+        if (!c.has(0) && !c.has(1)) return {};
+        const Tensor& yy = c.inputs[0];
+        const Tensor& xx = c.inputs[1];
+        return (xx * c.tangent_or_zeros(0) - yy * c.tangent_or_zeros(1)) / (xx * xx + yy * yy);
+      });
 }
 
 Tensor det2(const Tensor& g) {
