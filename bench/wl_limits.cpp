@@ -1,6 +1,6 @@
 // cntk_gap (and cntk_gap_16): the analytic infinite-width NNGP/NTK K(x, x) of Conv3x3 SAME
 // ReLU x3, GlobalAvgPool, Dense (kern::limits, float64, full pixel-pixel covariances), for the
-// images PyTorch exported; checked against PyTorch's float64 recursion (pytorch_peer.py),
+// images PyTorch exported; checked against PyTorch's float64 recursion (bench/peer/limits.py),
 // exported as float32.
 #include <kern/tools/limits/limits.hpp>
 
@@ -11,7 +11,7 @@
 namespace kern::bench {
 namespace {
 
-constexpr int64_t kBlock = 4;  // images per block side, as pytorch_peer.CNTK_BLOCK
+constexpr int64_t kBlock = 4;  // images per block side, as bench/peer/limits.py's CNTK_BLOCK
 
 Workload cntk_workload(const io::SafetensorsFile& in, int64_t n) {
   Tensor x = in.get("x").to(DType::Float64);

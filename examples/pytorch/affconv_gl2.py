@@ -7,7 +7,7 @@ forward + backward at batch 32 with 10 samples on 40x40 inputs:
 
 Same shapes as kern's defaults: channels 16, 2 residual blocks, kernel 5, Siren 32 x 2 hidden
 layers (omega0 10), a 2x2 max pool after the lifting conv (lift_pool) and after block 0, global
-max, MLP head. bench/pytorch_peer.py's affconv_train is the same network under kern's
+max, MLP head. bench/peer/affconv.py's affconv_train is the same network under kern's
 parameter names (checked against kern there). Samples: log-normal P
 (log std 0.2) times Haar rotations, weights 1.
 """
