@@ -289,9 +289,14 @@ int main(int argc, char** argv) {
   }
   std::vector<double> raw_err, expected_err, corr_err, cv_err, pred_times;
   std::vector<std::vector<double>> ens_sd(cps.size());  // predicted std of each test output's ensemble mean
+  // output (test image 0, its class), (test image 1, its class), (test image 2, class 0)
+  const int64_t coords[3] = {0 * 10 + static_cast<int64_t>(tes.y.select(0, 0).item()),
+                             1 * 10 + static_cast<int64_t>(tes.y.select(0, 1).item()), 2 * 10 + 0};
+  std::vector<std::vector<double>> cv_pts(3);  // the figure's outputs: mu_t + mean_s (f_t - pred_t)
   bool pass3 = true;
   for (size_t c = 0; c < cps.size(); ++c) {
     auto m = vec(gd.mean(kst.ntk, cps[c]));
+    for (int k = 0; k < 3; ++k) cv_pts[k].push_back(m[coords[k]] + dev_mean[c][coords[k]]);
     auto cv = vec(gd.cov(kst.ntk, ktt.nngp, kst.nngp, kss.nngp, cps[c]));  // [M, M], every output
     double tr_cov = 0;
     for (int64_t i = 0; i < n_test; ++i) {
@@ -316,9 +321,6 @@ int main(int argc, char** argv) {
   // the predicted mean on a dense time grid for three test outputs (the figure's curves)
   std::vector<double> grid;
   for (int i = 0; i <= 60; ++i) grid.push_back(std::pow(10.0, std::log10(std::max(steps, 2)) * i / 60.0));
-  // output (test image 0, its class), (test image 1, its class), (test image 2, class 0)
-  const int64_t coords[3] = {0 * 10 + static_cast<int64_t>(tes.y.select(0, 0).item()),
-                             1 * 10 + static_cast<int64_t>(tes.y.select(0, 1).item()), 2 * 10 + 0};
   std::vector<std::vector<double>> curve(3), ens_pts(3), ens_err(3);
   for (double t : grid) {
     auto m = vec(gd.mean(kst.ntk, t));
@@ -348,6 +350,8 @@ int main(int argc, char** argv) {
   for (int k = 0; k < 3; ++k) f << (k ? ", " : "") << json_array(ens_pts[k]);
   f << "], \"ens_sd\": [";
   for (int k = 0; k < 3; ++k) f << (k ? ", " : "") << json_array(ens_err[k]);
+  f << "], \"cv_points\": [";
+  for (int k = 0; k < 3; ++k) f << (k ? ", " : "") << json_array(cv_pts[k]);
   f << "], \"pass\": " << (pass ? "true" : "false") << "}\n";
   fmt::print("verdict: {} ((1) {}, (2) slope {:.3f}, (3) {}); {:.0f} s; wrote {}\n", pass ? "PASS" : "FAIL",
              pass1 ? "PASS" : "FAIL", slope, pass3 ? "PASS" : "FAIL", since(t_start), path);

@@ -4,7 +4,8 @@
 difference |f - f_lin| / |f| (max over checkpoints) against width, log-log, with its slope and a
 width^-1/2 guide, (c) the infinite-width predicted mean of three test outputs against training
 time (lines) and the trained ensemble's mean (dots; bars: the ensemble mean's standard error
-predicted by the NTK-GP covariance). With --also, a second run (e.g. the Erf network) is drawn
+predicted by the NTK-GP covariance; crosses: the ensemble mean with each network's own linear
+prediction as a control variate, which removes the random initial outputs). With --also, a second run (e.g. the Erf network) is drawn
 in panels (a) and (b) next to the first.
 
     plot_linearized_training.py run/linearized_training/linearized_training.json
@@ -84,6 +85,12 @@ def main():
         keep = [i for i, t in enumerate(cps) if t > 0]  # t = 0 has no place on a log axis
         ax.errorbar([cps[i] for i in keep], [pts[i] for i in keep], yerr=[sd[i] for i in keep], fmt="o",
                     color=f"C{k}", markersize=4, capsize=2, linewidth=0.8)
+        if "cv_points" in d:
+            cv = d["cv_points"][k]
+            ax.plot([cps[i] for i in keep], [cv[i] for i in keep], "x", color=f"C{k}", markersize=5)
+    ax.plot([], [], "o", color="gray", markersize=4, label="ensemble mean (bars: predicted s.e.)")
+    if "cv_points" in d:
+        ax.plot([], [], "x", color="gray", markersize=5, label="same, each net's prediction as control variate")
     ax.set_xscale("log")
     ax.set_xlabel("SGD step (= time t)")
     ax.set_ylabel("output")
