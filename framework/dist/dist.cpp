@@ -6,6 +6,7 @@
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -50,6 +51,15 @@ MPI_Datatype mpi_type(DType d, const char* op) {
   throw Error(fmt::format("dist::{}: dtype {} is not supported (float32, float64, int64)", op, d));
 }
 
+int64_t max_count() {
+  constexpr int64_t mpi_max = std::numeric_limits<int>::max();
+  if (const char* v = std::getenv("KERN_DIST_MAX_COUNT")) {
+    const long long c = std::strtoll(v, nullptr, 10);
+    if (c >= 1 && c < mpi_max) return c;
+  }
+  return mpi_max;
+}
+
 }  // namespace detail
 
 using detail::check_mpi;
@@ -59,32 +69,47 @@ using detail::mpi_type;
 namespace {
 std::string describe(DType d, const Shape& s) { return fmt::format("{} {}", d, s); }
 
-// The agreement check every collective starts with: an all-gather of (dtype, ndim, dims).
+// The agreement check every collective starts with: an all-gather of (dtype, ndim, dims) and
+// of each rank's detail::max_count(). Returns the smallest max_count over the ranks, so that
+// every rank cuts the tensor into the same pieces (in_pieces) even if KERN_DIST_MAX_COUNT
+// differs between ranks.
 constexpr int kMaxDims = 8;
-void check_agree(const Tensor& t, const char* op) {
+constexpr int kHeader = kMaxDims + 3;  // dtype, ndim, dims, max_count (not compared)
+int64_t check_agree(const Tensor& t, const char* op) {
   KERN_CHECK(t.defined(), "dist::", op, ": undefined tensor");
   KERN_CHECK(t.dim() <= kMaxDims, "dist::", op, ": tensors of more than ", kMaxDims, " dims (got ",
              t.shape(), ")");
-  int64_t header[kMaxDims + 2] = {};
+  int64_t header[kHeader] = {};
   header[0] = static_cast<int64_t>(t.dtype());
   header[1] = t.dim();
   for (int64_t d = 0; d < t.dim(); ++d) header[2 + d] = t.size(d);
+  header[kHeader - 1] = detail::max_count();
   const int n = world_size();
-  std::vector<int64_t> all(static_cast<size_t>(n) * (kMaxDims + 2));
-  check_mpi(MPI_Allgather(header, kMaxDims + 2, MPI_INT64_T, all.data(), kMaxDims + 2, MPI_INT64_T, comm()),
-            "MPI_Allgather");
+  std::vector<int64_t> all(static_cast<size_t>(n) * kHeader);
+  check_mpi(MPI_Allgather(header, kHeader, MPI_INT64_T, all.data(), kHeader, MPI_INT64_T, comm()), "MPI_Allgather");
   bool same = true;
-  for (int r = 1; r < n; ++r)
-    for (int k = 0; k < kMaxDims + 2; ++k) same = same && all[r * (kMaxDims + 2) + k] == all[k];
-  if (same) return;
+  int64_t max_count = header[kHeader - 1];
+  for (int r = 0; r < n; ++r) {
+    for (int k = 0; k < kHeader - 1; ++k) same = same && all[r * kHeader + k] == all[k];
+    max_count = std::min(max_count, all[r * kHeader + kHeader - 1]);
+  }
+  if (same) return max_count;
   std::string list;
   for (int r = 0; r < n; ++r) {
-    const int64_t* h = &all[r * (kMaxDims + 2)];
+    const int64_t* h = &all[r * kHeader];
     Shape s;
     for (int64_t d = 0; d < h[1]; ++d) s.push_back(h[2 + d]);
     list += fmt::format("{}rank {} {}", r ? ", " : "", r, describe(static_cast<DType>(h[0]), s));
   }
   throw Error(fmt::format("dist::{}: tensors differ across ranks (shape and dtype must agree): {}", op, list));
+}
+
+// MPI counts are ints: calls piece(offset, count) for [0, numel) cut in order into pieces of at
+// most max_count elements (none when numel is 0). Every rank must pass the same numel and
+// max_count (check_agree's).
+template <class F>
+void in_pieces(int64_t numel, int64_t max_count, F&& piece) {
+  for (int64_t lo = 0; lo < numel; lo += max_count) piece(lo, static_cast<int>(std::min(max_count, numel - lo)));
 }
 
 // Runs `body` on a contiguous tensor holding t's values, then writes back into t if needed.
@@ -151,14 +176,20 @@ int world_size() {
   return n;
 }
 
+// Over 2^31 - 1 elements (detail::max_count()), all_reduce, broadcast and all_gather make one
+// MPI call per piece (in_pieces), in the same order on every rank: each piece is a complete
+// collective, so the result is exact (for an all-reduce: the same per-element sum).
 void all_reduce(Tensor& t, ReduceOp op) {
-  check_agree(t, "all_reduce");
+  const int64_t max_count = check_agree(t, "all_reduce");
   MPI_Datatype type = mpi_type(t.dtype(), "all_reduce");
   KERN_CHECK(op == ReduceOp::Sum || is_floating(t.dtype()), "dist::all_reduce: Mean of a ", t.dtype(),
              " tensor; use Sum (integer division would truncate)");
   on_contiguous(t, [&](Tensor& c) {
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, c.raw_data(), static_cast<int>(c.numel()), type, MPI_SUM, comm()),
-              "MPI_Allreduce");
+    char* p = static_cast<char*>(c.raw_data());
+    const size_t elem = dtype_size(c.dtype());
+    in_pieces(c.numel(), max_count, [&](int64_t lo, int count) {
+      check_mpi(MPI_Allreduce(MPI_IN_PLACE, p + lo * elem, count, type, MPI_SUM, comm()), "MPI_Allreduce");
+    });
     if (op == ReduceOp::Mean) c.copy_(c / static_cast<double>(world_size()));
   });
 }
@@ -166,15 +197,19 @@ void all_reduce(Tensor& t, ReduceOp op) {
 void broadcast(Tensor& t, int root) {
   KERN_CHECK(root >= 0 && root < world_size(), "dist::broadcast: root ", root, " is not a rank (world size ",
              world_size(), ")");
-  check_agree(t, "broadcast");
+  const int64_t max_count = check_agree(t, "broadcast");
   MPI_Datatype type = mpi_type(t.dtype(), "broadcast");
   on_contiguous(t, [&](Tensor& c) {
-    check_mpi(MPI_Bcast(c.raw_data(), static_cast<int>(c.numel()), type, root, comm()), "MPI_Bcast");
+    char* p = static_cast<char*>(c.raw_data());
+    const size_t elem = dtype_size(c.dtype());
+    in_pieces(c.numel(), max_count, [&](int64_t lo, int count) {
+      check_mpi(MPI_Bcast(p + lo * elem, count, type, root, comm()), "MPI_Bcast");
+    });
   });
 }
 
 std::vector<Tensor> all_gather(const Tensor& t) {
-  check_agree(t, "all_gather");
+  const int64_t max_count = check_agree(t, "all_gather");
   MPI_Datatype type = mpi_type(t.dtype(), "all_gather");
   NoGradGuard ng;
   Tensor c = t.contiguous();
@@ -182,9 +217,27 @@ std::vector<Tensor> all_gather(const Tensor& t) {
   Shape s = t.shape();
   s.insert(s.begin(), n);
   Tensor out = empty(s, t.dtype());
-  check_mpi(MPI_Allgather(c.raw_data(), static_cast<int>(c.numel()), type, out.raw_data(),
-                          static_cast<int>(c.numel()), type, comm()),
-            "MPI_Allgather");
+  const int64_t numel = c.numel();
+  const char* src = static_cast<const char*>(c.raw_data());
+  char* dst = static_cast<char*>(out.raw_data());
+  const size_t elem = dtype_size(t.dtype());
+  in_pieces(numel, max_count, [&](int64_t lo, int count) {
+    if (count == numel) {  // one piece: the whole tensor
+      check_mpi(MPI_Allgather(src, count, type, dst, count, type, comm()), "MPI_Allgather");
+      return;
+    }
+    // rank r's piece [lo, lo + count) goes to out[r][lo ...]: a block of `count` elements
+    // whose extent is one rank's whole tensor, so that the blocks land numel elements apart
+    MPI_Datatype run = MPI_DATATYPE_NULL, block = MPI_DATATYPE_NULL;
+    check_mpi(MPI_Type_contiguous(count, type, &run), "MPI_Type_contiguous");
+    int rc = MPI_Type_create_resized(run, 0, static_cast<MPI_Aint>(numel * static_cast<int64_t>(elem)), &block);
+    MPI_Type_free(&run);
+    check_mpi(rc, "MPI_Type_create_resized");
+    rc = MPI_Type_commit(&block);
+    if (rc == MPI_SUCCESS) rc = MPI_Allgather(src + lo * elem, count, type, dst + lo * elem, 1, block, comm());
+    MPI_Type_free(&block);
+    check_mpi(rc, "MPI_Allgather");
+  });
   std::vector<Tensor> parts;
   for (int r = 0; r < n; ++r) parts.push_back(select(out, 0, r));
   return parts;

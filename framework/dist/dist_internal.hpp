@@ -18,6 +18,10 @@ void check_mpi(int rc, const char* call);
 MPI_Comm comm();
 /// float32 / float64 / int64 -> MPI's type; throws naming dist::<op> otherwise.
 MPI_Datatype mpi_type(DType d, const char* op);
+/// The most elements one MPI call carries: 2^31 - 1 (MPI's int count), or KERN_DIST_MAX_COUNT
+/// when that is smaller (>= 1; tests of the collectives cut into pieces). all_reduce,
+/// broadcast and all_gather agree on the smallest over the ranks.
+int64_t max_count();
 
 // ---- shared_memory.cpp
 

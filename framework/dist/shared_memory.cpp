@@ -108,6 +108,27 @@ void window_barrier(MPI_Win win) {
   MPI_Win_sync(win);
 }
 
+// all_reduce_async's window grows to `bytes` per rank, but starts at 1 MiB.
+size_t window_cap(size_t bytes) { return std::max(bytes, size_t(1) << 20); }
+
+int node_size() {
+  int n = 0;
+  check_mpi(MPI_Comm_size(g_shm.node, &n), "MPI_Comm_size");
+  return n;
+}
+
+}  // namespace
+
+// This rank's view of shm_reserve's room check (the window, freed first, gives its bytes back).
+bool detail::async_window_room(size_t bytes) {
+  (void)comm();  // throws without an Environment
+  if (bytes <= g_shm.cap) return true;
+  const int n = node_size();
+  return shm_room(window_cap(bytes), n, g_shm.cap * static_cast<size_t>(n));
+}
+
+namespace {
+
 // Collective over the node: grows the window to hold `bytes` per rank (every rank asks for the
 // same size, since every rank starts the same reductions in the same order), or returns false
 // on every rank when some rank sees too little room in /dev/shm (the window is then kept as it
@@ -117,12 +138,10 @@ void window_barrier(MPI_Win win) {
 // depends only on shm_usable() and the dtype, the same everywhere), never after teardown.
 bool shm_reserve(size_t bytes) {
   if (bytes <= g_shm.cap) return true;
-  const size_t cap = std::max(bytes, size_t(1) << 20);
-  int n = 0;
-  MPI_Comm_size(g_shm.node, &n);
-  int ok = shm_room(cap, n, g_shm.cap * static_cast<size_t>(n)) ? 1 : 0;
+  int ok = detail::async_window_room(bytes) ? 1 : 0;
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, g_shm.node), "MPI_Allreduce");
   if (!ok) return false;
+  const size_t cap = window_cap(bytes);
   shm_free_window();
   g_shm.seg = allocate_node_window(cap, &g_shm.win);
   g_shm.cap = cap;
@@ -236,10 +255,10 @@ void shm_probe() {
   const bool wanted = !(env && std::string(env) == "0");
   check_mpi(MPI_Comm_split_type(comm(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &g_shm.node),
             "MPI_Comm_split_type");
-  int node_size = 0, world = 0;
-  MPI_Comm_size(g_shm.node, &node_size);
+  int on_node = 0, world = 0;
+  MPI_Comm_size(g_shm.node, &on_node);
   MPI_Comm_size(comm(), &world);
-  int ok = wanted && node_size == world ? 1 : 0, all = 0;
+  int ok = wanted && on_node == world ? 1 : 0, all = 0;
   check_mpi(MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, comm()), "MPI_Allreduce");
   g_shm.usable = all == 1;
 }
@@ -268,30 +287,46 @@ struct ReduceBuffers::State {
 
 size_t reduce_buffer_windows() { return g_buffer_windows.size(); }
 
+namespace {
+// ReduceBuffers' window: the buffers at 64-byte-aligned offsets of every rank's segment.
+// Returns the segment's bytes; offset[b] = buffer b's offset.
+size_t window_layout(const std::vector<std::pair<int64_t, DType>>& layout, std::vector<size_t>* offset) {
+  size_t total = 0;
+  for (auto& [numel, dt] : layout) {
+    if (offset) offset->push_back(total);
+    total += (static_cast<size_t>(numel) * dtype_size(dt) + 63) / 64 * 64;
+  }
+  return total;
+}
+}  // namespace
+
+// This rank's view of the constructor's room check.
+bool detail::reduce_buffers_room(const std::vector<std::pair<int64_t, DType>>& layout) {
+  (void)comm();  // throws without an Environment
+  return shm_room(window_layout(layout, nullptr), node_size());
+}
+
 ReduceBuffers::ReduceBuffers(const std::vector<std::pair<int64_t, DType>>& layout, bool allow_shared_memory)
     : s_(std::make_unique<State>()) {
   std::string desc;
-  for (auto& [numel, dt] : layout) {
-    KERN_CHECK(numel >= 0 && numel <= std::numeric_limits<int>::max(),
-               "dist::ReduceBuffers: a buffer of ", numel, " elements (0 to 2^31 - 1)");
-    KERN_CHECK(dt == DType::Float32 || dt == DType::Float64, "dist::ReduceBuffers: dtype ", dt,
-               " is not supported (float32, float64)");
-    desc += fmt::format("{} {}; ", dt, numel);
-  }
+  for (auto& [numel, dt] : layout) desc += fmt::format("{} {}; ", dt, numel);
   check_same_on_all_ranks("dist::ReduceBuffers: the buffers (numel and dtype) differ across ranks", desc);
-  free_retired_windows();
-  // one window, the buffers at 64-byte-aligned offsets of every rank's segment
-  std::vector<size_t> offset;
-  size_t total = 0;
-  for (auto& [numel, dt] : layout) {
-    offset.push_back(total);
-    total += (static_cast<size_t>(numel) * dtype_size(dt) + 63) / 64 * 64;
+  // the same layout on every rank from here: the same error on every rank
+  for (size_t b = 0; b < layout.size(); ++b) {
+    const auto [numel, dt] = layout[b];
+    KERN_CHECK(dt == DType::Float32 || dt == DType::Float64, "dist::ReduceBuffers: buffer ", b, ": dtype ", dt,
+               " is not supported (float32, float64)");
+    KERN_CHECK(numel >= 0 && numel <= std::numeric_limits<int>::max(), "dist::ReduceBuffers: buffer ", b, ": ", dt,
+               " [", numel, "] has ", numel < 0 ? "a negative size" : "more elements than MPI_Iallreduce takes",
+               " (0 to 2^31 - 1); use more, smaller buffers");
   }
+  free_retired_windows();
+  std::vector<size_t> offset;
+  const size_t total = window_layout(layout, &offset);
   const char* env = std::getenv("KERN_DIST_SHM");
   int ok = g_shm.usable && allow_shared_memory && !(env && std::string(env) == "0") ? 1 : 0;
-  int n = 0;
-  if (ok) MPI_Comm_size(g_shm.node, &n);
-  if (ok && !shm_room(total, n)) ok = 0;  // too little room in /dev/shm: MPI_Iallreduce
+  const int n = node_size();
+  if (ok && !detail::reduce_buffers_room(layout)) ok = 0;  // too little room in /dev/shm: MPI_Iallreduce
   check_mpi(MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, comm()), "MPI_Allreduce");
   s_->shm = ok == 1;
   s_->started.assign(layout.size(), 0);

@@ -47,53 +47,55 @@ inline double maxdiff(const kern::Tensor& a, const kern::Tensor& b) {
   return m;
 }
 
-// KERN_DIST_SHM=0 while it lives (when `off`), then the previous value back: the ReduceBuffers
-// (DDP buckets) made meanwhile take MPI_Iallreduce.
-class ShmOff {
+// Environment variable `name` = value while it lives (when `on`), then the previous value back.
+class ScopedEnv {
  public:
-  explicit ShmOff(bool off = true) : off_(off) {
-    if (!off_) return;
-    if (const char* v = std::getenv("KERN_DIST_SHM")) prev_ = v;
-    setenv("KERN_DIST_SHM", "0", 1);
+  ScopedEnv(const char* name, const std::string& value, bool on = true) : name_(name), on_(on) {
+    if (!on_) return;
+    if (const char* v = std::getenv(name_)) prev_ = v;
+    setenv(name_, value.c_str(), 1);
   }
-  ~ShmOff() {
-    if (!off_) return;
-    if (prev_) setenv("KERN_DIST_SHM", prev_->c_str(), 1);
-    else unsetenv("KERN_DIST_SHM");
+  ~ScopedEnv() {
+    if (!on_) return;
+    if (prev_) setenv(name_, prev_->c_str(), 1);
+    else unsetenv(name_);
   }
-  ShmOff(const ShmOff&) = delete;
-  ShmOff& operator=(const ShmOff&) = delete;
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
 
  private:
-  bool off_;
-  std::optional<std::string> prev_;
-};
-// KERN_DIST_SHM_FREE=<bytes> while it lives (when `on`), then the previous value back: the room
-// check of the shared-memory windows (all_reduce_async's, ReduceBuffers') believes /dev/shm has
-// that much free.
-class ShmFree {
- public:
-  ShmFree(const std::string& bytes, bool on = true) : on_(on) {
-    if (!on_) return;
-    if (const char* v = std::getenv("KERN_DIST_SHM_FREE")) prev_ = v;
-    setenv("KERN_DIST_SHM_FREE", bytes.c_str(), 1);
-  }
-  ~ShmFree() {
-    if (!on_) return;
-    if (prev_) setenv("KERN_DIST_SHM_FREE", prev_->c_str(), 1);
-    else unsetenv("KERN_DIST_SHM_FREE");
-  }
-  ShmFree(const ShmFree&) = delete;
-  ShmFree& operator=(const ShmFree&) = delete;
-
- private:
+  const char* name_;
   bool on_;
   std::optional<std::string> prev_;
 };
+// KERN_DIST_SHM=0 (when `off`): the ReduceBuffers (DDP buckets) made meanwhile take MPI_Iallreduce.
+struct ShmOff : ScopedEnv {
+  explicit ShmOff(bool off = true) : ScopedEnv("KERN_DIST_SHM", "0", off) {}
+};
+// KERN_DIST_SHM_FREE=<bytes> (when `on`): the room check of the shared-memory windows
+// (all_reduce_async's, ReduceBuffers') believes /dev/shm has that much free.
+struct ShmFree : ScopedEnv {
+  explicit ShmFree(const std::string& bytes, bool on = true) : ScopedEnv("KERN_DIST_SHM_FREE", bytes, on) {}
+};
+// KERN_DIST_MAX_COUNT=<n> (when `on`): all_reduce, broadcast and all_gather cut their MPI calls
+// into pieces of n elements.
+struct MaxCount : ScopedEnv {
+  explicit MaxCount(const std::string& n, bool on = true) : ScopedEnv("KERN_DIST_MAX_COUNT", n, on) {}
+};
+
 // Shared memory expected by default: one node, and KERN_DIST_SHM is not 0 for the whole run.
 inline bool shm_expected() {
   const char* v = std::getenv("KERN_DIST_SHM");
   return !(v && std::string(v) == "0");
+}
+// Shared memory expected for one window: by default (above), and `room` (this rank's
+// dist::detail::async_window_room or reduce_buffers_room, the library's own rule) on every
+// rank. A small /dev/shm (a container's 64 MB) legitimately falls back to MPI_Iallreduce.
+// Collective.
+inline bool shm_expected(bool room) {
+  kern::Tensor without = kern::full({1}, room ? 0.0 : 1.0, kern::DType::Int64);
+  kern::dist::all_reduce(without);
+  return shm_expected() && without.to_vector<int64_t>()[0] == 0;
 }
 
 // name -> test; main() runs the ones named on the command line.

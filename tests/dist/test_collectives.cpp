@@ -3,6 +3,7 @@
 #include "check.hpp"
 
 #include <cstdlib>
+#include <cstring>
 
 using namespace kern;
 
@@ -33,6 +34,62 @@ void collectives() {
   w.wait();
   DCHECK(maxdiff(a, full({5}, n * (n + 1) / 2.0, DType::Float64)) == 0.0);
   dist::barrier();
+}
+
+// Equal bits: same dtype and shape, the same bytes.
+bool same_bits(const Tensor& a, const Tensor& b) {
+  if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
+  Tensor x = a.contiguous(), y = b.contiguous();
+  return std::memcmp(x.raw_data(), y.raw_data(), static_cast<size_t>(x.numel()) * dtype_size(x.dtype())) == 0;
+}
+
+// Collectives cut into pieces: over 2^31 - 1 elements (MPI's int count) all_reduce, broadcast
+// and all_gather make one MPI call per piece; here KERN_DIST_MAX_COUNT=7 stands for 2^31 - 1
+// (2^31 floats would take 8 GB). Sizes around multiples of the piece (0, 1, 6, 7, 8, 49, 52,
+// and a non-contiguous [13, 4] view), float32, float64 and int64, different random values on
+// every rank: the results equal the same collectives in one piece bit for bit, and all_gather
+// returns every rank's values (an element left out at either end of a piece, or reduced
+// twice, changes the result). Then KERN_DIST_MAX_COUNT=7 on the last rank only: every rank must
+// cut alike (the smallest count over the ranks), else MPI fails or hangs (ctest's timeout).
+void pieces() {
+  const int r = dist::rank(), n = dist::world_size();
+  int64_t k = 0;
+  // rank q's values for case k
+  const auto values = [](int64_t kase, int q, const Shape& shape, DType dt) {
+    Generator gen(9000 + 100 * static_cast<uint64_t>(kase) + static_cast<uint64_t>(q));
+    return (randn(shape, DType::Float64, &gen) * 1e6).to(dt);
+  };
+  for (bool all_ranks : {true, false}) {
+    const std::string when = all_ranks ? "pieces of 7 on every rank" : "pieces of 7 set on the last rank only";
+    for (const Shape& shape : {Shape{0}, Shape{1}, Shape{6}, Shape{7}, Shape{8}, Shape{49}, Shape{52}, Shape{4, 13}})
+      for (DType dt : {DType::Float32, DType::Float64, DType::Int64}) {
+        const int64_t kase = k++;
+        // rank q's tensor; [4, 13] is viewed as [13, 4], not contiguous (reduced through a copy)
+        const auto input = [&](int q) {
+          Tensor v = values(kase, q, shape, dt);
+          return shape.size() == 2 ? v.transpose(0, 1) : v;
+        };
+        Tensor x = input(r), sum1 = input(r), root1 = input(r), sum2 = input(r), root2 = input(r);
+        dist::all_reduce(sum1);
+        dist::broadcast(root1, n - 1);
+        std::vector<Tensor> gathered1 = dist::all_gather(x), gathered2;
+        {
+          MaxCount seven("7", all_ranks || r == n - 1);
+          dist::all_reduce(sum2);
+          dist::broadcast(root2, n - 1);
+          gathered2 = dist::all_gather(x);
+        }
+        const std::string what = fmt::format("{}: {} {}", when, dt, x.shape());
+        DCHECK(same_bits(sum2, sum1), what, ": all_reduce in pieces differs from one MPI_Allreduce");
+        DCHECK(same_bits(root2, root1), what, ": broadcast in pieces differs from one MPI_Bcast");
+        for (int q = 0; q < n; ++q) {
+          Tensor want = input(q);
+          DCHECK(same_bits(gathered1[q], want), what, ": all_gather's rank ", q);
+          DCHECK(same_bits(gathered2[q], want), what, ": all_gather in pieces: rank ", q);
+        }
+        if (n > 1 && x.numel() > 0) DCHECK(!same_bits(sum1, x), what, ": the sum equals this rank's values");
+      }
+  }
 }
 
 void mismatch() {
@@ -129,9 +186,10 @@ void async_all_reduce() {
 // MPI_ERR_INTERN: small_shm.sh runs async_all_reduce in one.)
 void async_all_reduce_no_room() {
   const int r = dist::rank(), n = dist::world_size();
-  const bool shm = shm_expected();
   uint64_t seed = 0;
-  // sums of these sizes started together; pending: MPI_Iallreduce expected
+  // sums of these sizes started together; pending: MPI_Iallreduce expected (otherwise the
+  // window, where the library finds room for it: dist::detail::async_window_room, just
+  // before the sum, on every rank)
   auto sums = [&](const std::vector<std::pair<int64_t, DType>>& sizes, const std::vector<bool>& pending,
                   const std::string& when) {
     std::vector<Tensor> mine, want;
@@ -145,9 +203,12 @@ void async_all_reduce_no_room() {
       mine.push_back(t);
     }
     for (size_t i = 0; i < mine.size(); ++i) {
+      const auto [numel, dt] = sizes[i];
+      const bool window =
+          !pending[i] && shm_expected(dist::detail::async_window_room(static_cast<size_t>(numel) * dtype_size(dt)));
       works.push_back(dist::all_reduce_async(mine[i]));
-      DCHECK(works.back().pending() == (pending[i] || !shm), when, ": sum ", i, " of ", sizes[i].first,
-             " elements: expected ", pending[i] || !shm ? "MPI_Iallreduce (a pending Work)" : "the window (a finished Work)");
+      DCHECK(works.back().pending() == !window, when, ": sum ", i, " of ", numel, " elements: expected ",
+             window ? "the window (a finished Work)" : "MPI_Iallreduce (a pending Work)");
     }
     for (auto& w : works) w.wait();
     for (size_t i = 0; i < mine.size(); ++i) {
@@ -169,8 +230,28 @@ void async_all_reduce_no_room() {
     dist::ReduceBuffers b({{small, DType::Float32}});
     DCHECK(!b.shared_memory(), when, ": ReduceBuffers must take MPI_Iallreduce");
   }
-  // room again: a sum past the window grows it (8 MB per rank: fits a container's /dev/shm)
+  // room again: a sum past the window grows it (8 MB per rank: fits a container's /dev/shm,
+  // not small_shm.sh's 12 MB)
   sums({{2000000, DType::Float32}, {small, DType::Float64}}, {false, false}, "room again");
+  // the room rule itself, this rank's view: 1.25x the node's segments (ReduceBuffers' buffers
+  // each rounded up to 64 bytes) must be free
+  const size_t seg = size_t(64) << 20;  // bytes per rank
+  const auto floats = [](size_t bytes) { return static_cast<int64_t>(bytes / 4); };
+  {
+    ShmFree exact(std::to_string(seg * static_cast<size_t>(n) * 5 / 4));
+    DCHECK(dist::detail::reduce_buffers_room({{floats(seg), DType::Float32}}), "room for exactly 1.25x");
+    DCHECK(!dist::detail::reduce_buffers_room({{floats(seg), DType::Float32}, {1, DType::Float32}}),
+           "a 4-byte buffer takes 64 bytes, past 1.25x");
+    // the window's bytes (<= 24 MB per rank so far) come back when it grows
+    DCHECK(dist::detail::async_window_room(seg / 2), "room for half");
+    DCHECK(!dist::detail::async_window_room(2 * seg), "no room for twice as much");
+  }
+  {
+    ShmFree none("0");
+    DCHECK(!dist::detail::reduce_buffers_room({{1, DType::Float64}}), "no room in a full /dev/shm");
+    DCHECK(!dist::detail::async_window_room(size_t(1) << 40), "no room in a full /dev/shm");
+    DCHECK(dist::detail::async_window_room(0), "an empty sum always fits the window");
+  }
 }
 
 // ReduceBuffers (DDP's buckets), in node shared memory (summed in place in every rank's
@@ -185,10 +266,13 @@ void reduce_buffers() {
   for (int64_t numel : {int64_t(7), int64_t(0), int64_t(300001), int64_t(1), int64_t(2000000)})
     for (DType dt : {DType::Float32, DType::Float64}) layout.emplace_back(numel, dt);
   const size_t windows0 = dist::reduce_buffer_windows();
+  // in shared memory on one node where /dev/shm has room (the library's rule; a container's
+  // 64 MB /dev/shm has not: 2 x 27.6 MB, plus all_reduce_async's window)
+  const bool in_shm = shm_expected(dist::detail::reduce_buffers_room(layout));
   dist::ReduceBuffers shm(layout), mpi(layout, false);
-  DCHECK(shm.shared_memory() == shm_expected(), "one node: the buffers should be in shared memory");
+  DCHECK(shm.shared_memory() == in_shm, "shared_memory() is ", shm.shared_memory(), ", expected ", in_shm);
   DCHECK(!mpi.shared_memory(), "allow_shared_memory = false");
-  DCHECK(dist::reduce_buffer_windows() == windows0 + (shm_expected() ? 1 : 0), "one window per shared-memory ReduceBuffers");
+  DCHECK(dist::reduce_buffer_windows() == windows0 + (in_shm ? 1 : 0), "one window per shared-memory ReduceBuffers");
   for (int round = 0; round < 3; ++round) {
     std::vector<Tensor> mine, want;
     for (size_t i = 0; i < layout.size(); ++i) {
@@ -248,7 +332,8 @@ void reduce_buffers() {
   }
   // lifetime: a window outlives its ReduceBuffers while a tensor views it (here a buffer kept
   // past the scope), and is freed at the next construction once nothing does
-  const size_t windows1 = dist::reduce_buffer_windows(), w = shm_expected() ? 1 : 0;
+  const size_t windows1 = dist::reduce_buffer_windows(),
+               w = shm_expected(dist::detail::reduce_buffers_room({{4, DType::Float32}})) ? 1 : 0;
   Tensor kept;
   {
     dist::ReduceBuffers a({{4, DType::Float32}});
@@ -275,9 +360,7 @@ Register r5("async_all_reduce", [] {
   reduce_buffers();
 });
 Register r6("async_all_reduce_no_room", async_all_reduce_no_room);
-// async_all_reduce's sums alone, for small_shm.sh (a 12 MB /dev/shm, where ReduceBuffers' test
-// would expect shared memory in vain)
-Register r7("async_sums", async_all_reduce);
+Register r7("pieces", pieces);
 Register r2("mismatch", mismatch);
 Register r3("functional_all_reduce", functional_all_reduce);
 Register r4("sampler", sampler);

@@ -54,6 +54,11 @@ int world_size();
 
 enum class ReduceOp { Sum, Mean };
 
+/// all_reduce, broadcast and all_gather take any number of elements: over 2^31 - 1 (MPI's int
+/// count) they make one MPI call per piece of 2^31 - 1 elements, in order (exact: each piece
+/// is a whole collective). KERN_DIST_MAX_COUNT=<n> makes the pieces n elements (for tests;
+/// the ranks use the smallest value any of them sets).
+///
 /// In place: t = the sum (or mean) of t over all ranks. float32, float64, int64 (Sum only).
 /// t may be a non-contiguous view (reduced through a contiguous copy). Bumps t's version.
 void all_reduce(Tensor& t, ReduceOp op = ReduceOp::Sum);
@@ -118,8 +123,9 @@ Work all_reduce_async(Tensor& t);
 class ReduceBuffers {
  public:
   /// One 1-D float32/float64 buffer per (numel, dtype), zero-filled; every rank must pass the
-  /// same list (checked: an error naming each rank's list otherwise). allow_shared_memory =
-  /// false forces MPI_Iallreduce (tests compare the two).
+  /// same list (checked: an error naming each rank's list otherwise; then a buffer of more
+  /// than 2^31 - 1 elements, MPI_Iallreduce's int count, is the same error on every rank).
+  /// allow_shared_memory = false forces MPI_Iallreduce (tests compare the two).
   explicit ReduceBuffers(const std::vector<std::pair<int64_t, DType>>& layout, bool allow_shared_memory = true);
   ~ReduceBuffers();  // local: no MPI call (see above for when the window is freed)
   ReduceBuffers(const ReduceBuffers&) = delete;
@@ -146,6 +152,18 @@ class ReduceBuffers {
 /// The node-shared windows of ReduceBuffers this rank holds, live or retired but not yet freed
 /// (for tests).
 size_t reduce_buffer_windows();
+
+namespace detail {
+/// The room rule of the shared-memory windows, as this rank sees it now (for tests, which
+/// expect shared memory only where the library takes it; a small /dev/shm, such as a
+/// container's 64 MB, legitimately falls back to MPI_Iallreduce). Shared memory is taken only
+/// when every rank sees room. Not collective.
+
+/// Would all_reduce_async's window hold `bytes` per rank, or grow to?
+bool async_window_room(size_t bytes);
+/// Would ReduceBuffers(layout)'s window fit in /dev/shm?
+bool reduce_buffers_room(const std::vector<std::pair<int64_t, DType>>& layout);
+}  // namespace detail
 
 /// Checks that `what` (a description such as a parameter list) is identical on every rank;
 /// throws the same kern::Error on every rank naming the first rank that differs from rank 0.
