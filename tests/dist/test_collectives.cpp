@@ -315,6 +315,14 @@ void reduce_buffers() {
   DCHECK_THROWS(dist::ReduceBuffers({{r == 0 ? 3 : 4, DType::Float32}}), "dist::ReduceBuffers",
                 "differ across ranks", "float32 3", "float32 4");
   DCHECK_THROWS(dist::ReduceBuffers({{3, DType::Int64}}), "dist::ReduceBuffers", "int64", "not supported");
+  // over MPI_Iallreduce's int count: the same error on every rank (checked before any memory
+  // is taken), also when only one rank asks for it (the agreement check comes first: a rank
+  // throwing alone would leave the others waiting in it)
+  const int64_t too_many = int64_t(1) << 31;
+  DCHECK_THROWS(dist::ReduceBuffers({{5, DType::Float64}, {too_many, DType::Float32}}), "dist::ReduceBuffers",
+                "buffer 1", "float32 [2147483648]", "2^31 - 1");
+  DCHECK_THROWS(dist::ReduceBuffers({{r == 0 ? too_many : 3, DType::Float32}}), "dist::ReduceBuffers",
+                "differ across ranks", "float32 2147483648", "float32 3");
   // KERN_DIST_SHM=0 on the last rank only: every rank takes MPI_Iallreduce
   {
     std::optional<dist::ReduceBuffers> made;
