@@ -88,14 +88,17 @@ def main():
         if "cv_points" in d:
             cv = d["cv_points"][k]
             ax.plot([cps[i] for i in keep], [cv[i] for i in keep], "x", color=f"C{k}", markersize=5)
-    ax.plot([], [], "o", color="gray", markersize=4, label="ensemble mean (bars: predicted s.e.)")
+    ax.plot([], [], "o", color="gray", markersize=4, label="nets' mean (bars: s.e.)")
     if "cv_points" in d:
-        ax.plot([], [], "x", color="gray", markersize=5, label="same, each net's prediction as control variate")
+        ax.plot([], [], "x", color="gray", markersize=5, label="control-variate mean")
     ax.set_xscale("log")
     ax.set_xlabel("SGD step (= time t)")
     ax.set_ylabel("output")
-    ax.set_title(f"(c) analytic prediction vs mean of {d['seeds']} nets (width {d['ens_width']})")
-    ax.legend()
+    name = {"relu": "ReLU", "erf": "Erf"}.get(d.get("activation", "relu"), d.get("activation"))
+    ax.set_title(f"(c) {name}: analytic prediction vs mean of {d['seeds']} nets (width {d['ens_width']})")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + 0.45 * (hi - lo))  # room for the legend above the data
+    ax.legend(loc="upper left", ncol=2, fontsize="small")
     fig.tight_layout()
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.json)), "linearized_training.png")
     fig.savefig(out, dpi=150)
