@@ -6,10 +6,25 @@
 #include <kern/kern.hpp>
 #include <kern/tools/ntk.hpp>
 
+#include <omp.h>
+
 #include <string>
 #include <vector>
 
 namespace kern::tools::detail {
+
+/// Runs the calling thread's parallel regions (kern ops, oneDNN) on one thread in a scope:
+/// for batches of tiny ops (one-sample passes), where thread wake-ups cost more than the work.
+class SerialScope {
+ public:
+  SerialScope() : prev_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~SerialScope() { omp_set_num_threads(prev_); }
+  SerialScope(const SerialScope&) = delete;
+  SerialScope& operator=(const SerialScope&) = delete;
+
+ private:
+  int prev_;
+};
 
 /// What to compute: the full kernel [N1*O, N2*O], its output trace summed over o [N1, N2]
 /// (the Mean scaling is applied by the caller), or the diagonal [N1, O] (x2 == x1).

@@ -8,8 +8,6 @@
 //   ntk_structured_layers.cpp  which modules are layers, the calls check, the structure check
 //   ntk_structured_grads.cpp   forward capture, units and their inputs A, backward passes (D, G)
 //   ntk_structured.cpp         the evaluations' choice, the kernel assembly, structured_ntk
-#include <omp.h>
-
 #include <string>
 #include <vector>
 
@@ -61,19 +59,6 @@ struct Unit {
   std::vector<Use> ruses[2];  // rule units: the calls' inputs and outputs (detached)
   const Layer* rl = nullptr;  // rule units: the layer
   int64_t chunk = 0;          // rule units: features per chunk of G
-};
-
-// Runs the calling thread's parallel regions (kern ops, oneDNN) on one thread in a scope:
-// for batches of tiny ops, where thread wake-ups cost more than the work.
-class SerialScope {
- public:
-  SerialScope() : prev_(omp_get_max_threads()) { omp_set_num_threads(1); }
-  ~SerialScope() { omp_set_num_threads(prev_); }
-  SerialScope(const SerialScope&) = delete;
-  SerialScope& operator=(const SerialScope&) = delete;
-
- private:
-  int prev_;
 };
 
 // ---- ntk_structured_layers.cpp

@@ -4,8 +4,6 @@
 #include <kern/nn/grad_sample.hpp>
 #include <kern/tools/per_sample_grads.hpp>
 
-#include <omp.h>
-
 #include <algorithm>
 #include <unordered_map>
 
@@ -132,24 +130,11 @@ void add_part(std::vector<Tensor>& part, size_t i, int64_t N, const Tensor& grad
   part[i] = part[i].defined() ? part[i] + g : g;
 }
 
-// Runs the calling thread's parallel regions on one thread in a scope: one-sample passes
-// are many tiny ops, where waking the other threads costs more than the work.
-class SerialScope {
- public:
-  SerialScope() : prev_(omp_get_max_threads()) { omp_set_num_threads(1); }
-  ~SerialScope() { omp_set_num_threads(prev_); }
-  SerialScope(const SerialScope&) = delete;
-  SerialScope& operator=(const SerialScope&) = delete;
-
- private:
-  int prev_;
-};
-
 // Fallback for a module without a rule: sample by sample, a vjp through the module alone on
 // its captured input, for its own parameters.
 void vjp_fallback(const Owner& o, const std::vector<size_t>& at, const Call& c, const Tensor& g, const Theta& th,
                   std::vector<Tensor>& part) {
-  SerialScope serial;
+  detail::SerialScope serial;  // one-sample passes: many tiny ops
   std::vector<Tensor> params, rows;
   const int64_t N = c.in.size(0);
   for (size_t i : at) {
